@@ -1,0 +1,24 @@
+import yargs from 'yargs';
+import type { CommandModule } from 'yargs';
+import { commands } from './commands.js';
+
+/**
+ * The ferry command line. Each command lives in its own module under cli/ and is listed in
+ * cli/commands.ts; this file only wires yargs. Bad flags exit 2 with a message naming the flag.
+ */
+export async function runCli(argv: string[]): Promise<void> {
+  let parser = yargs(argv)
+    .scriptName('ferry')
+    .strict()
+    .demandCommand(1, 'name a command: ferry --help lists them')
+    .recommendCommands()
+    .help()
+    .wrap(Math.min(110, process.stdout.columns || 100))
+    .fail((msg, err) => {
+      if (err) throw err;
+      process.stderr.write(`ferry: ${msg}\n(run ferry --help for usage)\n`);
+      process.exit(2);
+    });
+  for (const command of commands) parser = parser.command(command as CommandModule);
+  await parser.parseAsync();
+}

@@ -1,0 +1,60 @@
+/**
+ * MQTT topic layout of protocol v1. Every topic sits under a configurable prefix (default "ferry").
+ * Device ids and hardware classes become topic levels, so they are restricted to characters that
+ * can never be MQTT wildcards or separators.
+ */
+export const DEFAULT_PREFIX = 'ferry';
+export const DEVICE_ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/;
+
+export function isDeviceId(id: string): boolean {
+  return DEVICE_ID_PATTERN.test(id);
+}
+
+export interface Topics {
+  prefix: string;
+  /** node → agent: Hello, Ack, Report. QoS 1. */
+  up(deviceId: string): string;
+  /** agent → node: Offer, Chunk (QoS 0), Activate, Cancel, Error (QoS 1). */
+  down(deviceId: string): string;
+  /** agent → everyone: retained JSON status of one node. */
+  status(deviceId: string): string;
+  /** broker → everyone: retained presence ("online"/"offline") of one node. */
+  presence(deviceId: string): string;
+  /** operator → agents: retained signed manifest of a release. */
+  releaseManifest(hw: string, version: string): string;
+  /** operator → agents: retained image part N of a release. */
+  releasePart(hw: string, version: string, index: number): string;
+  upWildcard: string;
+  statusWildcard: string;
+  presenceWildcard: string;
+  manifestWildcard: string;
+  partWildcard(hw: string, version: string): string;
+  /** Extracts the device id from an up/status/presence topic, or undefined. */
+  deviceOf(topic: string): string | undefined;
+}
+
+export function topics(prefix = DEFAULT_PREFIX): Topics {
+  if (!/^[A-Za-z0-9_-]+(\/[A-Za-z0-9_-]+)*$/.test(prefix)) throw new Error(`topic prefix "${prefix}" must be plain topic levels without wildcards`);
+  const depth = prefix.split('/').length;
+  return {
+    prefix,
+    up: (id) => `${prefix}/d/${id}/up`,
+    down: (id) => `${prefix}/d/${id}/dn`,
+    status: (id) => `${prefix}/d/${id}/status`,
+    presence: (id) => `${prefix}/d/${id}/presence`,
+    releaseManifest: (hw, v) => `${prefix}/r/${hw}/${v}/manifest`,
+    releasePart: (hw, v, i) => `${prefix}/r/${hw}/${v}/part/${i}`,
+    upWildcard: `${prefix}/d/+/up`,
+    statusWildcard: `${prefix}/d/+/status`,
+    presenceWildcard: `${prefix}/d/+/presence`,
+    manifestWildcard: `${prefix}/r/+/+/manifest`,
+    partWildcard: (hw, v) => `${prefix}/r/${hw}/${v}/part/+`,
+    deviceOf(topic) {
+      const levels = topic.split('/');
+      if (levels.length !== depth + 3 || levels[depth] !== 'd') return undefined;
+      if (levels.slice(0, depth).join('/') !== prefix) return undefined;
+      const id = levels[depth + 1];
+      return isDeviceId(id) ? id : undefined;
+    },
+  };
+}
