@@ -1,0 +1,790 @@
+import { randomInt, type KeyObject } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import mqtt, { type MqttClient } from 'mqtt';
+import { ProtocolError, Reason, reasonName } from '../shared/errors.js';
+import { ManifestFlag } from '../shared/manifest.js';
+import {
+  Capability,
+  Encoding,
+  encodeMessage,
+  decodeUp,
+  ImageState,
+  LIMITS,
+  MsgType,
+  negotiateChunkSize,
+  Stage,
+  type Ack,
+  type DownMessage,
+  type Hello,
+  type Report,
+} from '../shared/messages.js';
+import { topics as makeTopics, type Topics } from '../shared/topics.js';
+import { compareVersions } from '../shared/version.js';
+import { ReleaseCatalog, type Release } from './catalog.js';
+import { DEFAULT_RTT, jittered, RttEstimator, type RttConfig } from './rtt.js';
+import { AgentStore, type NodeRow, type NodeStateName } from './store.js';
+import { nodeStatus, type NodeStatus } from './status.js';
+import { TransferWindow } from './window.js';
+
+export interface StageDeadlines {
+  /** From Offer to the last chunk acked. */
+  download: number;
+  /** From the last chunk to the node's verified report. */
+  verify: number;
+  /** From Activate to the node's rebooting (or busy) report, and the longest a busy node may defer. */
+  install: number;
+  /** From reboot to the node's confirmed report. */
+  confirm: number;
+}
+
+export interface AgentOptions {
+  brokerUrl: string;
+  dataDir: string;
+  prefix?: string;
+  /** Operator public keys: when given, releases whose manifest does not verify are refused at intake. */
+  trust?: KeyObject[];
+  username?: string;
+  password?: string;
+  clientId?: string;
+  /** Largest chunk the agent sends, whatever the node could take. */
+  maxChunk?: number;
+  /** Transfers running at once; the rest wait their turn in arrival order. */
+  maxConcurrent?: number;
+  rtt?: Partial<RttConfig>;
+  deadlines?: Partial<StageDeadlines>;
+  /** Resends of an unanswered Offer/Activate before the agent waits for the node to speak. */
+  maxControlRetries?: number;
+  log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
+}
+
+const DEFAULT_DEADLINES: StageDeadlines = { download: 30 * 60_000, verify: 2 * 60_000, install: 10 * 60_000, confirm: 5 * 60_000 };
+const ACTIVE: ReadonlySet<NodeStateName> = new Set(['offered', 'downloading', 'verifying']);
+const TERMINAL: ReadonlySet<NodeStateName> = new Set(['confirmed', 'rolledBack', 'rejected', 'timedOut', 'failed', 'idle']);
+const BITMAP_PERSIST_MS = 2000;
+
+/** Runtime state of one node; the persisted part is `row`. */
+interface NodeRuntime {
+  row: NodeRow;
+  rtt: RttEstimator;
+  window?: TransferWindow;
+  release?: Release;
+  timer?: NodeJS.Timeout;
+  controlTries: number;
+  silentExpiries: number;
+  rebootSeen: boolean;
+  bitmapDirty: boolean;
+  lastBitmapSave: number;
+  lastError: number;
+  statusDirty: boolean;
+  lastStatus: number;
+  online: boolean;
+  warnings: string[];
+}
+
+export interface AgentEvents {
+  status: [NodeStatus];
+  release: [Release];
+}
+
+/**
+ * The ferry agent: relays releases from operators to nodes and keeps, per node, the truth of
+ * where its update stands. One MQTT connection; every node's state machine runs off that
+ * connection's messages and per-node timers, and nothing in the message handler awaits the network.
+ */
+export class Agent extends EventEmitter<AgentEvents> {
+  readonly store: AgentStore;
+  readonly catalog: ReleaseCatalog;
+  readonly topics: Topics;
+  private client: MqttClient | undefined;
+  private readonly nodes = new Map<string, NodeRuntime>();
+  private readonly queue: string[] = [];
+  private readonly opts: Required<Pick<AgentOptions, 'maxChunk' | 'maxConcurrent' | 'maxControlRetries'>> & AgentOptions;
+  private readonly deadlines: StageDeadlines;
+  private readonly rttConfig: RttConfig;
+  private sweeper: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(opts: AgentOptions) {
+    super();
+    this.opts = { maxChunk: 16 * 1024, maxConcurrent: 16, maxControlRetries: 8, ...opts };
+    this.deadlines = { ...DEFAULT_DEADLINES, ...opts.deadlines };
+    this.rttConfig = { ...DEFAULT_RTT, ...opts.rtt };
+    this.topics = makeTopics(opts.prefix);
+    this.store = new AgentStore(opts.dataDir);
+    this.catalog = new ReleaseCatalog(this.store, opts.trust ?? []);
+    for (const row of this.store.nodes()) this.nodes.set(row.id, this.newRuntime(row));
+  }
+
+  private log(level: 'info' | 'warn' | 'error', msg: string): void {
+    this.opts.log?.(level, msg);
+  }
+
+  private newRuntime(row: NodeRow): NodeRuntime {
+    return {
+      row,
+      rtt: new RttEstimator(this.rttConfig),
+      controlTries: 0,
+      silentExpiries: 0,
+      rebootSeen: row.state === 'confirming',
+      bitmapDirty: false,
+      lastBitmapSave: 0,
+      lastError: 0,
+      statusDirty: true,
+      lastStatus: 0,
+      online: false,
+      warnings: [],
+    };
+  }
+
+  async start(): Promise<void> {
+    const t = this.topics;
+    const client = mqtt.connect(this.opts.brokerUrl, {
+      protocolVersion: 4,
+      clientId: this.opts.clientId ?? `ferry-agent-${randomInt(1e9).toString(36)}`,
+      username: this.opts.username,
+      password: this.opts.password,
+      clean: true,
+      reconnectPeriod: 1000,
+      connectTimeout: 10_000,
+      // Chunks are QoS 0 and resent by the window logic: queueing them while offline only floods
+      // the node with stale data on reconnect.
+      queueQoSZero: false,
+      resubscribe: true,
+    });
+    this.client = client;
+    client.on('message', (topic, payload) => this.onMessage(topic, payload));
+    client.on('error', (err) => this.log('warn', `mqtt: ${err.message}`));
+    client.on('connect', () => {
+      client.subscribe([t.upWildcard, t.manifestWildcard, t.presenceWildcard], { qos: 1 }, (err) => {
+        if (err) this.log('error', `subscribe failed: ${err.message}`);
+      });
+      this.resumeAfterRestart();
+    });
+    await new Promise<void>((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      client.once('connect', () => {
+        client.off('error', onError);
+        resolve();
+      });
+      client.once('error', onError);
+    });
+    await client.subscribeAsync([t.upWildcard, t.manifestWildcard, t.presenceWildcard], { qos: 1 });
+    this.sweeper = setInterval(() => this.sweep(), 500);
+    this.sweeper.unref();
+    this.log('info', `agent connected to ${this.opts.brokerUrl}, ${this.catalog.all().length} release(s), ${this.nodes.size} known node(s)`);
+  }
+
+  async stop(): Promise<void> {
+    this.closed = true;
+    if (this.sweeper) clearInterval(this.sweeper);
+    for (const n of this.nodes.values()) {
+      if (n.timer) clearTimeout(n.timer);
+      this.persist(n);
+    }
+    await this.client?.endAsync();
+    this.store.close();
+  }
+
+  /** Snapshot of every node's status. */
+  statuses(): NodeStatus[] {
+    return [...this.nodes.values()].map((n) => this.statusOf(n));
+  }
+
+  status(id: string): NodeStatus | undefined {
+    const n = this.nodes.get(id);
+    return n && this.statusOf(n);
+  }
+
+  private statusOf(n: NodeRuntime): NodeStatus {
+    return nodeStatus(n.row, this.catalog.get(n.row.targetRelease), n.window, n.online, n.warnings);
+  }
+
+  // ---- MQTT intake -------------------------------------------------------------------------
+
+  private onMessage(topic: string, payload: Buffer): void {
+    try {
+      const levels = topic.split('/');
+      const p = this.topics.prefix.split('/').length;
+      if (levels[p] === 'd') {
+        const id = this.topics.deviceOf(topic);
+        if (!id) return;
+        if (levels[p + 2] === 'up') this.onUp(id, payload);
+        else if (levels[p + 2] === 'presence') this.onPresence(id, payload.toString());
+      } else if (levels[p] === 'r') {
+        this.onRelease(levels.slice(p + 1), payload);
+      }
+    } catch (err) {
+      // Nothing from the network may take the agent down.
+      this.log('error', `handling ${topic}: ${(err as Error).stack ?? err}`);
+    }
+  }
+
+  private onRelease(rest: string[], payload: Buffer): void {
+    const [hw, version, kind, index] = rest;
+    if (kind === 'manifest') {
+      if (payload.length === 0) return; // retained release cleared
+      try {
+        const r = this.catalog.onManifest(hw, version, payload);
+        if (r.kind === 'need-parts') this.client?.subscribe(this.topics.partWildcard(hw, version), { qos: 1 });
+        else if (r.kind === 'complete') this.releaseReady(r.release);
+      } catch (err) {
+        const why = err instanceof ProtocolError ? `${err.reasonName}: ${err.message}` : (err as Error).message;
+        this.log('warn', `release ${hw} ${version} refused: ${why}`);
+        this.store.event(null, 'release-refused', `${hw} ${version}: ${why}`);
+      }
+    } else if (kind === 'part' && /^\d{1,5}$/.test(index ?? '')) {
+      try {
+        const r = this.catalog.onPart(hw, version, Number(index), payload);
+        if (r.kind === 'complete') {
+          this.client?.unsubscribe(this.topics.partWildcard(hw, version));
+          this.releaseReady(r.release);
+        }
+      } catch (err) {
+        this.client?.unsubscribe(this.topics.partWildcard(hw, version));
+        this.log('warn', `release ${hw} ${version} refused: ${(err as Error).message}`);
+        this.store.event(null, 'release-refused', `${hw} ${version}: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  private releaseReady(release: Release): void {
+    this.log('info', `release ${release.row.hw} ${release.row.version} ready (${release.row.size} bytes, security version ${release.row.securityVersion})`);
+    this.store.event(null, 'release', `${release.row.hw} ${release.row.version} ${release.row.id}`);
+    this.emit('release', release);
+    for (const n of this.nodes.values()) {
+      if (n.row.hw === release.row.hw && !ACTIVE.has(n.row.state) && n.row.lastSeen > 0) this.consider(n);
+    }
+  }
+
+  private onPresence(id: string, text: string): void {
+    const n = this.nodes.get(id);
+    if (!n) return;
+    const online = text === 'online';
+    if (online === n.online) return;
+    n.online = online;
+    n.statusDirty = true;
+    // A node that comes back is asked to resume at once rather than at the next backoff tick.
+    if (online && ACTIVE.has(n.row.state)) {
+      n.controlTries = 0;
+      n.silentExpiries = 0;
+      n.rtt.resetBackoff();
+      this.sendOffer(n);
+    }
+  }
+
+  private onUp(id: string, payload: Buffer): void {
+    let msg;
+    try {
+      msg = decodeUp(payload);
+    } catch (err) {
+      const e = err instanceof ProtocolError ? err : new ProtocolError(Reason.malformed, String(err));
+      this.rejectFromNode(id, e.reason, e.message);
+      return;
+    }
+    if (msg.type === MsgType.hello && msg.deviceId !== id) {
+      this.rejectFromNode(id, Reason.unknownDevice, `hello.deviceId "${msg.deviceId}" does not match topic device "${id}"`);
+      return;
+    }
+    let n = this.nodes.get(id);
+    if (!n) {
+      if (msg.type !== MsgType.hello) {
+        this.rejectFromNode(id, Reason.unknownDevice, `${msg.type === MsgType.ack ? 'ack' : 'report'} from a node that has not said hello`);
+        return;
+      }
+      n = this.newRuntime(blankRow(id, msg));
+      this.nodes.set(id, n);
+    }
+    n.row.lastSeen = Date.now();
+    n.online = true;
+    n.silentExpiries = 0;
+    switch (msg.type) {
+      case MsgType.hello:
+        this.onHello(n, msg);
+        break;
+      case MsgType.ack:
+        this.onAck(n, msg);
+        break;
+      case MsgType.report:
+        this.onReport(n, msg);
+        break;
+    }
+    this.publishStatus(n);
+  }
+
+  /** Logs bad input from a node and tells it why (at most once a second per node). */
+  private rejectFromNode(id: string, reason: number, detail: string): void {
+    this.log('warn', `node ${id}: rejected message: ${reasonName(reason)}: ${detail}`);
+    this.store.event(id, 'bad-message', `${reasonName(reason)}: ${detail}`);
+    const n = this.nodes.get(id);
+    const now = Date.now();
+    if (n) {
+      if (now - n.lastError < 1000) return;
+      n.lastError = now;
+    }
+    this.send(id, { type: MsgType.error, reason, detail: detail.slice(0, LIMITS.maxDetail) });
+  }
+
+  // ---- node protocol ------------------------------------------------------------------------
+
+  private onHello(n: NodeRuntime, h: Hello): void {
+    const row = n.row;
+    const before = row.runningVersion;
+    Object.assign(row, {
+      hw: h.hw,
+      runningVersion: h.version,
+      runningDigest: h.digest,
+      securityVersion: h.securityVersion,
+      slot: h.slot,
+      imageState: h.imageState,
+      caps: h.caps,
+      maxMessage: h.maxMessage,
+      window: h.window,
+    });
+    n.warnings = h.caps & Capability.rollback ? [] : ['bootloader cannot roll back: a bad image would stay installed'];
+    n.controlTries = 0;
+    n.rtt.resetBackoff();
+    this.store.event(row.id, 'hello', `${h.version} slot ${h.slot} state ${h.imageState}${h.transfer ? ` transfer ${h.transfer.session}` : ''}`);
+    const target = this.catalog.get(row.targetRelease);
+
+    // A node we told to activate: reconcile what it runs now against what we expected.
+    if (target && (row.state === 'activating' || row.state === 'confirming' || row.state === 'deferred')) {
+      if (h.digest.equals(target.row.digest)) {
+        if (h.imageState === ImageState.pendingVerify) {
+          n.rebootSeen = true;
+          this.setState(n, 'confirming', this.deadlines.confirm);
+        } else this.finish(n, 'confirmed', Reason.none, `running ${h.version}`);
+        return;
+      }
+      const outcome = h.lastOutcome;
+      if (outcome && outcome.version === target.row.version && outcome.stage === Stage.rolledBack) {
+        this.finish(n, 'rolledBack', outcome.reason, `back on ${h.version}: ${reasonName(outcome.reason)}`);
+        return;
+      }
+      if (n.rebootSeen || row.state === 'confirming') {
+        this.finish(n, 'rolledBack', Reason.bootFailed, `expected ${target.row.version}, node booted ${h.version}`);
+        return;
+      }
+      if (h.transfer && h.transfer.digest.equals(target.row.digest)) {
+        // Reconnected before it could act on Activate: ask again.
+        this.sendActivate(n);
+        return;
+      }
+    }
+    if (before !== h.version) this.log('info', `node ${row.id} runs ${h.version}`);
+
+    // A node that reports how its last update ended, for a release we were still tracking.
+    if (target && h.lastOutcome && h.lastOutcome.version === target.row.version && !TERMINAL.has(row.state)) {
+      if (h.lastOutcome.stage === Stage.rolledBack) {
+        this.finish(n, 'rolledBack', h.lastOutcome.reason, reasonName(h.lastOutcome.reason));
+        return;
+      }
+    }
+
+    // Mid-transfer: the node says what it holds; continue from there.
+    if (n.window && ACTIVE.has(row.state) && n.release) {
+      if (h.transfer && h.transfer.digest.equals(n.release.row.digest) && h.transfer.chunkSize === row.chunkSize) {
+        n.window.resync(h.transfer.bitmap);
+        if (h.transfer.session === row.session) {
+          this.setState(n, n.window.complete ? 'verifying' : 'downloading');
+          this.pump(n);
+        } else this.sendOffer(n);
+        return;
+      }
+      this.sendOffer(n); // lost its progress (or never got the offer): start over with the same session
+      return;
+    }
+    this.consider(n, h);
+  }
+
+  /** Decides whether a node should get the latest release for its hardware, and starts it. */
+  private consider(n: NodeRuntime, hello?: Hello): void {
+    const row = n.row;
+    const release = this.catalog.latestFor(row.hw);
+    if (!release) {
+      if (!TERMINAL.has(row.state) && row.state !== 'queued') this.setState(n, 'idle');
+      return;
+    }
+    if (row.runningDigest && release.row.digest.equals(row.runningDigest)) {
+      if (row.targetRelease !== release.row.id || row.state !== 'confirmed') {
+        row.targetRelease = release.row.id;
+        this.finish(n, 'confirmed', Reason.none, `already running ${release.row.version}`);
+      }
+      return;
+    }
+    const refused = row.refused ? row.refused.split(',') : [];
+    if (refused.includes(release.row.id)) return; // rolled back or rejected before: not offered again
+    if (compareVersions(release.row.version, row.runningVersion) <= 0) return;
+    if (release.row.securityVersion < row.securityVersion) return;
+    if (!(row.caps & Capability.rollback) && !(release.row.flags & ManifestFlag.allowNoRollback)) {
+      if (row.targetRelease !== release.row.id || row.state !== 'rejected') {
+        row.targetRelease = release.row.id;
+        this.finish(n, 'rejected', Reason.noRollbackSupport, 'bootloader cannot roll back and the release does not allow that (publish with --allow-no-rollback)');
+      }
+      return;
+    }
+    if (ACTIVE.has(row.state) && row.targetRelease === release.row.id) return;
+    row.targetRelease = release.row.id;
+    row.attempts = 0;
+    row.retransmits = 0;
+    row.acks = 0;
+    row.bytesSent = 0;
+    n.release = release;
+    const resumeBitmap = hello?.transfer && hello.transfer.digest.equals(release.row.digest) ? hello.transfer : undefined;
+    if (this.activeCount() >= this.opts.maxConcurrent) {
+      this.setState(n, 'queued');
+      if (!this.queue.includes(row.id)) this.queue.push(row.id);
+      return;
+    }
+    this.beginTransfer(n, resumeBitmap?.chunkSize, resumeBitmap?.bitmap);
+  }
+
+  private activeCount(): number {
+    let c = 0;
+    for (const n of this.nodes.values()) if (ACTIVE.has(n.row.state)) c++;
+    return c;
+  }
+
+  private beginTransfer(n: NodeRuntime, nodeChunkSize?: number, nodeBitmap?: Buffer): void {
+    const row = n.row;
+    const release = n.release!;
+    let chunkSize: number;
+    try {
+      chunkSize = negotiateChunkSize(row.maxMessage, this.topics.down(row.id), this.opts.maxChunk);
+    } catch (err) {
+      this.finish(n, 'rejected', Reason.badField, (err as Error).message);
+      return;
+    }
+    const count = Math.ceil(release.row.size / chunkSize);
+    if (count > LIMITS.maxChunks) {
+      this.finish(n, 'rejected', Reason.oversize, `image needs ${count} chunks of ${chunkSize} B, limit ${LIMITS.maxChunks}`);
+      return;
+    }
+    row.session = randomInt(1, 0xffffffff);
+    row.chunkSize = chunkSize;
+    row.chunkCount = count;
+    row.attempts++;
+    const bitmap = nodeChunkSize === chunkSize ? nodeBitmap : undefined;
+    n.window = new TransferWindow(count, Math.min(row.window, LIMITS.maxWindow), n.rtt, bitmap);
+    row.bitmap = n.window.acked.toBytes();
+    n.controlTries = 0;
+    this.setState(n, 'offered', this.deadlines.download);
+    this.log('info', `node ${row.id}: offering ${release.row.version} (${release.row.size} B in ${count} chunks of ${chunkSize} B)`);
+    this.sendOffer(n);
+  }
+
+  private sendOffer(n: NodeRuntime): void {
+    const row = n.row;
+    const release = n.release ?? this.catalog.get(row.targetRelease);
+    if (!release || row.session === null) return;
+    n.release = release;
+    this.send(row.id, {
+      type: MsgType.offer,
+      session: row.session,
+      manifest: release.row.manifest,
+      encoding: Encoding.full,
+      payloadSize: release.row.size,
+      payloadDigest: release.row.digest,
+      chunkSize: row.chunkSize,
+    });
+    this.armControlTimer(n, () => this.sendOffer(n));
+  }
+
+  private sendActivate(n: NodeRuntime): void {
+    if (n.row.session === null) return;
+    this.send(n.row.id, { type: MsgType.activate, session: n.row.session });
+    this.armControlTimer(n, () => this.sendActivate(n));
+  }
+
+  /** Resend a control message until answered, backing off with jitter; then wait for the node. */
+  private armControlTimer(n: NodeRuntime, resend: () => void): void {
+    if (n.timer) clearTimeout(n.timer);
+    if (n.controlTries >= this.opts.maxControlRetries) {
+      n.timer = undefined;
+      this.store.event(n.row.id, 'silent', `no answer after ${n.controlTries} tries; waiting for the node`);
+      return;
+    }
+    const delay = jittered(n.rtt.rto * 2 ** Math.min(n.controlTries, 6));
+    n.controlTries++;
+    n.timer = setTimeout(() => {
+      n.timer = undefined;
+      if (!this.closed) resend();
+    }, delay);
+  }
+
+  private onAck(n: NodeRuntime, a: Ack): void {
+    const row = n.row;
+    if (a.session !== row.session || !n.window || !ACTIVE.has(row.state)) {
+      this.store.event(row.id, 'stale-ack', `session ${a.session}`);
+      return; // late or duplicate: harmless
+    }
+    if (a.base > row.chunkCount) {
+      this.rejectFromNode(row.id, Reason.badField, `ack.base ${a.base} is past the last chunk ${row.chunkCount}`);
+      return;
+    }
+    row.acks++;
+    n.controlTries = 0;
+    if (n.timer) {
+      clearTimeout(n.timer);
+      n.timer = undefined;
+    }
+    const fresh = n.window.onAck(a.base, a.bitmap, Date.now());
+    if (fresh > 0) {
+      n.bitmapDirty = true;
+      n.statusDirty = true;
+    }
+    if (row.state === 'offered') this.setState(n, 'downloading');
+    if (n.window.complete) {
+      if (row.state !== 'verifying') {
+        this.persistBitmap(n);
+        this.setState(n, 'verifying', this.deadlines.verify);
+      }
+      return;
+    }
+    this.pump(n);
+  }
+
+  /** Fills the window with chunks and arms the retransmission timer. */
+  private pump(n: NodeRuntime): void {
+    const w = n.window;
+    const release = n.release;
+    if (!w || !release || n.row.session === null || this.closed) return;
+    if (this.client && !this.client.connected) return;
+    const now = Date.now();
+    w.expire(now);
+    for (let i = w.next(now); i !== undefined; i = w.next(now)) {
+      const data = release.image.subarray(i * n.row.chunkSize, Math.min(release.row.size, (i + 1) * n.row.chunkSize));
+      this.send(n.row.id, { type: MsgType.chunk, session: n.row.session, index: i, data }, 0);
+      n.row.bytesSent += data.length;
+    }
+    n.row.retransmits = w.retransmits;
+    if (n.timer) clearTimeout(n.timer);
+    const due = w.nextDeadline(Date.now());
+    n.timer = due === undefined ? undefined : setTimeout(() => this.onWindowTimeout(n), due + 1);
+  }
+
+  private onWindowTimeout(n: NodeRuntime): void {
+    n.timer = undefined;
+    if (!n.window || !ACTIVE.has(n.row.state)) return;
+    n.silentExpiries++;
+    if (n.silentExpiries > this.opts.maxControlRetries) {
+      // The node has gone quiet: stop spending airtime until it says hello again (or the deadline).
+      this.store.event(n.row.id, 'silent', 'transfer paused until the node returns');
+      n.window.resync(n.window.acked.toBytes());
+      return;
+    }
+    this.pump(n);
+  }
+
+  private onReport(n: NodeRuntime, r: Report): void {
+    const row = n.row;
+    if (r.session !== 0 && r.session !== row.session) {
+      this.store.event(row.id, 'stale-report', `session ${r.session} stage ${r.stage}`);
+      return;
+    }
+    this.store.event(row.id, 'report', `stage ${r.stage} reason ${reasonName(r.reason)}${r.detail ? ` (${r.detail})` : ''}`);
+    if (n.timer) {
+      clearTimeout(n.timer);
+      n.timer = undefined;
+    }
+    n.controlTries = 0;
+    switch (r.stage) {
+      case Stage.rejected:
+        if (r.session === 0 && !ACTIVE.has(row.state)) return;
+        this.finish(n, 'rejected', r.reason, r.detail ?? reasonName(r.reason));
+        return;
+      case Stage.verified:
+        if (row.state === 'activating' || row.state === 'confirming') return; // duplicate
+        this.persistBitmap(n);
+        this.setState(n, 'activating', this.deadlines.install);
+        this.sendActivate(n);
+        return;
+      case Stage.busy: {
+        const wait = Math.min((r.retryAfter ?? 5) * 1000, Math.max(0, (row.stageDeadline ?? Date.now()) - Date.now()));
+        this.setState(n, 'deferred');
+        n.timer = setTimeout(() => {
+          n.timer = undefined;
+          if (row.state === 'deferred') {
+            this.setState(n, 'activating');
+            this.sendActivate(n);
+          }
+        }, wait);
+        return;
+      }
+      case Stage.rebooting:
+        n.rebootSeen = true;
+        this.setState(n, 'confirming', this.deadlines.confirm);
+        return;
+      case Stage.confirmed:
+        if (!r.version || r.version === this.catalog.get(row.targetRelease)?.row.version) {
+          this.finish(n, 'confirmed', Reason.none, r.version ? `running ${r.version}` : 'confirmed');
+        }
+        return;
+      case Stage.rolledBack:
+        this.finish(n, 'rolledBack', r.reason, r.detail ?? reasonName(r.reason));
+        return;
+    }
+  }
+
+  // ---- state, deadlines, persistence ------------------------------------------------------
+
+  private setState(n: NodeRuntime, state: NodeStateName, deadlineMs?: number): void {
+    const row = n.row;
+    if (deadlineMs !== undefined) row.stageDeadline = Date.now() + deadlineMs;
+    if (row.state === state && deadlineMs === undefined) return;
+    const was = row.state;
+    row.state = state;
+    if (was !== state) this.store.event(row.id, 'state', `${was} -> ${state}`);
+    this.persist(n);
+    this.publishStatus(n, true);
+    if (ACTIVE.has(was) && !ACTIVE.has(state)) this.startQueued();
+  }
+
+  /** Ends an update for a node with an outcome and a reason: no update stays "in progress". */
+  private finish(n: NodeRuntime, state: NodeStateName, reason: number, detail: string): void {
+    const row = n.row;
+    if (n.timer) clearTimeout(n.timer);
+    n.timer = undefined;
+    row.reason = reason;
+    row.detail = detail.slice(0, 200);
+    row.stageDeadline = null;
+    if ((state === 'rolledBack' || state === 'rejected') && row.targetRelease) {
+      const refused = new Set(row.refused ? row.refused.split(',') : []);
+      refused.add(row.targetRelease);
+      row.refused = [...refused].slice(-16).join(',');
+    }
+    n.window = undefined;
+    n.rebootSeen = false;
+    const level = state === 'confirmed' ? 'info' : 'warn';
+    this.log(level, `node ${row.id}: ${state}${reason ? ` (${reasonName(reason)})` : ''}: ${detail}`);
+    if (state !== 'confirmed') row.session = null;
+    this.setState(n, state);
+  }
+
+  private startQueued(): void {
+    while (this.queue.length > 0 && this.activeCount() < this.opts.maxConcurrent) {
+      const id = this.queue.shift()!;
+      const n = this.nodes.get(id);
+      if (n && n.row.state === 'queued' && n.release) this.beginTransfer(n);
+    }
+  }
+
+  /** Periodic: stage deadlines, coarse bitmap persistence, throttled status. */
+  private sweep(): void {
+    const now = Date.now();
+    for (const n of this.nodes.values()) {
+      const row = n.row;
+      if (row.stageDeadline !== null && now > row.stageDeadline && !TERMINAL.has(row.state) && row.state !== 'queued') {
+        const stage = stageOfState(row.state);
+        this.finish(n, 'timedOut', Reason.timeout, `${stage} deadline passed in state ${row.state}`);
+        continue;
+      }
+      if (n.bitmapDirty && now - n.lastBitmapSave >= BITMAP_PERSIST_MS) this.persistBitmap(n);
+      if (n.statusDirty) this.publishStatus(n);
+    }
+  }
+
+  private persistBitmap(n: NodeRuntime): void {
+    if (n.window) n.row.bitmap = n.window.acked.toBytes();
+    n.bitmapDirty = false;
+    n.lastBitmapSave = Date.now();
+    this.persist(n);
+  }
+
+  private persist(n: NodeRuntime): void {
+    n.row.updatedAt = Date.now();
+    this.store.saveNode(n.row);
+  }
+
+  /** After a restart (or broker reconnect), poke every node that was mid-update. */
+  private resumeAfterRestart(): void {
+    for (const n of this.nodes.values()) {
+      const row = n.row;
+      if (ACTIVE.has(row.state) && row.session !== null) {
+        const release = this.catalog.get(row.targetRelease);
+        if (!release) continue;
+        n.release = release;
+        if (!n.window) n.window = new TransferWindow(row.chunkCount, Math.min(row.window, LIMITS.maxWindow), n.rtt, row.bitmap ?? undefined);
+        else n.window.resync(n.window.acked.toBytes());
+        n.controlTries = 0;
+        this.sendOffer(n); // same session: the node answers with an Ack carrying all it holds
+      } else if ((row.state === 'activating' || row.state === 'deferred') && row.session !== null) {
+        n.release = this.catalog.get(row.targetRelease);
+        this.sendActivate(n);
+      }
+    }
+    for (const n of this.nodes.values()) if (n.row.state === 'queued') n.release = this.catalog.get(n.row.targetRelease);
+    this.startQueued();
+  }
+
+  private publishStatus(n: NodeRuntime, force = false): void {
+    const now = Date.now();
+    if (!force && now - n.lastStatus < 1000) {
+      n.statusDirty = true;
+      return;
+    }
+    n.statusDirty = false;
+    n.lastStatus = now;
+    const status = this.statusOf(n);
+    this.emit('status', status);
+    if (this.client?.connected) {
+      this.client.publish(this.topics.status(n.row.id), JSON.stringify(status), { qos: 1, retain: true }, (err) => {
+        if (err) this.log('warn', `status for ${n.row.id}: ${err.message}`);
+      });
+    }
+  }
+
+  /** Fire-and-forget publish: never awaited inside a handler; offline control messages are dropped and retried by timers. */
+  private send(id: string, msg: DownMessage, qos: 0 | 1 = 1): void {
+    const client = this.client;
+    if (!client || !client.connected) return;
+    client.publish(this.topics.down(id), encodeMessage(msg), { qos }, (err) => {
+      if (err && !this.closed) this.log('warn', `publish to ${id}: ${err.message}`);
+    });
+  }
+}
+
+function stageOfState(state: NodeStateName): string {
+  switch (state) {
+    case 'offered':
+    case 'downloading':
+      return 'download';
+    case 'verifying':
+      return 'verify';
+    case 'activating':
+    case 'deferred':
+      return 'install';
+    default:
+      return 'confirm';
+  }
+}
+
+function blankRow(id: string, h: Hello): NodeRow {
+  return {
+    id,
+    hw: h.hw,
+    runningVersion: h.version,
+    runningDigest: h.digest,
+    securityVersion: h.securityVersion,
+    slot: h.slot,
+    imageState: h.imageState,
+    caps: h.caps,
+    maxMessage: h.maxMessage,
+    window: h.window,
+    state: 'idle',
+    targetRelease: null,
+    session: null,
+    chunkSize: 0,
+    chunkCount: 0,
+    bitmap: null,
+    acks: 0,
+    attempts: 0,
+    retransmits: 0,
+    bytesSent: 0,
+    reason: 0,
+    detail: '',
+    stageDeadline: null,
+    lastSeen: Date.now(),
+    refused: '',
+    updatedAt: Date.now(),
+  };
+}

@@ -1,0 +1,131 @@
+import type { KeyObject } from 'node:crypto';
+import { ProtocolError, Reason } from '../shared/errors.js';
+import { manifestId, peekManifest, sha256, verifyManifest, type Manifest } from '../shared/manifest.js';
+import { compareVersions } from '../shared/version.js';
+import type { AgentStore, ReleaseRow } from './store.js';
+
+export interface Release {
+  row: ReleaseRow;
+  manifest: Manifest;
+  image: Buffer;
+}
+
+/** A release being assembled from its retained parts on the broker. */
+interface Assembly {
+  manifestBytes: Buffer;
+  manifest: Manifest;
+  id: string;
+  parts: Map<number, Buffer>;
+  partSize: number | undefined;
+  bytes: number;
+}
+
+export type IntakeResult =
+  | { kind: 'need-parts'; hw: string; version: string }
+  | { kind: 'complete'; release: Release }
+  | { kind: 'known' }
+  | { kind: 'pending' };
+
+/**
+ * The releases this agent can offer: loaded from its store at start, added as operators publish
+ * them. A release is accepted only when its image matches the manifest digest (and, when the agent
+ * was given operator keys, when the manifest verifies): an agent that relays garbage wastes airtime,
+ * even though the node would refuse it.
+ */
+export class ReleaseCatalog {
+  private readonly byId = new Map<string, Release>();
+  private readonly assemblies = new Map<string, Assembly>();
+
+  constructor(
+    private readonly store: AgentStore,
+    private readonly trust: readonly KeyObject[],
+  ) {
+    for (const row of store.releases()) {
+      const image = store.loadImage(row);
+      if (image && sha256(image).equals(row.digest)) this.byId.set(row.id, { row, manifest: peekManifest(row.manifest), image });
+    }
+  }
+
+  get(id: string | null | undefined): Release | undefined {
+    return id ? this.byId.get(id) : undefined;
+  }
+
+  all(): Release[] {
+    return [...this.byId.values()];
+  }
+
+  /** The newest release for a hardware class (highest version, then newest signature). */
+  latestFor(hw: string): Release | undefined {
+    let best: Release | undefined;
+    for (const r of this.byId.values()) {
+      if (r.row.hw !== hw) continue;
+      if (!best) best = r;
+      else {
+        const c = compareVersions(r.row.version, best.row.version);
+        if (c > 0 || (c === 0 && r.manifest.created > best.manifest.created)) best = r;
+      }
+    }
+    return best;
+  }
+
+  /** A manifest arrived on a release topic. Throws ProtocolError if it is unusable. */
+  onManifest(topicHw: string, topicVersion: string, bytes: Buffer): IntakeResult {
+    const manifest = this.trust.length > 0 ? verifyManifest(bytes, this.trust) : peekManifest(bytes);
+    if (manifest.hw !== topicHw || manifest.version !== topicVersion) {
+      throw new ProtocolError(Reason.badField, `manifest for ${manifest.hw} ${manifest.version} published on the topic of ${topicHw} ${topicVersion}`);
+    }
+    const id = manifestId(bytes);
+    if (this.byId.has(id)) return { kind: 'known' };
+    const key = `${manifest.hw}/${manifest.version}`;
+    const existing = this.assemblies.get(key);
+    if (existing && existing.id === id) return { kind: 'pending' };
+    this.assemblies.set(key, { manifestBytes: bytes, manifest, id, parts: existing?.parts ?? new Map(), partSize: existing?.partSize, bytes: existing?.bytes ?? 0 });
+    return this.tryComplete(key) ?? { kind: 'need-parts', hw: manifest.hw, version: manifest.version };
+  }
+
+  /** An image part arrived. Parts may come before or after the manifest (retained delivery order). */
+  onPart(hw: string, version: string, index: number, data: Buffer): IntakeResult {
+    const key = `${hw}/${version}`;
+    const a = this.assemblies.get(key);
+    if (!a) return { kind: 'pending' };
+    if (data.length === 0) return { kind: 'pending' };
+    if (index === 0) a.partSize = data.length;
+    if (!a.parts.has(index)) {
+      a.parts.set(index, data);
+      a.bytes += data.length;
+    }
+    return this.tryComplete(key) ?? { kind: 'pending' };
+  }
+
+  private tryComplete(key: string): IntakeResult | undefined {
+    const a = this.assemblies.get(key)!;
+    if (a.partSize === undefined || a.bytes < a.manifest.size) return undefined;
+    const count = Math.ceil(a.manifest.size / a.partSize);
+    const pieces: Buffer[] = [];
+    for (let i = 0; i < count; i++) {
+      const p = a.parts.get(i);
+      if (!p) return undefined;
+      pieces.push(p);
+    }
+    this.assemblies.delete(key);
+    const image = Buffer.concat(pieces);
+    if (image.length !== a.manifest.size || !sha256(image).equals(a.manifest.digest)) {
+      throw new ProtocolError(Reason.digestMismatch, `release ${a.manifest.hw} ${a.manifest.version}: image parts do not match the manifest digest`);
+    }
+    const row: ReleaseRow = {
+      id: a.id,
+      hw: a.manifest.hw,
+      version: a.manifest.version,
+      securityVersion: a.manifest.securityVersion,
+      size: a.manifest.size,
+      digest: a.manifest.digest,
+      manifest: a.manifestBytes,
+      flags: a.manifest.flags,
+      receivedAt: Date.now(),
+    };
+    this.store.saveRelease(row, image);
+    const release = { row, manifest: a.manifest, image };
+    this.byId.set(row.id, release);
+    return { kind: 'complete', release };
+  }
+}

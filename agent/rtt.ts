@@ -1,0 +1,60 @@
+/**
+ * Retransmission timeout estimator after RFC 6298: smoothed RTT and variance from Ack round trips
+ * (Karn's rule is applied by the caller: only chunks sent once give samples), exponential backoff on
+ * timeout, clamped to [minRto, maxRto]. The RFC's 1 s floor suits the Internet; a gateway's LAN or
+ * loopback link is far faster, so the floor is configurable and defaults lower.
+ */
+export interface RttConfig {
+  initialRto: number;
+  minRto: number;
+  maxRto: number;
+}
+
+export const DEFAULT_RTT: RttConfig = { initialRto: 1000, minRto: 200, maxRto: 60_000 };
+
+export class RttEstimator {
+  private srtt: number | undefined;
+  private rttvar = 0;
+  private base: number;
+  private backoffFactor = 1;
+
+  constructor(private readonly cfg: RttConfig = DEFAULT_RTT) {
+    this.base = cfg.initialRto;
+  }
+
+  /** Current retransmission timeout in ms, including any backoff. */
+  get rto(): number {
+    return Math.min(this.cfg.maxRto, this.base * this.backoffFactor);
+  }
+
+  get smoothed(): number | undefined {
+    return this.srtt;
+  }
+
+  sample(ms: number): void {
+    const r = Math.max(0, ms);
+    if (this.srtt === undefined) {
+      this.srtt = r;
+      this.rttvar = r / 2;
+    } else {
+      this.rttvar = 0.75 * this.rttvar + 0.25 * Math.abs(this.srtt - r);
+      this.srtt = 0.875 * this.srtt + 0.125 * r;
+    }
+    this.base = Math.min(this.cfg.maxRto, Math.max(this.cfg.minRto, this.srtt + Math.max(10, 4 * this.rttvar)));
+    this.backoffFactor = 1; // a fresh sample proves the path works again
+  }
+
+  /** A timeout fired with no answer: double the timeout (RFC 6298 §5.5). */
+  backoff(): void {
+    if (this.base * this.backoffFactor < this.cfg.maxRto) this.backoffFactor *= 2;
+  }
+
+  resetBackoff(): void {
+    this.backoffFactor = 1;
+  }
+}
+
+/** Full jitter around an exponential backoff: spreads retries of many silent nodes apart. */
+export function jittered(ms: number, random: () => number = Math.random): number {
+  return Math.round(ms / 2 + random() * (ms / 2));
+}

@@ -1,0 +1,60 @@
+import { reasonName } from '../shared/errors.js';
+import type { Release } from './catalog.js';
+import type { NodeRow } from './store.js';
+import type { TransferWindow } from './window.js';
+
+/** The retained per-node status document (docs/protocol.md §8). JSON, for operators and scripts. */
+export interface NodeStatus {
+  id: string;
+  hw: string;
+  state: string;
+  runningVersion: string;
+  targetVersion: string | null;
+  received: number;
+  total: number;
+  bytes: number;
+  acks: number;
+  attempts: number;
+  retransmits: number;
+  reason: string | null;
+  detail: string;
+  imageState: string;
+  slot: number;
+  lastSeen: string | null;
+  online: boolean;
+  warnings: string[];
+}
+
+const IMAGE_STATES = ['new', 'pendingVerify', 'valid', 'invalid', 'aborted', 'undefined'];
+
+export function nodeStatus(row: NodeRow, target: Release | undefined, window: TransferWindow | undefined, online: boolean, warnings: string[]): NodeStatus {
+  const total = row.chunkCount;
+  const received = window ? window.received : row.state === 'confirmed' ? total : countBits(row.bitmap);
+  return {
+    id: row.id,
+    hw: row.hw,
+    state: row.state,
+    runningVersion: row.runningVersion,
+    targetVersion: target?.row.version ?? null,
+    received,
+    total,
+    bytes: Math.min(target?.row.size ?? 0, received * row.chunkSize),
+    acks: row.acks,
+    attempts: row.attempts,
+    retransmits: row.retransmits,
+    reason: row.reason ? reasonName(row.reason) : null,
+    detail: row.detail,
+    imageState: IMAGE_STATES[row.imageState] ?? String(row.imageState),
+    slot: row.slot,
+    lastSeen: row.lastSeen ? new Date(row.lastSeen).toISOString() : null,
+    online,
+    warnings,
+  };
+}
+
+function countBits(b: Buffer | null): number {
+  if (!b) return 0;
+  let n = 0;
+  for (const byte of b) for (let v = byte; v; v &= v - 1) n++;
+  return n;
+}

@@ -1,0 +1,250 @@
+import Database from 'better-sqlite3';
+import fs from 'node:fs';
+import path from 'node:path';
+
+/**
+ * The agent's durable state, in SQLite under the data dir. WAL mode with synchronous=NORMAL:
+ * a kill -9 loses at most the last few transactions, never corrupts the file, and the node is the
+ * source of truth for what it holds anyway (its Hello carries its bitmap). So bitmaps are written
+ * coarsely; stage changes are written at once.
+ */
+export interface ReleaseRow {
+  id: string;
+  hw: string;
+  version: string;
+  securityVersion: number;
+  size: number;
+  digest: Buffer;
+  manifest: Buffer;
+  flags: number;
+  receivedAt: number;
+}
+
+export type NodeStateName =
+  | 'idle'
+  | 'queued'
+  | 'offered'
+  | 'downloading'
+  | 'verifying'
+  | 'activating'
+  | 'deferred'
+  | 'confirming'
+  | 'confirmed'
+  | 'rolledBack'
+  | 'rejected'
+  | 'timedOut'
+  | 'failed';
+
+export interface NodeRow {
+  id: string;
+  hw: string;
+  runningVersion: string;
+  runningDigest: Buffer | null;
+  securityVersion: number;
+  slot: number;
+  imageState: number;
+  caps: number;
+  maxMessage: number;
+  window: number;
+  state: NodeStateName;
+  targetRelease: string | null;
+  session: number | null;
+  chunkSize: number;
+  chunkCount: number;
+  bitmap: Buffer | null;
+  acks: number;
+  attempts: number;
+  retransmits: number;
+  bytesSent: number;
+  reason: number;
+  detail: string;
+  stageDeadline: number | null;
+  lastSeen: number;
+  /** Release ids this node has rolled back from or rejected: never offered again automatically. */
+  refused: string;
+  updatedAt: number;
+}
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS releases (
+  id TEXT PRIMARY KEY,
+  hw TEXT NOT NULL,
+  version TEXT NOT NULL,
+  security_version INTEGER NOT NULL,
+  size INTEGER NOT NULL,
+  digest BLOB NOT NULL,
+  manifest BLOB NOT NULL,
+  flags INTEGER NOT NULL DEFAULT 0,
+  received_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS releases_hw ON releases(hw);
+CREATE TABLE IF NOT EXISTS nodes (
+  id TEXT PRIMARY KEY,
+  hw TEXT NOT NULL,
+  running_version TEXT NOT NULL,
+  running_digest BLOB,
+  security_version INTEGER NOT NULL DEFAULT 0,
+  slot INTEGER NOT NULL DEFAULT 0,
+  image_state INTEGER NOT NULL DEFAULT 5,
+  caps INTEGER NOT NULL DEFAULT 0,
+  max_message INTEGER NOT NULL DEFAULT 0,
+  window INTEGER NOT NULL DEFAULT 1,
+  state TEXT NOT NULL DEFAULT 'idle',
+  target_release TEXT,
+  session INTEGER,
+  chunk_size INTEGER NOT NULL DEFAULT 0,
+  chunk_count INTEGER NOT NULL DEFAULT 0,
+  bitmap BLOB,
+  acks INTEGER NOT NULL DEFAULT 0,
+  attempts INTEGER NOT NULL DEFAULT 0,
+  retransmits INTEGER NOT NULL DEFAULT 0,
+  bytes_sent INTEGER NOT NULL DEFAULT 0,
+  reason INTEGER NOT NULL DEFAULT 0,
+  detail TEXT NOT NULL DEFAULT '',
+  stage_deadline INTEGER,
+  last_seen INTEGER NOT NULL DEFAULT 0,
+  refused TEXT NOT NULL DEFAULT '',
+  updated_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  at INTEGER NOT NULL,
+  node TEXT,
+  kind TEXT NOT NULL,
+  detail TEXT NOT NULL DEFAULT ''
+);
+`;
+
+const NODE_COLUMNS: [keyof NodeRow, string][] = [
+  ['id', 'id'], ['hw', 'hw'], ['runningVersion', 'running_version'], ['runningDigest', 'running_digest'],
+  ['securityVersion', 'security_version'], ['slot', 'slot'], ['imageState', 'image_state'], ['caps', 'caps'],
+  ['maxMessage', 'max_message'], ['window', 'window'], ['state', 'state'], ['targetRelease', 'target_release'],
+  ['session', 'session'], ['chunkSize', 'chunk_size'], ['chunkCount', 'chunk_count'], ['bitmap', 'bitmap'],
+  ['acks', 'acks'], ['attempts', 'attempts'], ['retransmits', 'retransmits'], ['bytesSent', 'bytes_sent'],
+  ['reason', 'reason'], ['detail', 'detail'], ['stageDeadline', 'stage_deadline'], ['lastSeen', 'last_seen'],
+  ['refused', 'refused'], ['updatedAt', 'updated_at'],
+];
+
+/** Keeps at most this many event rows: the log is for diagnosis, not an archive. */
+const MAX_EVENTS = 50_000;
+
+export class AgentStore {
+  readonly db: Database.Database;
+  readonly imagesDir: string;
+  private readonly upsertNode: Database.Statement;
+  private readonly insertEvent: Database.Statement;
+  private eventsSinceTrim = 0;
+
+  constructor(dataDir: string) {
+    fs.mkdirSync(dataDir, { recursive: true });
+    this.imagesDir = path.join(dataDir, 'images');
+    fs.mkdirSync(this.imagesDir, { recursive: true });
+    this.db = new Database(path.join(dataDir, 'agent.db'));
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('busy_timeout = 2000');
+    this.db.exec(SCHEMA);
+    const cols = NODE_COLUMNS.map(([, c]) => c);
+    this.upsertNode = this.db.prepare(
+      `INSERT INTO nodes (${cols.join(',')}) VALUES (${NODE_COLUMNS.map(([k]) => '@' + k).join(',')})
+       ON CONFLICT(id) DO UPDATE SET ${cols.filter((c) => c !== 'id').map((c) => `${c}=excluded.${c}`).join(',')}`,
+    );
+    this.insertEvent = this.db.prepare('INSERT INTO events (at, node, kind, detail) VALUES (?, ?, ?, ?)');
+    this.removeStrayTempImages();
+  }
+
+  /** Half-written image files from a crash mid-save are garbage: the release is fetched again. */
+  private removeStrayTempImages(): void {
+    for (const f of fs.readdirSync(this.imagesDir)) if (f.endsWith('.tmp')) fs.rmSync(path.join(this.imagesDir, f), { force: true });
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  imagePath(digest: Buffer): string {
+    return path.join(this.imagesDir, `${digest.toString('hex')}.bin`);
+  }
+
+  /** Writes the image durably (temp file, fsync, rename), then records the release. */
+  saveRelease(row: ReleaseRow, image: Buffer): void {
+    const final = this.imagePath(row.digest);
+    if (!fs.existsSync(final)) {
+      const tmp = `${final}.${process.pid}.tmp`;
+      const fd = fs.openSync(tmp, 'w');
+      try {
+        fs.writeSync(fd, image);
+        fs.fsyncSync(fd);
+      } finally {
+        fs.closeSync(fd);
+      }
+      fs.renameSync(tmp, final);
+    }
+    this.db
+      .prepare(
+        `INSERT OR IGNORE INTO releases (id, hw, version, security_version, size, digest, manifest, flags, received_at)
+         VALUES (@id, @hw, @version, @securityVersion, @size, @digest, @manifest, @flags, @receivedAt)`,
+      )
+      .run(row);
+  }
+
+  hasRelease(id: string): boolean {
+    return this.db.prepare('SELECT 1 FROM releases WHERE id = ?').get(id) !== undefined;
+  }
+
+  releases(): ReleaseRow[] {
+    return (this.db.prepare('SELECT * FROM releases').all() as Record<string, unknown>[]).map(toRelease);
+  }
+
+  loadImage(row: ReleaseRow): Buffer | undefined {
+    try {
+      return fs.readFileSync(this.imagePath(row.digest));
+    } catch {
+      return undefined;
+    }
+  }
+
+  saveNode(row: NodeRow): void {
+    this.upsertNode.run(row);
+  }
+
+  nodes(): NodeRow[] {
+    return (this.db.prepare('SELECT * FROM nodes ORDER BY id').all() as Record<string, unknown>[]).map(toNode);
+  }
+
+  event(node: string | null, kind: string, detail = ''): void {
+    this.insertEvent.run(Date.now(), node, kind, detail);
+    if (++this.eventsSinceTrim >= 1000) {
+      this.eventsSinceTrim = 0;
+      this.db.prepare('DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?').run(MAX_EVENTS);
+    }
+  }
+
+  events(node?: string, limit = 100): { at: number; node: string | null; kind: string; detail: string }[] {
+    const sql = node
+      ? 'SELECT at, node, kind, detail FROM events WHERE node = ? ORDER BY seq DESC LIMIT ?'
+      : 'SELECT at, node, kind, detail FROM events ORDER BY seq DESC LIMIT ?';
+    const args = node ? [node, limit] : [limit];
+    return this.db.prepare(sql).all(...args) as { at: number; node: string | null; kind: string; detail: string }[];
+  }
+}
+
+function toRelease(r: Record<string, unknown>): ReleaseRow {
+  return {
+    id: r.id as string,
+    hw: r.hw as string,
+    version: r.version as string,
+    securityVersion: r.security_version as number,
+    size: r.size as number,
+    digest: r.digest as Buffer,
+    manifest: r.manifest as Buffer,
+    flags: r.flags as number,
+    receivedAt: r.received_at as number,
+  };
+}
+
+function toNode(r: Record<string, unknown>): NodeRow {
+  const out: Record<string, unknown> = {};
+  for (const [k, c] of NODE_COLUMNS) out[k] = r[c];
+  return out as unknown as NodeRow;
+}
