@@ -1,5 +1,16 @@
 import type { CommandModule } from 'yargs';
+import { agentCommand } from './agent.js';
+import { gatewayCommand } from './gateway.js';
+import { keygenCommand } from './keygen.js';
+import { releaseCommand } from './release.js';
+import { statusCommand } from './status.js';
 
 /** Every ferry subcommand, in the order --help lists them. Add a command here and nowhere else. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export const commands: CommandModule<any, any>[] = [];
+export const commands: CommandModule<any, any>[] = [
+  gatewayCommand,
+  agentCommand,
+  keygenCommand,
+  releaseCommand,
+  statusCommand,
+];

@@ -12,6 +12,8 @@ export async function runCli(argv: string[]): Promise<void> {
     .strict()
     .demandCommand(1, 'name a command: ferry --help lists them')
     .recommendCommands()
+    // --version belongs to release commands (the firmware version), not to ferry itself.
+    .version(false)
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100))
     .fail((msg, err) => {

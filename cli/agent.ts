@@ -1,0 +1,56 @@
+import type { CommandModule } from 'yargs';
+import { Agent } from '../agent/agent.js';
+import { brokerOption, jsonOption, makeLogger, password, passwordOption, prefixOption, readPublicKeys, untilSignal, usernameOption } from './common.js';
+
+export interface AgentArgs {
+  'data-dir': string;
+  trust?: string | string[];
+  prefix: string;
+  username?: string;
+  password?: string;
+  'max-concurrent': number;
+  'max-chunk': number;
+  json: boolean;
+}
+
+/** Flags shared by `ferry agent` and `ferry gateway`. */
+export const agentOptions = {
+  'data-dir': { type: 'string', demandOption: true, describe: 'directory for the agent state (SQLite) and cached images' },
+  trust: { type: 'string', describe: 'operator public key file(s): refuse releases they do not sign (nodes check anyway)' },
+  prefix: prefixOption,
+  'max-concurrent': { type: 'number', default: 16, describe: 'transfers running at once' },
+  'max-chunk': { type: 'number', default: 16384, describe: 'largest chunk in bytes, whatever a node could take' },
+  json: jsonOption,
+} as const;
+
+export function validateAgentArgs(argv: AgentArgs): void {
+  if (!Number.isInteger(argv['max-concurrent']) || argv['max-concurrent'] < 1) throw new Error(`--max-concurrent must be a positive integer, got ${argv['max-concurrent']}`);
+  if (!Number.isInteger(argv['max-chunk']) || argv['max-chunk'] < 64) throw new Error(`--max-chunk must be an integer >= 64, got ${argv['max-chunk']}`);
+}
+
+export function createAgent(brokerUrl: string, argv: AgentArgs): Agent {
+  validateAgentArgs(argv);
+  return new Agent({
+    brokerUrl,
+    dataDir: argv['data-dir'],
+    trust: readPublicKeys(argv.trust),
+    prefix: argv.prefix,
+    username: argv.username,
+    password: password(argv),
+    maxConcurrent: argv['max-concurrent'],
+    maxChunk: argv['max-chunk'],
+    log: makeLogger(argv.json),
+  });
+}
+
+export const agentCommand: CommandModule<object, AgentArgs & { broker: string }> = {
+  command: 'agent',
+  describe: 'run the relay agent against a broker',
+  builder: (y) => y.options({ broker: brokerOption, username: usernameOption, password: passwordOption, ...agentOptions }) as never,
+  handler: async (argv) => {
+    const agent = createAgent(argv.broker, argv);
+    await agent.start();
+    await untilSignal();
+    await agent.stop();
+  },
+};
