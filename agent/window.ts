@@ -1,6 +1,8 @@
 import { ChunkBitmap } from '../shared/bitmap.js';
 import type { RttEstimator } from './rtt.js';
 
+const NOT_IN_FLIGHT = -1;
+
 /**
  * Selective-repeat sender state for one transfer. It decides which chunk goes next and which are
  * overdue; it does no I/O. Chunks go out in index order; a chunk is resent only when it is both
@@ -33,7 +35,7 @@ export class TransferWindow {
     bitmap?: Uint8Array,
   ) {
     this.acked = new ChunkBitmap(count, bitmap);
-    this.sentAt = new Float64Array(count);
+    this.sentAt = new Float64Array(count).fill(NOT_IN_FLIGHT);
     this.sends = new Uint8Array(count);
     this.cwnd = nodeWindow;
     this.floor = Math.max(1, Math.ceil(nodeWindow / 2));
@@ -59,7 +61,7 @@ export class TransferWindow {
   resync(bitmap: Uint8Array): void {
     const fresh = new ChunkBitmap(this.count, bitmap);
     for (let i = 0; i < this.count; i++) if (fresh.has(i)) this.acked.set(i);
-    this.sentAt.fill(0);
+    this.sentAt.fill(NOT_IN_FLIGHT);
     this.fifo = [];
     this.fifoHead = 0;
     this.inFlight = 0;
@@ -70,7 +72,7 @@ export class TransferWindow {
   next(now: number): number | undefined {
     if (this.inFlight >= this.cwnd) return undefined;
     let i = this.acked.firstMissing(this.cursor);
-    while (i < this.count && (this.acked.has(i) || this.sentAt[i] !== 0)) i++;
+    while (i < this.count && (this.acked.has(i) || this.sentAt[i] !== NOT_IN_FLIGHT)) i++;
     this.cursor = i;
     if (i >= this.count) return undefined;
     this.sentAt[i] = now;
@@ -86,15 +88,15 @@ export class TransferWindow {
   /** Applies an Ack; returns how many chunks it newly confirmed. */
   onAck(base: number, selective: Uint8Array | undefined, now: number): number {
     const fresh = this.acked.applyAck(base, selective);
-    let newestOnce = 0;
+    let newestOnce: number | undefined;
     for (const i of fresh) {
-      if (this.sentAt[i] !== 0) {
+      if (this.sentAt[i] !== NOT_IN_FLIGHT) {
         this.inFlight--;
-        if (this.sends[i] === 1 && this.sentAt[i] > newestOnce) newestOnce = this.sentAt[i];
-        this.sentAt[i] = 0;
+        if (this.sends[i] === 1 && (newestOnce === undefined || this.sentAt[i] > newestOnce)) newestOnce = this.sentAt[i];
+        this.sentAt[i] = NOT_IN_FLIGHT;
       }
     }
-    if (newestOnce > 0) this.rtt.sample(now - newestOnce);
+    if (newestOnce !== undefined) this.rtt.sample(now - newestOnce);
     if (fresh.length > 0 && this.cwnd < this.nodeWindow) this.cwnd = Math.min(this.nodeWindow, this.cwnd + 1);
     this.compactFifo();
     return fresh.length;
@@ -111,7 +113,7 @@ export class TransferWindow {
         continue;
       }
       if (e.at + rto > now) break;
-      this.sentAt[e.index] = 0;
+      this.sentAt[e.index] = NOT_IN_FLIGHT;
       this.inFlight--;
       if (e.index < this.cursor) this.cursor = e.index;
       this.fifoHead++;
