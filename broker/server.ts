@@ -1,18 +1,39 @@
 import net from 'node:net';
+import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { Aedes, type AedesOptions } from 'aedes';
+import { installFerryPlugin, type FerryPlugin, type FerryPluginOptions } from './plugin.js';
+import { redisBackends, type RedisBackends } from './redis.js';
 
 /**
  * A running ferry broker: aedes behind a TCP listener. Sockets get TCP_NODELAY because ferry's traffic
  * is many small control messages (acks, hellos) interleaved with chunks; Nagle would hold each ack
  * back for up to one RTT and stall the transfer window.
+ *
+ * Without `ferry` options this is a plain aedes (anonymous, no ACL): what unit tests of other parts
+ * use. With `ferry` the plugin of broker/plugin.ts is installed (identities, ACL, limits, presence).
  */
 export interface RunningBroker {
   aedes: Aedes;
   server: net.Server;
   port: number;
   url: string;
+  /** The ferry plugin, when `ferry` options were given. */
+  plugin?: FerryPlugin;
+  /** The TLS listener's port and URL, when `tls` options were given. */
+  tlsPort?: number;
+  tlsUrl?: string;
   close(): Promise<void>;
+}
+
+export interface TlsListenerOptions {
+  port?: number;
+  key: string | Buffer;
+  cert: string | Buffer;
+  /** CA that signs client certificates. With it, a verified client certificate's CN is the identity. */
+  ca?: string | Buffer;
+  /** Refuse TLS clients without a valid certificate (default false: they may use a password instead). */
+  requireClientCert?: boolean;
 }
 
 export interface BrokerOptions {
@@ -22,39 +43,76 @@ export interface BrokerOptions {
   aedes?: AedesOptions;
   /** Called with the aedes instance before the listener opens: where plugins attach. */
   setup?: (aedes: Aedes) => void | Promise<void>;
+  /** Install the ferry plugin with these options. */
+  ferry?: FerryPluginOptions;
+  /** Share clients with other brokers through this Redis (redis://host:port[/db]). */
+  redis?: string;
+  /** Also listen for MQTT over TLS. */
+  tls?: TlsListenerOptions;
 }
 
 export async function startBroker(opts: BrokerOptions = {}): Promise<RunningBroker> {
-  const aedes = await Aedes.createBroker(opts.aedes ?? {});
+  let backends: RedisBackends | undefined;
+  if (opts.redis) backends = redisBackends(opts.redis);
+  const aedes = await Aedes.createBroker({ ...opts.aedes, ...backends?.aedes });
+  const plugin = opts.ferry ? installFerryPlugin(aedes, opts.ferry) : undefined;
   if (opts.setup) await opts.setup(aedes);
   const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
+  const accept = (socket: net.Socket) => {
     socket.setNoDelay(true);
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     aedes.handle(socket);
-  });
+  };
+  const server = net.createServer(accept);
   const host = opts.host ?? '127.0.0.1';
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(opts.port ?? 0, host, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  const port = (server.address() as AddressInfo).port;
+  const urlHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+  const port = await listen(server, opts.port ?? 0, host);
+  let tlsServer: tls.Server | undefined;
+  let tlsPort: number | undefined;
+  if (opts.tls) {
+    tlsServer = tls.createServer(
+      {
+        key: opts.tls.key,
+        cert: opts.tls.cert,
+        ca: opts.tls.ca,
+        requestCert: opts.tls.ca !== undefined,
+        rejectUnauthorized: opts.tls.requireClientCert ?? false,
+      },
+      accept,
+    );
+    // A failed handshake is the client's problem; it must not reach the process as an error.
+    tlsServer.on('tlsClientError', (err) => plugin && opts.ferry?.log?.('warn', `TLS handshake refused: ${err.message}`));
+    tlsPort = await listen(tlsServer, opts.tls.port ?? 0, host);
+  }
   return {
     aedes,
     server,
     port,
-    url: `mqtt://${host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host}:${port}`,
+    url: `mqtt://${urlHost}:${port}`,
+    plugin,
+    tlsPort,
+    tlsUrl: tlsPort === undefined ? undefined : `mqtts://${urlHost}:${tlsPort}`,
     async close() {
       // Stop accepting, drop live clients, then close aedes: server.close alone waits for every client.
-      await new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const s of sockets) s.destroy();
-      });
+      await Promise.all(
+        [server, tlsServer].filter((s): s is net.Server => s !== undefined).map(
+          (s) => new Promise<void>((resolve) => s.close(() => resolve())),
+        ).concat([Promise.resolve().then(() => sockets.forEach((s) => s.destroy()))]),
+      );
+      plugin?.close();
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
+      await backends?.close();
     },
   };
+}
+
+function listen(server: net.Server, port: number, host: string): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
 }

@@ -1,0 +1,42 @@
+import MQEmitterRedis from 'mqemitter-redis';
+import AsyncRedisPersistence from 'aedes-persistence-redis/asyncPersistence.js';
+import type { AedesOptions } from 'aedes';
+
+/**
+ * Scale-out backends: every broker process that points at the same Redis shares message routing
+ * (mqemitter-redis pub/sub) and state (aedes-persistence-redis: retained messages, sessions, wills).
+ * A client on broker A then receives what is published on broker B, and retained presence, status
+ * and releases are the same everywhere.
+ */
+export interface RedisBackends {
+  aedes: Pick<AedesOptions, 'mq' | 'persistence'>;
+  /** aedes.close() closes the mq but leaves the persistence connections open; this closes them. */
+  close(): Promise<void>;
+}
+
+export function redisBackends(url: string): RedisBackends {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new Error(`--redis must be a URL like redis://127.0.0.1:6379, got "${url}"`);
+  }
+  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') throw new Error(`--redis must use redis:// or rediss://, got "${url}"`);
+  const mq = MQEmitterRedis({ connectionString: url });
+  const persistence = new AsyncRedisPersistence(redisOptions(parsed));
+  return {
+    aedes: { mq, persistence },
+    close: () => persistence.destroy(),
+  };
+}
+
+function redisOptions(u: URL) {
+  return {
+    host: u.hostname,
+    port: u.port ? Number(u.port) : 6379,
+    username: u.username ? decodeURIComponent(u.username) : undefined,
+    password: u.password ? decodeURIComponent(u.password) : undefined,
+    db: u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0,
+    tls: u.protocol === 'rediss:' ? {} : undefined,
+  };
+}
