@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import type { Test } from 'tap';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { encodeMessage, MsgType } from '../../shared/messages.js';
 
@@ -209,8 +210,7 @@ export const MATRIX: MatrixTopic[] = [
   { name: 'outside the prefix', topic: () => `plain/room/temp`, payload: () => Buffer.from('21.5'), pub: ACTORS, sub: ACTORS, observer: 'operator' },
 ];
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-type Tap = { equal: (found: any, wanted: any, message?: string) => boolean };
+type Tap = Pick<Test, 'equal'>;
 
 /** Connects every actor with its credentials (anonymous: none) and a unique client id. */
 export async function connectActors(url: string, creds: Partial<Record<Actor, { username: string; password: string }>>): Promise<Record<Actor, MqttClient>> {
