@@ -107,7 +107,7 @@ export class IdentityStore {
   async add(role: Role, username: string, opts: AddOptions = {}): Promise<Credentials> {
     if (!ROLES.includes(role)) throw new Error(`unknown role "${role}": use node, agent or operator`);
     const pattern = role === 'node' ? isDeviceId(username) : NAME_PATTERN.test(username);
-    if (!pattern) throw new Error(`${role} name "${username}" must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}`);
+    if (!pattern) throw new Error(`${role === "node" ? "device id" : `${role} name`} "${username}" must match [A-Za-z0-9][A-Za-z0-9_.:-]{0,63}`);
     const groups = opts.groups ?? [];
     if (groups.length > 0 && role !== 'node') throw new Error('--group applies to nodes only');
     for (const g of groups) if (!isGroupName(g)) throw new Error(`group "${g}" must match [A-Za-z0-9][A-Za-z0-9_.-]{0,31}`);

@@ -1,5 +1,9 @@
 import type { CommandModule } from 'yargs';
 import { agentCommand } from './agent.js';
+import { agentsCommand } from './agents.js';
+import { brokerCommand } from './broker.js';
+import { devicesCommand } from './devices.js';
+import { operatorsCommand } from './operators.js';
 import { gatewayCommand } from './gateway.js';
 import { keygenCommand } from './keygen.js';
 import { releaseCommand } from './release.js';
@@ -13,4 +17,8 @@ export const commands: CommandModule<any, any>[] = [
   keygenCommand,
   releaseCommand,
   statusCommand,
+  brokerCommand,
+  devicesCommand,
+  agentsCommand,
+  operatorsCommand,
 ];

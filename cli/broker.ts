@@ -1,0 +1,73 @@
+import type { CommandModule } from 'yargs';
+import { IdentityStore } from '../broker/identity-store.js';
+import { startBroker, type TlsListenerOptions } from '../broker/server.js';
+import { jsonOption, makeLogger, prefixOption, readFileOrFail, untilSignal } from './common.js';
+
+export const DEFAULT_DATA_DIR = './ferry-data';
+
+interface Args {
+  port: number;
+  host: string;
+  'data-dir': string;
+  'allow-anonymous': boolean;
+  prefix: string;
+  redis?: string;
+  'tls-port'?: number;
+  'tls-key'?: string;
+  'tls-cert'?: string;
+  'tls-ca'?: string;
+  'require-client-cert': boolean;
+  json: boolean;
+}
+
+/** `ferry broker`: aedes with the ferry plugin (identities, ACL, limits, presence). */
+export const brokerCommand: CommandModule<object, Args> = {
+  command: 'broker',
+  describe: 'run the MQTT broker with ferry identities, permissions, limits and presence',
+  builder: (y) =>
+    y.options({
+      port: { type: 'number', default: 1883, describe: 'MQTT listen port' },
+      host: { type: 'string', default: '0.0.0.0', describe: 'listen address' },
+      'data-dir': { type: 'string', default: DEFAULT_DATA_DIR, describe: 'directory holding identities.sqlite (see ferry devices/agents/operators)' },
+      'allow-anonymous': { type: 'boolean', default: false, describe: 'admit clients without a username (never to ferry topics)' },
+      prefix: prefixOption,
+      redis: { type: 'string', describe: 'share clients with other brokers through this Redis, e.g. redis://127.0.0.1:6379' },
+      'tls-port': { type: 'number', describe: 'also listen for MQTT over TLS on this port' },
+      'tls-key': { type: 'string', describe: 'TLS server key (PEM)' },
+      'tls-cert': { type: 'string', describe: 'TLS server certificate (PEM)' },
+      'tls-ca': { type: 'string', describe: 'CA for client certificates: a verified certificate CN is the identity' },
+      'require-client-cert': { type: 'boolean', default: false, describe: 'refuse TLS clients without a valid certificate' },
+      json: jsonOption,
+    }) as never,
+  handler: async (argv) => {
+    for (const flag of ['port', 'tls-port'] as const) {
+      const v = argv[flag];
+      if (v !== undefined && (!Number.isInteger(v) || v < 0 || v > 65535)) throw new Error(`--${flag} must be 0..65535, got ${v}`);
+    }
+    let tls: TlsListenerOptions | undefined;
+    if (argv['tls-port'] !== undefined) {
+      if (!argv['tls-key'] || !argv['tls-cert']) throw new Error('--tls-port needs --tls-key and --tls-cert');
+      tls = {
+        port: argv['tls-port'],
+        key: readFileOrFail(argv['tls-key'], 'TLS key'),
+        cert: readFileOrFail(argv['tls-cert'], 'TLS certificate'),
+        ca: argv['tls-ca'] ? readFileOrFail(argv['tls-ca'], 'TLS client CA') : undefined,
+        requireClientCert: argv['require-client-cert'],
+      };
+    }
+    const log = makeLogger(argv.json);
+    const store = IdentityStore.open(argv['data-dir']);
+    const broker = await startBroker({
+      port: argv.port,
+      host: argv.host,
+      redis: argv.redis,
+      tls,
+      ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log },
+    });
+    const counts = ['node', 'agent', 'operator'].map((r) => `${store.list(r as 'node').filter((i) => !i.revokedAt).length} ${r}s`).join(', ');
+    log('info', `ferry broker on ${argv.host}:${broker.port}${broker.tlsPort !== undefined ? `, TLS on ${broker.tlsPort}` : ''}; identities in ${store.file} (${counts}); anonymous ${argv['allow-anonymous'] ? 'allowed' : 'refused'}${argv.redis ? `; sharing through ${argv.redis}` : ''}`);
+    await untilSignal();
+    await broker.close();
+    store.close();
+  },
+};
