@@ -1,0 +1,167 @@
+import { suffixArray } from './suffix-array.js';
+
+/**
+ * One step of a patch, in the order the applier executes it: `copyLen` bytes made from the old
+ * image at the current old position plus a difference byte each ("diff" bytes, mostly zero when
+ * code merely moved), then `extraLen` bytes that are new ("extra" bytes, sent literally), then the
+ * old position moves by `seek` (may be negative).
+ */
+export interface Step {
+  copyLen: number;
+  extraLen: number;
+  seek: number;
+  /** Where the copy reads in the old image (informational: the applier tracks it via seek). */
+  oldPos: number;
+}
+
+/** Longest exact match of target[from..] in old, found by binary search of old's suffix array. */
+export class MatchFinder {
+  private readonly sa: Int32Array;
+  constructor(private readonly old: Uint8Array) {
+    this.sa = suffixArray(old);
+  }
+
+  /** Length of the common prefix of old[a..] and target[b..], starting the count at `skip`. */
+  private common(a: number, target: Uint8Array, b: number, skip: number): number {
+    const old = this.old;
+    let k = skip;
+    const max = Math.min(old.length - a, target.length - b);
+    while (k < max && old[a + k] === target[b + k]) k++;
+    return k;
+  }
+
+  longest(target: Uint8Array, from: number): { pos: number; len: number } {
+    const sa = this.sa;
+    const old = this.old;
+    if (sa.length === 0) return { pos: 0, len: 0 };
+    let lo = 0;
+    let hi = sa.length - 1;
+    // Common-prefix lengths with the bounds: every suffix between them shares at least the smaller.
+    let loLen = this.common(sa[lo], target, from, 0);
+    let hiLen = this.common(sa[hi], target, from, 0);
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >>> 1;
+      const k = this.common(sa[mid], target, from, Math.min(loLen, hiLen));
+      const a = sa[mid] + k;
+      const b = from + k;
+      // old suffix shorter than or smaller than the target's: target sorts after it.
+      const oldSmaller = a >= old.length || (b < target.length && old[a] < target[b]);
+      if (oldSmaller) {
+        lo = mid;
+        loLen = k;
+      } else {
+        hi = mid;
+        hiLen = k;
+      }
+    }
+    return loLen >= hiLen ? { pos: sa[lo], len: loLen } : { pos: sa[hi], len: hiLen };
+  }
+}
+
+export interface MatchOptions {
+  /** A new exact match replaces the running alignment only if it beats it by more than this. */
+  minGain?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/**
+ * Splits `target` into steps against `old` with the approximate-match scheme of bsdiff (Colin
+ * Percival, "Naive differences of executable code", 2003): follow exact suffix-array matches, but
+ * keep an alignment going while it still agrees on most bytes, because code that merely moved
+ * differs from the old copy only in a few displaced addresses, and those differences compress well.
+ */
+export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOptions = {}): Step[] {
+  const finder = new MatchFinder(old);
+  const minGain = opts.minGain ?? 8;
+  const steps: Step[] = [];
+  const oldLen = old.length;
+  const newLen = target.length;
+  const agrees = (newIdx: number, offset: number): boolean => {
+    const o = newIdx + offset;
+    return o >= 0 && o < oldLen && old[o] === target[newIdx];
+  };
+
+  let scan = 0;
+  let len = 0;
+  let pos = 0;
+  let lastScan = 0; // start in new of the pending copy
+  let lastPos = 0; // start in old of the pending copy
+  let lastOffset = 0; // old - new displacement of the running alignment
+  let nextReport = 0;
+
+  while (scan < newLen) {
+    let alignedScore = 0; // bytes of the candidate match the running alignment gets right anyway
+    scan += len;
+    let counted = scan;
+    while (scan < newLen) {
+      ({ pos, len } = finder.longest(target, scan));
+      for (; counted < scan + len; counted++) if (agrees(counted, lastOffset)) alignedScore++;
+      // Either the match is just the running alignment continuing, or clearly better than it.
+      if ((len === alignedScore && len !== 0) || len > alignedScore + minGain) break;
+      if (agrees(scan, lastOffset)) alignedScore--;
+      scan++;
+    }
+    if (opts.onProgress && scan >= nextReport) {
+      opts.onProgress(Math.min(scan, newLen), newLen);
+      nextReport = scan + 65536;
+    }
+    if (len === alignedScore && scan !== newLen) continue;
+
+    // Extend the pending alignment forward while it is right more often than not.
+    let fwd = 0;
+    {
+      let good = 0;
+      let best = 0;
+      for (let i = 0; lastScan + i < scan && lastPos + i < oldLen; ) {
+        if (old[lastPos + i] === target[lastScan + i]) good++;
+        i++;
+        if (good * 2 - i > best * 2 - fwd) {
+          best = good;
+          fwd = i;
+        }
+      }
+    }
+    // Extend the new match backward the same way.
+    let back = 0;
+    if (scan < newLen) {
+      let good = 0;
+      let best = 0;
+      for (let i = 1; scan >= lastScan + i && pos >= i; i++) {
+        if (old[pos - i] === target[scan - i]) good++;
+        if (good * 2 - i > best * 2 - back) {
+          best = good;
+          back = i;
+        }
+      }
+    }
+    // If the two extensions overlap, split the overlap where it favours whichever agrees more.
+    if (lastScan + fwd > scan - back) {
+      const overlap = lastScan + fwd - (scan - back);
+      let score = 0;
+      let bestScore = 0;
+      let split = 0;
+      for (let i = 0; i < overlap; i++) {
+        if (target[lastScan + fwd - overlap + i] === old[lastPos + fwd - overlap + i]) score++;
+        if (target[scan - back + i] === old[pos - back + i]) score--;
+        if (score > bestScore) {
+          bestScore = score;
+          split = i + 1;
+        }
+      }
+      fwd += split - overlap;
+      back -= split;
+    }
+
+    steps.push({
+      copyLen: fwd,
+      extraLen: scan - back - (lastScan + fwd),
+      seek: pos - back - (lastPos + fwd),
+      oldPos: lastPos,
+    });
+    lastScan = scan - back;
+    lastPos = pos - back;
+    lastOffset = pos - scan;
+  }
+  opts.onProgress?.(newLen, newLen);
+  return steps;
+}
