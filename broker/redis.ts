@@ -1,5 +1,5 @@
 import MQEmitterRedis from 'mqemitter-redis';
-import AsyncRedisPersistence from 'aedes-persistence-redis/asyncPersistence.js';
+import aedesPersistenceRedis from 'aedes-persistence-redis';
 import type { AedesOptions } from 'aedes';
 
 /**
@@ -23,7 +23,7 @@ export function redisBackends(url: string): RedisBackends {
   }
   if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') throw new Error(`--redis must use redis:// or rediss://, got "${url}"`);
   const mq = MQEmitterRedis({ connectionString: url });
-  const persistence = new AsyncRedisPersistence(redisOptions(parsed));
+  const persistence = aedesPersistenceRedis(redisOptions(parsed));
   return {
     aedes: { mq, persistence },
     close: () => persistence.destroy(),

@@ -1,10 +1,11 @@
-// aedes 1.x needs the async persistence class; the package's main export is a callback wrapper
-// around it, so we load the class file directly. It ships no types: this is the part we use.
-declare module 'aedes-persistence-redis/asyncPersistence.js' {
+// aedes-persistence-redis ships no types. Its main export wraps the async Redis persistence in the
+// same adapter aedes' default in-memory persistence uses (async methods, retained messages as
+// streams), which is the shape aedes 1.x consumes. This declares the part we use.
+declare module 'aedes-persistence-redis' {
   import type { RedisOptions } from 'ioredis';
-  export default class AsyncRedisPersistence {
-    constructor(opts?: RedisOptions & { maxSessionDelivery?: number });
+  interface RedisPersistence {
     setup(broker: unknown): Promise<void>;
     destroy(): Promise<void>;
   }
+  export default function aedesPersistenceRedis(opts?: RedisOptions & { maxSessionDelivery?: number }): RedisPersistence;
 }
