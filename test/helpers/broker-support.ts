@@ -229,12 +229,14 @@ export async function connectActors(url: string, creds: Partial<Record<Actor, { 
  * follows its QoS 1 publish with a marker on a plain topic from the same connection; the observer
  * receives the marker after the publication if the broker let it through.
  */
-export async function runMatrix(t: Tap, clients: Record<Actor, MqttClient>, prefix: string, label: string): Promise<void> {
+export async function runMatrix(t: Tap, clients: Record<Actor, MqttClient>, prefix: string, label: string, opts: { subackRefusals?: boolean } = {}): Promise<void> {
   for (const row of MATRIX) {
     const topic = row.topic(prefix);
     for (const a of ACTORS) {
       const [granted] = await subscribe(clients[a], topic);
       const allowed = row.sub.includes(a);
+      // Mosquitto 2.0 grants ACL-denied subscriptions under 3.1.1 and only withholds the messages.
+      if (!allowed && opts.subackRefusals === false) continue;
       t.equal(granted !== 128, allowed, `${label}: ${a} ${allowed ? 'may' : 'may not'} subscribe to ${row.name} (${topic})`);
       if (granted !== 128) await new Promise<void>((r) => clients[a].unsubscribe(topic, () => r()));
     }
