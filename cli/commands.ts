@@ -8,6 +8,8 @@ import { gatewayCommand } from './gateway.js';
 import { keygenCommand } from './keygen.js';
 import { releaseCommand } from './release.js';
 import { statusCommand } from './status.js';
+import { diffCommand } from './diff.js';
+import { patchCommand } from './patch.js';
 
 /** Every ferry subcommand, in the order --help lists them. Add a command here and nowhere else. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -21,4 +23,6 @@ export const commands: CommandModule<any, any>[] = [
   devicesCommand,
   agentsCommand,
   operatorsCommand,
+  diffCommand,
+  patchCommand,
 ];
