@@ -38,7 +38,15 @@ export interface StageDeadlines {
 }
 
 export interface AgentOptions {
+  /** The broker the nodes talk to (the gateway's local broker). */
   brokerUrl: string;
+  /**
+   * Optional upstream broker for operator traffic: releases come from it and node statuses go to it
+   * (and to the local broker too, for on-site tools). Without it, everything uses brokerUrl.
+   */
+  upstreamUrl?: string;
+  upstreamUsername?: string;
+  upstreamPassword?: string;
   dataDir: string;
   prefix?: string;
   /** Operator public keys: when given, releases whose manifest does not verify are refused at intake. */
@@ -95,7 +103,10 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly store: AgentStore;
   readonly catalog: ReleaseCatalog;
   readonly topics: Topics;
+  /** Connection to the nodes' broker. */
   private client: MqttClient | undefined;
+  /** Connection for releases and statuses: the same client unless an upstream broker is configured. */
+  private opClient: MqttClient | undefined;
   private readonly nodes = new Map<string, NodeRuntime>();
   private readonly queue: string[] = [];
   private readonly opts: Required<Pick<AgentOptions, 'maxChunk' | 'maxConcurrent' | 'maxControlRetries'>> & AgentOptions;
@@ -138,11 +149,31 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   async start(): Promise<void> {
     const t = this.topics;
-    const client = mqtt.connect(this.opts.brokerUrl, {
+    const id = this.opts.clientId ?? `ferry-agent-${randomInt(1e9).toString(36)}`;
+    const client = this.connect(this.opts.brokerUrl, id, this.opts.username, this.opts.password);
+    this.client = client;
+    client.on('connect', () => this.resumeAfterRestart());
+    const upstream = this.opts.upstreamUrl ? this.connect(this.opts.upstreamUrl, id, this.opts.upstreamUsername, this.opts.upstreamPassword) : client;
+    this.opClient = upstream;
+    await Promise.all([connected(client), connected(upstream)]);
+    if (upstream === client) {
+      await client.subscribeAsync([t.upWildcard, t.presenceWildcard, t.manifestWildcard], { qos: 1 });
+    } else {
+      await client.subscribeAsync([t.upWildcard, t.presenceWildcard], { qos: 1 });
+      await upstream.subscribeAsync(t.manifestWildcard, { qos: 1 });
+    }
+    this.sweeper = setInterval(() => this.sweep(), 500);
+    this.sweeper.unref();
+    const where = upstream === client ? this.opts.brokerUrl : `${this.opts.brokerUrl} (nodes) and ${this.opts.upstreamUrl} (releases, status)`;
+    this.log('info', `agent connected to ${where}, ${this.catalog.all().length} release(s), ${this.nodes.size} known node(s)`);
+  }
+
+  private connect(url: string, clientId: string, username?: string, password?: string): MqttClient {
+    const client = mqtt.connect(url, {
       protocolVersion: 4,
-      clientId: this.opts.clientId ?? `ferry-agent-${randomInt(1e9).toString(36)}`,
-      username: this.opts.username,
-      password: this.opts.password,
+      clientId,
+      username,
+      password,
       clean: true,
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
@@ -151,27 +182,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       queueQoSZero: false,
       resubscribe: true,
     });
-    this.client = client;
     client.on('message', (topic, payload) => this.onMessage(topic, payload));
-    client.on('error', (err) => this.log('warn', `mqtt: ${err.message}`));
-    client.on('connect', () => {
-      client.subscribe([t.upWildcard, t.manifestWildcard, t.presenceWildcard], { qos: 1 }, (err) => {
-        if (err) this.log('error', `subscribe failed: ${err.message}`);
-      });
-      this.resumeAfterRestart();
-    });
-    await new Promise<void>((resolve, reject) => {
-      const onError = (err: Error) => reject(err);
-      client.once('connect', () => {
-        client.off('error', onError);
-        resolve();
-      });
-      client.once('error', onError);
-    });
-    await client.subscribeAsync([t.upWildcard, t.manifestWildcard, t.presenceWildcard], { qos: 1 });
-    this.sweeper = setInterval(() => this.sweep(), 500);
-    this.sweeper.unref();
-    this.log('info', `agent connected to ${this.opts.brokerUrl}, ${this.catalog.all().length} release(s), ${this.nodes.size} known node(s)`);
+    client.on('error', (err) => this.log('warn', `mqtt ${url}: ${err.message}`));
+    return client;
   }
 
   async stop(): Promise<void> {
@@ -182,6 +195,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       this.persist(n);
     }
     await this.client?.endAsync();
+    if (this.opClient !== this.client) await this.opClient?.endAsync();
     this.store.close();
   }
 
@@ -225,7 +239,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (payload.length === 0) return; // retained release cleared
       try {
         const r = this.catalog.onManifest(hw, version, payload);
-        if (r.kind === 'need-parts') this.client?.subscribe(this.topics.partWildcard(hw, version), { qos: 1 });
+        if (r.kind === 'need-parts') this.opClient?.subscribe(this.topics.partWildcard(hw, version), { qos: 1 });
         else if (r.kind === 'complete') this.releaseReady(r.release);
       } catch (err) {
         const why = err instanceof ProtocolError ? `${err.reasonName}: ${err.message}` : (err as Error).message;
@@ -236,11 +250,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       try {
         const r = this.catalog.onPart(hw, version, Number(index), payload);
         if (r.kind === 'complete') {
-          this.client?.unsubscribe(this.topics.partWildcard(hw, version));
+          this.opClient?.unsubscribe(this.topics.partWildcard(hw, version));
           this.releaseReady(r.release);
         }
       } catch (err) {
-        this.client?.unsubscribe(this.topics.partWildcard(hw, version));
+        this.opClient?.unsubscribe(this.topics.partWildcard(hw, version));
         this.log('warn', `release ${hw} ${version} refused: ${(err as Error).message}`);
         this.store.event(null, 'release-refused', `${hw} ${version}: ${(err as Error).message}`);
       }
@@ -726,8 +740,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     n.lastStatus = now;
     const status = this.statusOf(n);
     this.emit('status', status);
-    if (this.client?.connected) {
-      this.client.publish(this.topics.status(n.row.id), JSON.stringify(status), { qos: 1, retain: true }, (err) => {
+    const doc = JSON.stringify(status);
+    for (const c of new Set([this.client, this.opClient])) {
+      if (!c?.connected) continue;
+      c.publish(this.topics.status(n.row.id), doc, { qos: 1, retain: true }, (err) => {
         if (err) this.log('warn', `status for ${n.row.id}: ${err.message}`);
       });
     }
@@ -741,6 +757,23 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (err && !this.closed) this.log('warn', `publish to ${id}: ${err.message}`);
     });
   }
+}
+
+function connected(client: MqttClient): Promise<void> {
+  if (client.connected) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => {
+      client.off('connect', onConnect);
+      client.end(true);
+      reject(err);
+    };
+    const onConnect = () => {
+      client.off('error', onError);
+      resolve();
+    };
+    client.once('connect', onConnect);
+    client.once('error', onError);
+  });
 }
 
 function stageOfState(state: NodeStateName): string {

@@ -3,11 +3,14 @@ import { Agent } from '../agent/agent.js';
 import { brokerOption, jsonOption, makeLogger, password, passwordOption, prefixOption, readPublicKeys, untilSignal, usernameOption } from './common.js';
 
 export interface AgentArgs {
-  'data-dir': string;
-  trust?: string | string[];
-  prefix: string;
   username?: string;
   password?: string;
+  'data-dir': string;
+  upstream?: string;
+  'upstream-username'?: string;
+  'upstream-password'?: string;
+  trust?: string | string[];
+  prefix: string;
   'max-concurrent': number;
   'max-chunk': number;
   json: boolean;
@@ -16,6 +19,9 @@ export interface AgentArgs {
 /** Flags shared by `ferry agent` and `ferry gateway`. */
 export const agentOptions = {
   'data-dir': { type: 'string', demandOption: true, describe: 'directory for the agent state (SQLite) and cached images' },
+  upstream: { type: 'string', describe: 'upstream broker URL for releases and status (nodes stay on the local broker)' },
+  'upstream-username': { type: 'string', describe: 'username on the upstream broker' },
+  'upstream-password': { type: 'string', describe: 'password on the upstream broker (or FERRY_UPSTREAM_PASSWORD)' },
   trust: { type: 'string', describe: 'operator public key file(s): refuse releases they do not sign (nodes check anyway)' },
   prefix: prefixOption,
   'max-concurrent': { type: 'number', default: 16, describe: 'transfers running at once' },
@@ -28,15 +34,18 @@ export function validateAgentArgs(argv: AgentArgs): void {
   if (!Number.isInteger(argv['max-chunk']) || argv['max-chunk'] < 64) throw new Error(`--max-chunk must be an integer >= 64, got ${argv['max-chunk']}`);
 }
 
-export function createAgent(brokerUrl: string, argv: AgentArgs): Agent {
+export function createAgent(brokerUrl: string, argv: AgentArgs, credentials?: { username: string; password: string }): Agent {
   validateAgentArgs(argv);
   return new Agent({
     brokerUrl,
+    upstreamUrl: argv.upstream,
+    upstreamUsername: argv['upstream-username'],
+    upstreamPassword: argv['upstream-password'] ?? process.env.FERRY_UPSTREAM_PASSWORD,
     dataDir: argv['data-dir'],
     trust: readPublicKeys(argv.trust),
     prefix: argv.prefix,
-    username: argv.username,
-    password: password(argv),
+    username: credentials?.username ?? argv.username,
+    password: credentials?.password ?? password(argv),
     maxConcurrent: argv['max-concurrent'],
     maxChunk: argv['max-chunk'],
     log: makeLogger(argv.json),

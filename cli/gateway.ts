@@ -1,14 +1,24 @@
+import { randomBytes } from 'node:crypto';
 import type { CommandModule } from 'yargs';
+import { IdentityStore } from '../broker/identity-store.js';
 import { startBroker } from '../broker/server.js';
 import { agentOptions, createAgent, type AgentArgs } from './agent.js';
-import { untilSignal } from './common.js';
+import { makeLogger, untilSignal } from './common.js';
 
 interface GatewayArgs extends AgentArgs {
   port: number;
   host: string;
+  'allow-anonymous': boolean;
 }
 
-/** `ferry gateway`: broker and agent in one process, the embedded default on a Raspberry Pi. */
+/** The in-process agent's own identity on the gateway's broker: re-keyed at every start, never printed. */
+const GATEWAY_AGENT = 'gateway-agent';
+
+/**
+ * `ferry gateway`: broker (with the ferry plugin: identities, ACL, limits, presence) and agent in
+ * one process, the embedded default on a Raspberry Pi. Nodes and operators are provisioned with
+ * `ferry devices add` / `ferry operators add --data-dir D` against the same data dir.
+ */
 export const gatewayCommand: CommandModule<object, GatewayArgs> = {
   command: 'gateway',
   describe: 'run broker + agent in one process (the embedded default)',
@@ -16,16 +26,22 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
     y.options({
       port: { type: 'number', default: 1883, describe: 'MQTT listen port' },
       host: { type: 'string', default: '0.0.0.0', describe: 'listen address' },
+      'allow-anonymous': { type: 'boolean', default: false, describe: 'admit clients without a username (never to ferry topics)' },
       ...agentOptions,
     }) as never,
   handler: async (argv) => {
     if (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535) throw new Error(`--port must be 0..65535, got ${argv.port}`);
-    const broker = await startBroker({ port: argv.port, host: argv.host });
-    const agent = createAgent(broker.url, argv);
+    const log = makeLogger(argv.json);
+    const store = IdentityStore.open(argv['data-dir']);
+    const password = randomBytes(24).toString('base64url');
+    await store.add('agent', GATEWAY_AGENT, { serves: ['*'], password, replace: true });
+    const broker = await startBroker({ port: argv.port, host: argv.host, ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log } });
+    const agent = createAgent(broker.url, argv, { username: GATEWAY_AGENT, password });
     await agent.start();
-    process.stderr.write(`ferry gateway: broker on ${argv.host}:${broker.port}, agent state in ${argv['data-dir']}\n`);
+    log('info', `ferry gateway: broker on ${argv.host}:${broker.port}, agent state and identities in ${argv['data-dir']}`);
     await untilSignal();
     await agent.stop();
     await broker.close();
+    store.close();
   },
 };
