@@ -1,0 +1,235 @@
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import t, { type Test } from 'tap';
+import { ProtocolError, Reason } from '../shared/errors.js';
+import { sha256 } from '../shared/manifest.js';
+import { applyPatch, createPatch, HEADER_SIZE, PatchApplier, readPatchHeader } from '../shared/delta/index.js';
+import { suffixArray } from '../shared/delta/suffix-array.js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '../..');
+const fixtures = process.env.FERRY_FIXTURES ?? path.resolve(repo, '../shared/fixtures/firmware');
+const PAIRS: [string, string][] = [
+  ['foo/old', 'foo/new'],
+  ['programmer/0.8.0.bin', 'programmer/0.9.0.bin'],
+  ['shell/old', 'shell/new'],
+  ['synthesizer/1.bin', 'synthesizer/2.bin'],
+  ['synthesizer/1.bin', 'synthesizer/3.bin'],
+  ['micropython-esp8266/esp8266-20180511-v1.9.4.bin', 'micropython-esp8266/esp8266-20190125-v1.10.bin'],
+];
+
+/** Deterministic PRNG so failures reproduce. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+/** Feeds the patch in random piece sizes (1 byte up to 3 KiB) and returns the written image. */
+function applyInRandomPieces(oldImage: Buffer, patch: Buffer, seed: number): { image: Buffer; peak: number } {
+  const rand = rng(seed);
+  const parts: Uint8Array[] = [];
+  const applier = new PatchApplier({ readOld: (o, l) => oldImage.subarray(o, o + l), write: (b) => parts.push(b) });
+  let pos = 0;
+  while (pos < patch.length) {
+    const n = rand() < 0.2 ? 1 + Math.floor(rand() * 8) : 1 + Math.floor(rand() * 3072);
+    applier.push(patch.subarray(pos, pos + n));
+    pos += n;
+  }
+  const result = applier.finish();
+  return { image: Buffer.concat(parts), peak: result.peakWorkingMemory };
+}
+
+function expectProtocolError(tt: Test, fn: () => unknown, reason: number, pattern: RegExp, what: string): void {
+  try {
+    fn();
+    tt.fail(`${what}: expected an error`);
+  } catch (err) {
+    tt.ok(err instanceof ProtocolError, `${what}: a ProtocolError (${(err as Error).message})`);
+    tt.equal((err as ProtocolError).reason, reason, `${what}: reason ${reason}`);
+    tt.match((err as Error).message, pattern, `${what}: message names the problem`);
+  }
+}
+
+t.test('suffix array sorts suffixes', async (tt) => {
+  for (const text of ['banana', 'mississippi', 'aaaaaaaa', 'abracadabra', '']) {
+    const bytes = Buffer.from(text);
+    const naive = [...bytes.keys()].sort((a, b) => Buffer.compare(bytes.subarray(a), bytes.subarray(b)));
+    tt.same([...suffixArray(bytes)], naive, JSON.stringify(text));
+  }
+  const rand = rng(7);
+  const bytes = Buffer.from(Array.from({ length: 3000 }, () => Math.floor(rand() * 3)));
+  const naive = [...bytes.keys()].sort((a, b) => Buffer.compare(bytes.subarray(a), bytes.subarray(b)));
+  tt.same([...suffixArray(bytes)], naive, 'random 3-letter text');
+});
+
+for (const [oldRel, newRel] of PAIRS) {
+  t.test(`round trip ${oldRel} -> ${newRel}`, async (tt) => {
+    const oldImage = fs.readFileSync(path.join(fixtures, oldRel));
+    const newImage = fs.readFileSync(path.join(fixtures, newRel));
+    const patch = createPatch(oldImage, newImage);
+    tt.ok(patch.length < newImage.length, `patch ${patch.length} B smaller than the ${newImage.length} B image`);
+    const header = readPatchHeader(patch);
+    tt.equal(header.baseSize, oldImage.length);
+    tt.equal(header.newSize, newImage.length);
+    tt.ok(header.baseDigest.equals(sha256(oldImage)), 'header names the base digest');
+    tt.ok(header.newDigest.equals(sha256(newImage)), 'header names the new digest');
+    const oldCopy = Buffer.from(oldImage);
+    for (const seed of [1, 2]) {
+      const { image, peak } = applyInRandomPieces(oldImage, patch, seed);
+      tt.ok(image.equals(newImage), `random pieces (seed ${seed}) rebuild the new image`);
+      tt.ok(peak <= 16384, `peak working memory ${peak} B <= 16 KiB`);
+    }
+    tt.ok(oldImage.equals(oldCopy), 'old image untouched');
+  });
+}
+
+t.test('identical, empty and unrelated images', async (tt) => {
+  const rand = rng(3);
+  const a = Buffer.from(Array.from({ length: 20000 }, () => Math.floor(rand() * 256)));
+  const b = randomBytes(5000);
+  const cases: [string, Buffer, Buffer][] = [
+    ['identical', a, Buffer.from(a)],
+    ['empty old', Buffer.alloc(0), b],
+    ['empty new', a, Buffer.alloc(0)],
+    ['both empty', Buffer.alloc(0), Buffer.alloc(0)],
+    ['unrelated', a, b],
+    ['one byte', Buffer.from([1]), Buffer.from([2])],
+    ['all 0xFF', Buffer.alloc(4096, 0xff), Buffer.alloc(8192, 0xff)],
+  ];
+  for (const [name, oldImage, newImage] of cases) {
+    const patch = createPatch(oldImage, newImage);
+    const { image, peak } = applyInRandomPieces(oldImage, patch, 9);
+    tt.ok(image.equals(newImage), `${name}: round trip`);
+    tt.ok(peak <= 16384, `${name}: peak ${peak} B`);
+    if (name === 'identical') tt.ok(patch.length < 200, `identical images give a tiny patch (${patch.length} B)`);
+  }
+});
+
+t.test('bad input is rejected with a clear error', async (tt) => {
+  const oldImage = fs.readFileSync(path.join(fixtures, 'programmer/0.8.0.bin'));
+  const newImage = fs.readFileSync(path.join(fixtures, 'programmer/0.9.0.bin'));
+  const patch = createPatch(oldImage, newImage);
+  const oldCopy = Buffer.from(oldImage);
+
+  expectProtocolError(tt, () => applyPatch(newImage, patch), Reason.deltaBaseMismatch, /wrong base image/, 'wrong base (checked from the header)');
+  expectProtocolError(
+    tt,
+    () => new PatchApplier({ readOld: () => new Uint8Array(0), write: () => {}, expectBaseDigest: sha256(newImage) }).push(patch),
+    Reason.deltaBaseMismatch,
+    /patch is for base image/,
+    'applier told the running digest',
+  );
+  // Same size, wrong content, base check skipped: the final digest catches it.
+  const other = Buffer.from(oldImage);
+  for (let i = 0; i < other.length; i += 97) other[i] ^= 0x5a;
+  expectProtocolError(
+    tt,
+    () => {
+      const a = new PatchApplier({ readOld: (o, l) => other.subarray(o, o + l), write: () => {} });
+      a.push(patch);
+      a.finish();
+    },
+    Reason.deltaFailed,
+    /digest/,
+    'wrong base not checked up front',
+  );
+
+  for (const cut of [10, HEADER_SIZE, HEADER_SIZE + 5, Math.floor(patch.length / 2), patch.length - 1]) {
+    expectProtocolError(tt, () => applyPatch(oldImage, patch.subarray(0, cut)), cut < HEADER_SIZE ? Reason.malformed : Reason.deltaFailed, /truncated/, `truncated at ${cut}`);
+  }
+  expectProtocolError(tt, () => applyPatch(oldImage, Buffer.concat([patch, Buffer.from([0])])), Reason.deltaFailed, /after the end/, 'trailing garbage');
+
+  const badMagic = Buffer.from(patch);
+  badMagic[0] ^= 1;
+  expectProtocolError(tt, () => readPatchHeader(badMagic), Reason.malformed, /not a ferry delta patch/, 'bad magic');
+  const badVersion = Buffer.from(patch);
+  badVersion[4] = 9;
+  expectProtocolError(tt, () => readPatchHeader(badVersion), Reason.malformed, /unknown delta format version 9/, 'unknown version');
+  const badHeader = Buffer.from(patch);
+  badHeader[20] ^= 1;
+  expectProtocolError(tt, () => readPatchHeader(badHeader), Reason.malformed, /CRC-32/, 'header corruption');
+
+  // Body corruption: every flipped byte must end in a ProtocolError, never a crash or a wrong image.
+  // A flip can be harmless (say, a match distance into a run of equal bytes still decodes the same
+  // output); then the image must still be exactly right, which the final digest check guarantees.
+  const rand = rng(11);
+  let caught = 0;
+  let harmless = 0;
+  for (let k = 0; k < 60; k++) {
+    const bad = Buffer.from(patch);
+    const at = HEADER_SIZE + Math.floor(rand() * (patch.length - HEADER_SIZE));
+    bad[at] ^= 1 + Math.floor(rand() * 255);
+    try {
+      const { image } = applyPatch(oldImage, bad, { pieceSize: 100 });
+      if (image.equals(newImage)) harmless++;
+      else tt.fail(`corruption at ${at} produced a wrong image without an error`);
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) tt.fail(`corruption at ${at}: ${(err as Error).stack}`);
+      else caught++;
+    }
+  }
+  tt.equal(caught + harmless, 60, `60 corrupted patches: ${caught} rejected with ProtocolError, ${harmless} decoded to the right image anyway`);
+  tt.ok(caught >= 50, 'nearly all corruptions are rejected');
+
+  // A patch that would write past the declared size: declare a shorter new image (and fix the CRC).
+  const shortPatch = createPatch(oldImage, newImage.subarray(0, 1000));
+  const longBody = Buffer.concat([shortPatch.subarray(0, HEADER_SIZE), patch.subarray(HEADER_SIZE)]);
+  expectProtocolError(tt, () => {
+    const a = new PatchApplier({ readOld: (o, l) => oldImage.subarray(o, o + l), write: () => {} });
+    a.push(longBody);
+    a.finish();
+  }, Reason.oversize, /longer than declared/, 'output longer than declared');
+
+  const failed = new PatchApplier({ readOld: (o, l) => oldImage.subarray(o, o + l), write: () => {} });
+  tt.throws(() => failed.push(badMagic), 'bad patch fails');
+  tt.throws(() => failed.push(patch), 'and keeps failing');
+  tt.ok(oldImage.equals(oldCopy), 'old image untouched by every failure');
+});
+
+t.test('CLI diff -> patch round trip', async (tt) => {
+  const bin = path.join(repo, 'dist/bin/ferry.js');
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-delta-cli-'));
+  tt.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const oldFile = path.join(fixtures, 'shell/old');
+  const newFile = path.join(fixtures, 'shell/new');
+  const patchFile = path.join(dir, 'p.fryd');
+  const outFile = path.join(dir, 'out.bin');
+  const run = (args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
+
+  const d = run(['diff', oldFile, newFile, '-o', patchFile, '--json']);
+  tt.equal(d.status, 0, `diff exits 0 (${d.stderr})`);
+  const ds = JSON.parse(d.stdout);
+  tt.equal(ds.patchBytes, fs.statSync(patchFile).size, 'diff summary names the patch size');
+  tt.ok(ds.peakApplyMemory <= 16384, 'diff summary names apply memory');
+
+  const p = run(['patch', oldFile, patchFile, '-o', outFile, '--json']);
+  tt.equal(p.status, 0, `patch exits 0 (${p.stderr})`);
+  tt.ok(fs.readFileSync(outFile).equals(fs.readFileSync(newFile)), 'patched file equals the new image');
+  tt.equal(JSON.parse(p.stdout).outBytes, fs.statSync(newFile).size);
+
+  const wrong = run(['patch', newFile, patchFile, '-o', path.join(dir, 'wrong.bin')]);
+  tt.not(wrong.status, 0, 'wrong base fails');
+  tt.match(wrong.stderr, /wrong base image/);
+  tt.notOk(fs.existsSync(path.join(dir, 'wrong.bin')), 'no output file on failure');
+
+  const truncated = path.join(dir, 'cut.fryd');
+  fs.writeFileSync(truncated, fs.readFileSync(patchFile).subarray(0, 500));
+  const cut = run(['patch', oldFile, truncated, '-o', path.join(dir, 'cut.bin')]);
+  tt.not(cut.status, 0, 'truncated patch fails');
+  tt.match(cut.stderr, /truncated/);
+  tt.notOk(fs.existsSync(path.join(dir, 'cut.bin')), 'no half-written output');
+  tt.same(fs.readdirSync(dir).filter((f) => f.endsWith('.tmp')), [], 'temp files cleaned up');
+
+  const flags = run(['diff', oldFile, newFile, '-o', patchFile, '--window-bits', '20']);
+  tt.not(flags.status, 0, 'bad --window-bits fails');
+  tt.match(flags.stderr, /--window-bits/);
+  const overwrite = run(['patch', oldFile, patchFile, '-o', oldFile]);
+  tt.not(overwrite.status, 0, 'refuses to write over OLD');
+});
