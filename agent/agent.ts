@@ -21,6 +21,8 @@ import {
 import { topics as makeTopics, type Topics } from '../shared/topics.js';
 import { compareVersions } from '../shared/version.js';
 import { ReleaseCatalog, type Release } from './catalog.js';
+import { PatchCache } from './patches.js';
+import { sha256 } from '../shared/manifest.js';
 import { DEFAULT_RTT, jittered, RttEstimator, type RttConfig } from './rtt.js';
 import { AgentStore, type NodeRow, type NodeStateName } from './store.js';
 import { nodeStatus, type NodeStatus } from './status.js';
@@ -60,6 +62,10 @@ export interface AgentOptions {
   maxConcurrent?: number;
   rtt?: Partial<RttConfig>;
   deadlines?: Partial<StageDeadlines>;
+  /** Send delta patches to nodes that can apply them (default true). */
+  delta?: boolean;
+  /** Send the delta only when it is at least this fraction smaller than the full image (default 0.2). */
+  deltaMargin?: number;
   /** Resends of an unanswered Offer/Activate before the agent waits for the node to speak. */
   maxControlRetries?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
@@ -71,11 +77,20 @@ const TERMINAL: ReadonlySet<NodeStateName> = new Set(['confirmed', 'rolledBack',
 const BITMAP_PERSIST_MS = 2000;
 
 /** Runtime state of one node; the persisted part is `row`. */
+/** What travels in a session: the full image, or a patch from the node's running image. */
+interface Payload {
+  bytes: Buffer;
+  encoding: number;
+  digest: Buffer;
+  baseDigest?: Buffer;
+}
+
 interface NodeRuntime {
   row: NodeRow;
   rtt: RttEstimator;
   window?: TransferWindow;
   release?: Release;
+  payload?: Payload;
   timer?: NodeJS.Timeout;
   controlTries: number;
   silentExpiries: number;
@@ -103,6 +118,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly store: AgentStore;
   readonly catalog: ReleaseCatalog;
   readonly topics: Topics;
+  private readonly patches: PatchCache;
   /** Connection to the nodes' broker. */
   private client: MqttClient | undefined;
   /** Connection for releases and statuses: the same client unless an upstream broker is configured. */
@@ -123,6 +139,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.topics = makeTopics(opts.prefix);
     this.store = new AgentStore(opts.dataDir);
     this.catalog = new ReleaseCatalog(this.store, opts.trust ?? []);
+    this.patches = new PatchCache(opts.dataDir);
     for (const row of this.store.nodes()) this.nodes.set(row.id, this.newRuntime(row));
   }
 
@@ -196,6 +213,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     await this.client?.endAsync();
     if (this.opClient !== this.client) await this.opClient?.endAsync();
+    await this.patches.close();
     this.store.close();
   }
 
@@ -378,7 +396,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.finish(n, 'rolledBack', Reason.bootFailed, `expected ${target.row.version}, node booted ${h.version}`);
         return;
       }
-      if (h.transfer && h.transfer.digest.equals(target.row.digest)) {
+      if (h.transfer && (h.transfer.digest.equals(target.row.digest) || n.payload?.digest.equals(h.transfer.digest))) {
         // Reconnected before it could act on Activate: ask again.
         this.sendActivate(n);
         return;
@@ -395,8 +413,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
 
     // Mid-transfer: the node says what it holds; continue from there.
-    if (n.window && ACTIVE.has(row.state) && n.release) {
-      if (h.transfer && h.transfer.digest.equals(n.release.row.digest) && h.transfer.chunkSize === row.chunkSize) {
+    if (n.window && ACTIVE.has(row.state) && n.payload) {
+      if (h.transfer && h.transfer.digest.equals(n.payload.digest) && h.transfer.chunkSize === row.chunkSize) {
         n.window.resync(h.transfer.bitmap);
         if (h.transfer.session === row.session) {
           this.setState(n, n.window.complete ? 'verifying' : 'downloading');
@@ -468,37 +486,80 @@ export class Agent extends EventEmitter<AgentEvents> {
       this.finish(n, 'rejected', Reason.badField, (err as Error).message);
       return;
     }
-    const count = Math.ceil(release.row.size / chunkSize);
+    // Claim a transfer slot now: patch creation may take a while and must not let others overtake.
+    this.setState(n, 'offered', this.deadlines.download);
+    this.choosePayload(n, release).then(
+      (payload) => {
+        if (row.state !== 'offered' || row.targetRelease !== release.row.id || this.closed) return;
+        this.startSession(n, payload, chunkSize, nodeChunkSize === chunkSize && payload.digest.equals(release.row.digest) ? nodeBitmap : undefined);
+      },
+      (err: Error) => this.log('error', `node ${row.id}: preparing payload: ${err.message}`),
+    );
+  }
+
+  /** A delta when the node can apply one, we hold its running image, and the patch saves enough. */
+  private async choosePayload(n: NodeRuntime, release: Release): Promise<Payload> {
+    const full: Payload = { bytes: release.image, encoding: Encoding.full, digest: release.row.digest };
+    const row = n.row;
+    const noDelta = row.refused.split(',').includes(`full:${release.row.id}`);
+    if (this.opts.delta === false || noDelta || !(row.caps & Capability.delta) || !row.runningDigest) return full;
+    const base = this.catalog.all().find((r) => r.row.digest.equals(row.runningDigest!));
+    if (!base) return full;
+    try {
+      const patch = await this.patches.get(base.image, release.image);
+      if (patch.length > release.image.length * (1 - (this.opts.deltaMargin ?? 0.2))) return full;
+      return { bytes: patch, encoding: Encoding.delta, digest: sha256(patch), baseDigest: base.row.digest };
+    } catch (err) {
+      this.log('warn', `node ${row.id}: no delta ${base.row.version} -> ${release.row.version}: ${(err as Error).message}`);
+      return full;
+    }
+  }
+
+  private startSession(n: NodeRuntime, payload: Payload, chunkSize: number, bitmap?: Buffer): void {
+    const row = n.row;
+    const release = n.release!;
+    const count = Math.ceil(payload.bytes.length / chunkSize);
     if (count > LIMITS.maxChunks) {
-      this.finish(n, 'rejected', Reason.oversize, `image needs ${count} chunks of ${chunkSize} B, limit ${LIMITS.maxChunks}`);
+      this.finish(n, 'rejected', Reason.oversize, `payload needs ${count} chunks of ${chunkSize} B, limit ${LIMITS.maxChunks}`);
       return;
     }
+    n.payload = payload;
+    row.payloadEncoding = payload.encoding;
     row.session = randomInt(1, 0xffffffff);
     row.chunkSize = chunkSize;
     row.chunkCount = count;
     row.attempts++;
-    const bitmap = nodeChunkSize === chunkSize ? nodeBitmap : undefined;
     n.window = new TransferWindow(count, Math.min(row.window, LIMITS.maxWindow), n.rtt, bitmap);
     row.bitmap = n.window.acked.toBytes();
     n.controlTries = 0;
-    this.setState(n, 'offered', this.deadlines.download);
-    this.log('info', `node ${row.id}: offering ${release.row.version} (${release.row.size} B in ${count} chunks of ${chunkSize} B)`);
+    this.persist(n);
+    const what = payload.encoding === Encoding.delta ? `delta patch (${payload.bytes.length} B for a ${release.row.size} B image)` : `${release.row.size} B`;
+    this.log('info', `node ${row.id}: offering ${release.row.version}: ${what} in ${count} chunks of ${chunkSize} B`);
     this.sendOffer(n);
+  }
+
+  /** Rebuilds the session payload after a restart from what the row says it was. */
+  private async restorePayload(n: NodeRuntime, release: Release): Promise<Payload | undefined> {
+    if (n.row.payloadEncoding !== Encoding.delta) return { bytes: release.image, encoding: Encoding.full, digest: release.row.digest };
+    const p = await this.choosePayload(n, release);
+    return p.encoding === Encoding.delta ? p : undefined;
   }
 
   private sendOffer(n: NodeRuntime): void {
     const row = n.row;
     const release = n.release ?? this.catalog.get(row.targetRelease);
-    if (!release || row.session === null) return;
+    const payload = n.payload;
+    if (!release || !payload || row.session === null) return;
     n.release = release;
     this.send(row.id, {
       type: MsgType.offer,
       session: row.session,
       manifest: release.row.manifest,
-      encoding: Encoding.full,
-      payloadSize: release.row.size,
-      payloadDigest: release.row.digest,
+      encoding: payload.encoding,
+      payloadSize: payload.bytes.length,
+      payloadDigest: payload.digest,
       chunkSize: row.chunkSize,
+      baseDigest: payload.baseDigest,
     });
     this.armControlTimer(n, () => this.sendOffer(n));
   }
@@ -560,13 +621,13 @@ export class Agent extends EventEmitter<AgentEvents> {
   /** Fills the window with chunks and arms the retransmission timer. */
   private pump(n: NodeRuntime): void {
     const w = n.window;
-    const release = n.release;
-    if (!w || !release || n.row.session === null || this.closed) return;
+    const payload = n.payload;
+    if (!w || !payload || n.row.session === null || this.closed) return;
     if (this.client && !this.client.connected) return;
     const now = Date.now();
     w.expire(now);
     for (let i = w.next(now); i !== undefined; i = w.next(now)) {
-      const data = release.image.subarray(i * n.row.chunkSize, Math.min(release.row.size, (i + 1) * n.row.chunkSize));
+      const data = payload.bytes.subarray(i * n.row.chunkSize, Math.min(payload.bytes.length, (i + 1) * n.row.chunkSize));
       this.send(n.row.id, { type: MsgType.chunk, session: n.row.session, index: i, data }, 0);
       n.row.bytesSent += data.length;
     }
@@ -604,6 +665,15 @@ export class Agent extends EventEmitter<AgentEvents> {
     switch (r.stage) {
       case Stage.rejected:
         if (r.session === 0 && !ACTIVE.has(row.state)) return;
+        if (n.payload?.encoding === Encoding.delta && n.release && (r.reason === Reason.deltaFailed || r.reason === Reason.deltaBaseMismatch || r.reason === Reason.noSpace)) {
+          // The patch did not work on this node: the full image will.
+          this.log('warn', `node ${row.id}: delta refused (${reasonName(r.reason)}); falling back to the full image`);
+          row.refused = [...row.refused.split(',').filter(Boolean), `full:${n.release.row.id}`].slice(-16).join(',');
+          n.window = undefined;
+          this.setState(n, 'queued');
+          this.beginTransfer(n);
+          return;
+        }
         this.finish(n, 'rejected', r.reason, r.detail ?? reasonName(r.reason));
         return;
       case Stage.verified:
@@ -667,6 +737,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       row.refused = [...refused].slice(-16).join(',');
     }
     n.window = undefined;
+    n.payload = undefined;
     n.rebootSeen = false;
     const level = state === 'confirmed' ? 'info' : 'warn';
     this.log(level, `node ${row.id}: ${state}${reason ? ` (${reasonName(reason)})` : ''}: ${detail}`);
@@ -717,10 +788,23 @@ export class Agent extends EventEmitter<AgentEvents> {
         const release = this.catalog.get(row.targetRelease);
         if (!release) continue;
         n.release = release;
-        if (!n.window) n.window = new TransferWindow(row.chunkCount, Math.min(row.window, LIMITS.maxWindow), n.rtt, row.bitmap ?? undefined);
-        else n.window.resync(n.window.acked.toBytes());
-        n.controlTries = 0;
-        this.sendOffer(n); // same session: the node answers with an Ack carrying all it holds
+        if (n.window && n.payload) {
+          n.window.resync(n.window.acked.toBytes());
+          n.controlTries = 0;
+          this.sendOffer(n); // same session: the node answers with an Ack carrying all it holds
+          continue;
+        }
+        this.restorePayload(n, release).then((payload) => {
+          if (!payload || Math.ceil(payload.bytes.length / row.chunkSize) !== row.chunkCount) {
+            this.setState(n, 'queued');
+            this.beginTransfer(n);
+            return;
+          }
+          n.payload = payload;
+          n.window = new TransferWindow(row.chunkCount, Math.min(row.window, LIMITS.maxWindow), n.rtt, row.bitmap ?? undefined);
+          n.controlTries = 0;
+          this.sendOffer(n);
+        }, (err: Error) => this.log('error', `node ${row.id}: restoring payload: ${err.message}`));
       } else if ((row.state === 'activating' || row.state === 'deferred') && row.session !== null) {
         n.release = this.catalog.get(row.targetRelease);
         this.sendActivate(n);
@@ -809,6 +893,7 @@ function blankRow(id: string, h: Hello): NodeRow {
     chunkSize: 0,
     chunkCount: 0,
     bitmap: null,
+    payloadEncoding: 0,
     acks: 0,
     attempts: 0,
     retransmits: 0,

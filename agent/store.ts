@@ -52,6 +52,8 @@ export interface NodeRow {
   chunkSize: number;
   chunkCount: number;
   bitmap: Buffer | null;
+  /** What the current session carries: 0 full image, 1 delta patch from the node's running image. */
+  payloadEncoding: number;
   acks: number;
   attempts: number;
   retransmits: number;
@@ -95,6 +97,7 @@ CREATE TABLE IF NOT EXISTS nodes (
   chunk_size INTEGER NOT NULL DEFAULT 0,
   chunk_count INTEGER NOT NULL DEFAULT 0,
   bitmap BLOB,
+  payload_encoding INTEGER NOT NULL DEFAULT 0,
   acks INTEGER NOT NULL DEFAULT 0,
   attempts INTEGER NOT NULL DEFAULT 0,
   retransmits INTEGER NOT NULL DEFAULT 0,
@@ -120,7 +123,7 @@ const NODE_COLUMNS: [keyof NodeRow, string][] = [
   ['securityVersion', 'security_version'], ['slot', 'slot'], ['imageState', 'image_state'], ['caps', 'caps'],
   ['maxMessage', 'max_message'], ['window', 'window'], ['state', 'state'], ['targetRelease', 'target_release'],
   ['session', 'session'], ['chunkSize', 'chunk_size'], ['chunkCount', 'chunk_count'], ['bitmap', 'bitmap'],
-  ['acks', 'acks'], ['attempts', 'attempts'], ['retransmits', 'retransmits'], ['bytesSent', 'bytes_sent'],
+  ['payloadEncoding', 'payload_encoding'], ['acks', 'acks'], ['attempts', 'attempts'], ['retransmits', 'retransmits'], ['bytesSent', 'bytes_sent'],
   ['reason', 'reason'], ['detail', 'detail'], ['stageDeadline', 'stage_deadline'], ['lastSeen', 'last_seen'],
   ['refused', 'refused'], ['updatedAt', 'updated_at'],
 ];
