@@ -1,7 +1,21 @@
 import { createHash, type Hash } from 'node:crypto';
 import { ProtocolError, Reason } from '../errors.js';
-import { HEADER_SIZE, readPatchHeader, type PatchHeader } from './format.js';
-import { RawInflater } from './inflate.js';
+import { HEADER_SIZE, readPatchHeader, STREAM_COUNT, Transform, type PatchHeader } from './format.js';
+import { NEED_INPUT, RawInflater, STREAM_END } from './inflate.js';
+
+const STREAM_NAMES = ['control', 'diff', 'extra'];
+
+/**
+ * Pointer classes for prediction (docs/delta.md): ESP8266 flash-mapped code 0x402xxxxx, data RAM
+ * 0x3FFExxxx..0x3FFFxxxx, instruction RAM 0x4010xxxx; -1 for anything else.
+ */
+export function pointerClass(word: number): number {
+  if (word >>> 20 === 0x402) return 0;
+  const hi = word >>> 16;
+  if (hi === 0x3ffe || hi === 0x3fff) return 1;
+  if (hi === 0x4010) return 2;
+  return -1;
+}
 
 /** Old-image bytes read per flash access: small, and diff bytes walk the old image sequentially. */
 export const OLD_BUFFER_BYTES = 256;
@@ -28,21 +42,25 @@ export interface ApplyResult {
   peakWorkingMemory: number;
 }
 
-const Phase = { copyLen: 0, copy: 1, extraLen: 2, extra: 3, seek: 4 } as const;
+const Phase = { copyLen: 0, copy: 1, extraLen: 2, extra: 3, adjust: 4, drainDiff: 5, drainExtra: 6, done: 7 } as const;
 type PhaseId = (typeof Phase)[keyof typeof Phase];
+
+/** Frame parser state: the frame header varint, or the payload of a frame for one stream. */
+const FRAME_STATE_BYTES = 16;
 
 /**
  * Applies a patch as it arrives, in bounded memory: feed patch bytes with push() in any piece sizes,
- * then finish(). Nothing here grows with the patch or the image: the header (84 B), the DEFLATE
- * window and tables, one small old-image buffer and one small output buffer. The old image is only
- * read; any failure leaves it untouched and makes every later call throw the same error.
+ * then finish(). Nothing here grows with the patch or the image: the header (88 B), three DEFLATE
+ * decoders (window, tables, input buffer each), one small old-image buffer and one small output
+ * buffer. The old image is only read; any failure leaves it untouched and makes every later call
+ * throw the same error.
  */
 export class PatchApplier {
   private readonly opts: PatchApplierOptions;
   private readonly headerBuf = new Uint8Array(HEADER_SIZE);
   private headerFill = 0;
   private hdr: PatchHeader | undefined;
-  private inflater: RawInflater | undefined;
+  private streams: RawInflater[] = [];
   private readonly oldBuf = new Uint8Array(OLD_BUFFER_BYTES);
   private oldBufStart = 0;
   private oldBufLen = 0;
@@ -55,6 +73,18 @@ export class PatchApplier {
   private varShift = 0;
   private remaining = 0;
   private oldPos = 0;
+  /** Frame parsing: header varint in progress, then `frameLeft` payload bytes for `frameStream`. */
+  private frameHead = 0;
+  private frameShift = 0;
+  private frameStream = 0;
+  private frameLeft = 0;
+  /** Pointer prediction (transform 1): last displacement per pointer class, and the word in flight. */
+  private readonly lastDelta = new Int32Array(3);
+  private predicted = 0;
+  private predictedLeft = 0;
+  private predictedClass = -1;
+  private oldWord = 0;
+  private newWord = 0;
   private failure: Error | undefined;
   private finished = false;
   private peak = 0;
@@ -64,7 +94,7 @@ export class PatchApplier {
     this.notePeak();
   }
 
-  /** Header once its 84 bytes have arrived. */
+  /** Header once its 88 bytes have arrived. */
   get header(): PatchHeader | undefined {
     return this.hdr;
   }
@@ -75,22 +105,18 @@ export class PatchApplier {
   }
 
   /**
-   * Working memory a device applier with this layout needs, in bytes: DEFLATE window (2^windowBits)
-   * and tables, header, old and output buffers, SHA-256 context and decoder state. The caller's
-   * receive buffer (the piece being pushed) is not included: the transport owns it.
+   * Working memory a device applier with this layout needs, in bytes: three DEFLATE decoders
+   * (2^windowBits history, tables, input buffer each), header, old and output buffers, SHA-256
+   * context, frame and instruction decoder state. The caller's receive buffer (the piece being
+   * pushed) is not included: the transport owns it.
    */
   get peakWorkingMemory(): number {
     return this.peak;
   }
 
   private notePeak(): void {
-    const now =
-      (this.inflater?.workingMemory ?? 0) +
-      this.headerBuf.byteLength +
-      this.oldBuf.byteLength +
-      this.outBuf.byteLength +
-      SHA256_CONTEXT_BYTES +
-      DECODER_STATE_BYTES;
+    let now = this.headerBuf.byteLength + this.oldBuf.byteLength + this.outBuf.byteLength + SHA256_CONTEXT_BYTES + DECODER_STATE_BYTES + FRAME_STATE_BYTES;
+    for (const s of this.streams) now += s.workingMemory;
     if (now > this.peak) this.peak = now;
   }
 
@@ -107,11 +133,41 @@ export class PatchApplier {
         if (this.headerFill < HEADER_SIZE) return;
         this.start(readPatchHeader(this.headerBuf));
       }
-      this.inflater!.push(rest);
+      let i = 0;
+      while (i < rest.length) {
+        if (this.phase === Phase.done) throw new ProtocolError(Reason.deltaFailed, `corrupted patch: ${rest.length - i} bytes after the end of the DEFLATE streams`);
+        if (this.frameLeft === 0) {
+          this.frameByte(rest[i++]);
+          continue;
+        }
+        const n = Math.min(this.frameLeft, rest.length - i);
+        this.streams[this.frameStream].feed(rest.subarray(i, i + n));
+        i += n;
+        this.frameLeft -= n;
+        this.advance();
+      }
     } catch (err) {
       this.failure = err instanceof ProtocolError ? err : new ProtocolError(Reason.deltaFailed, `patch failed: ${(err as Error).message}`);
       throw this.failure;
     }
+  }
+
+  /** One byte of a frame header: uvarint (payloadLength - 1) * 4 + stream. */
+  private frameByte(b: number): void {
+    if (this.frameShift >= 21) throw new ProtocolError(Reason.deltaFailed, 'corrupted patch: frame header longer than 3 bytes');
+    this.frameHead += (b & 0x7f) * 2 ** this.frameShift;
+    this.frameShift += 7;
+    if (b & 0x80) return;
+    const stream = this.frameHead & 3;
+    const len = (this.frameHead >>> 2) + 1;
+    this.frameHead = 0;
+    this.frameShift = 0;
+    if (stream >= STREAM_COUNT) throw new ProtocolError(Reason.deltaFailed, `corrupted patch: frame for unknown stream ${stream}`);
+    const s = this.streams[stream];
+    if (s.done) throw new ProtocolError(Reason.deltaFailed, `corrupted patch: frame for ${STREAM_NAMES[stream]} stream after the end of it`);
+    if (len > s.room) throw new ProtocolError(Reason.deltaFailed, `corrupted patch: frame of ${len} bytes overfills the ${STREAM_NAMES[stream]} stream buffer (${s.room} bytes free)`);
+    this.frameStream = stream;
+    this.frameLeft = len;
   }
 
   private start(header: PatchHeader): void {
@@ -123,24 +179,85 @@ export class PatchApplier {
       );
     }
     this.hdr = header;
-    this.inflater = new RawInflater(header.windowBits, (b) => this.onByte(b));
+    this.streams = header.streamWindowBits.map((w) => new RawInflater(w, 1 << header.bufferBits));
     this.notePeak();
   }
 
-  /** The instruction stream, one decompressed byte at a time (docs/delta.md, "Instruction stream"). */
-  private onByte(b: number): void {
-    switch (this.phase) {
-      case Phase.copy:
-        this.out((b + this.oldByte(this.oldPos++)) & 0xff);
-        if (--this.remaining === 0) this.phase = Phase.extraLen;
-        return;
-      case Phase.extra:
-        this.out(b);
-        if (--this.remaining === 0) this.phase = Phase.seek;
-        return;
-      default:
-        this.varint(b);
+  /**
+   * Runs the instruction stream (docs/delta.md, "Instructions") as far as the delivered bytes allow:
+   * each field is pulled from its own stream, and a stream that needs input it has not got yet
+   * stops the loop until the next frame.
+   */
+  private advance(): void {
+    const [control, diff, extra] = this.streams;
+    for (;;) {
+      switch (this.phase) {
+        case Phase.copy: {
+          const b = diff.pull();
+          if (b === NEED_INPUT) return;
+          if (b === STREAM_END) throw new ProtocolError(Reason.deltaFailed, 'corrupted patch: diff stream ends before the copy does');
+          this.out((b + this.predict(this.oldPos)) & 0xff);
+          this.oldPos++;
+          if (--this.remaining === 0) this.phase = Phase.extraLen;
+          break;
+        }
+        case Phase.extra: {
+          const b = extra.pull();
+          if (b === NEED_INPUT) return;
+          if (b === STREAM_END) throw new ProtocolError(Reason.deltaFailed, 'corrupted patch: extra stream ends before the step does');
+          this.out(b);
+          if (--this.remaining === 0) this.phase = Phase.adjust;
+          break;
+        }
+        case Phase.drainDiff:
+        case Phase.drainExtra: {
+          const s = this.phase === Phase.drainDiff ? diff : extra;
+          const b = s.pull();
+          if (b === NEED_INPUT) return;
+          if (b !== STREAM_END) throw new ProtocolError(Reason.deltaFailed, `corrupted patch: ${this.phase === Phase.drainDiff ? 'diff' : 'extra'} stream holds bytes no step uses`);
+          this.phase = this.phase === Phase.drainDiff ? Phase.drainExtra : Phase.done;
+          break;
+        }
+        case Phase.done:
+          for (let k = 0; k < STREAM_COUNT; k++) {
+            if (this.streams[k].pending > 0) throw new ProtocolError(Reason.deltaFailed, `corrupted patch: ${this.streams[k].pending} bytes after the end of the ${STREAM_NAMES[k]} DEFLATE stream`);
+          }
+          return;
+        default: {
+          const b = control.pull();
+          if (b === NEED_INPUT) return;
+          if (b === STREAM_END) {
+            if (this.phase !== Phase.copyLen || this.varShift !== 0) throw new ProtocolError(Reason.deltaFailed, 'corrupted patch: control stream ends in the middle of a step');
+            this.phase = Phase.drainDiff;
+            break;
+          }
+          this.varint(b);
+        }
+      }
     }
+  }
+
+  /**
+   * The byte added to the diff byte for new-image byte `pos - oldPos + ...`: the old byte, or with
+   * pointer prediction on, the matching byte of (old word + last displacement of its class) for
+   * aligned words that look like Xtensa pointers (docs/delta.md, "Pointer prediction").
+   */
+  private predict(oldPos: number): number {
+    if (this.predictedLeft > 0) {
+      const k = 4 - this.predictedLeft;
+      return (this.predicted >>> (8 * k)) & 0xff;
+    }
+    const o = this.oldByte(oldPos);
+    if (!(this.hdr!.transforms & Transform.pointerPrediction) || this.bytesProduced % 4 !== 0 || this.remaining < 4) return o;
+    const word = (o | (this.oldByte(oldPos + 1) << 8) | (this.oldByte(oldPos + 2) << 16) | (this.oldByte(oldPos + 3) << 24)) >>> 0;
+    const c = pointerClass(word);
+    if (c < 0) return o;
+    this.predictedClass = c;
+    this.oldWord = word;
+    this.newWord = 0;
+    this.predicted = (word + this.lastDelta[c]) >>> 0;
+    this.predictedLeft = 4;
+    return this.predicted & 0xff;
   }
 
   private varint(b: number): void {
@@ -165,11 +282,12 @@ export class PatchApplier {
       case Phase.extraLen:
         if (v > room) throw this.tooLong(v);
         this.remaining = v;
-        this.phase = v > 0 ? Phase.extra : Phase.seek;
+        this.oldPos += v; // the old cursor moves along with the new one, then by `adjust`
+        this.phase = v > 0 ? Phase.extra : Phase.adjust;
         return;
-      case Phase.seek: {
-        const seek = v % 2 === 1 ? -(v + 1) / 2 : v / 2; // zigzag
-        const to = this.oldPos + seek;
+      case Phase.adjust: {
+        const adjust = v % 2 === 1 ? -(v + 1) / 2 : v / 2; // zigzag
+        const to = this.oldPos + adjust;
         if (to < 0 || to > header.baseSize) {
           throw new ProtocolError(Reason.deltaFailed, `corrupted patch: seek to old offset ${to} outside the ${header.baseSize}-byte base image`);
         }
@@ -197,6 +315,10 @@ export class PatchApplier {
   }
 
   private out(b: number): void {
+    if (this.predictedLeft > 0) {
+      this.newWord = (this.newWord | (b << (8 * (4 - this.predictedLeft)))) >>> 0;
+      if (--this.predictedLeft === 0) this.lastDelta[this.predictedClass] = (this.newWord - this.oldWord) | 0;
+    }
     this.outBuf[this.outFill++] = b;
     if (this.outFill === this.outBuf.length) this.flush();
   }
@@ -217,10 +339,9 @@ export class PatchApplier {
     try {
       const header = this.hdr;
       if (!header) throw new ProtocolError(Reason.deltaFailed, `truncated patch: only ${this.headerFill} of ${HEADER_SIZE} header bytes`);
-      if (!this.inflater!.done) {
-        throw new ProtocolError(Reason.deltaFailed, `truncated patch: compressed stream ends early (${this.bytesProduced} of ${header.newSize} output bytes)`);
+      if (this.phase !== Phase.done) {
+        throw new ProtocolError(Reason.deltaFailed, `truncated patch: compressed streams end early (${this.bytesProduced} of ${header.newSize} output bytes)`);
       }
-      if (this.phase !== Phase.copyLen || this.varShift !== 0) throw new ProtocolError(Reason.deltaFailed, 'corrupted patch: instruction stream ends in the middle of a step');
       this.flush();
       if (this.written !== header.newSize) {
         throw new ProtocolError(Reason.deltaFailed, `patch output is ${this.written} bytes, header declares ${header.newSize}`);

@@ -1,17 +1,28 @@
 import { constants, deflateRawSync } from 'node:zlib';
 import { ProtocolError, Reason } from '../errors.js';
 import { sha256 } from '../manifest.js';
-import { ByteWriter, Coder, encodeHeader, MAX_WINDOW_BITS, MIN_WINDOW_BITS } from './format.js';
+import { pointerClass } from './apply.js';
+import { ByteWriter, Coder, encodeHeader, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform } from './format.js';
+import { RawInflater, STREAM_END } from './inflate.js';
 import { findSteps, type Step } from './match.js';
 
 /**
- * Default DEFLATE window: 2^13 = 8 KiB. With the decoder's tables and the applier's buffers the
- * device-side total stays under 16 KiB (the applier reports the exact figure); 2^14 would not.
+ * Upper bound on each stream's DEFLATE window, in bits (the `windowBits` option lowers it further).
+ * ferry uses 2^9 for the control stream and 2^12 for the diff and extra streams: with three
+ * decoders' tables and input buffers the device-side total stays under 16 KiB (the applier reports
+ * the exact figure). Larger windows gain under 0.3 % on the fixtures.
  */
 export const DEFAULT_WINDOW_BITS = 13;
+/** Preferred window bits of the control, diff and extra streams. */
+const STREAM_WINDOW_BITS: [number, number, number] = [9, 12, 12];
+/** Each stream's input buffer: 2^9 bytes. */
+const BUFFER_BITS = 9;
 
 export interface CreatePatchOptions {
+  /** Largest DEFLATE window (bits) any stream may use; default 13. */
   windowBits?: number;
+  /** Xtensa pointer prediction on diff bytes; default on (it only changes words that look like ESP8266 pointers). */
+  pointerPrediction?: boolean;
   /** Called with bytes of the new image matched so far, then with the compression phase. */
   onProgress?: (done: number, total: number, phase: 'match' | 'compress') => void;
 }
@@ -20,45 +31,162 @@ export interface PatchStats {
   steps: number;
   copyBytes: number;
   extraBytes: number;
-  /** Uncompressed instruction stream size. */
+  /** Uncompressed control + diff + extra bytes. */
   streamBytes: number;
+  /** Compressed bytes of the control, diff and extra streams, and frame headers. */
+  controlBytes: number;
+  diffBytes: number;
+  extraStreamBytes: number;
+  frameHeaderBytes: number;
+  frames: number;
 }
 
-/** Lays the steps out as the applier consumes them: see docs/delta.md, "Instruction stream". */
-export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly Step[]): Buffer {
-  const w = new ByteWriter();
+/** The three uncompressed streams of a patch (docs/delta.md, "Instructions"). */
+export interface Streams {
+  control: Buffer;
+  diff: Buffer;
+  extra: Buffer;
+}
+
+/** Lays the steps out as the applier consumes them: see docs/delta.md, "Instructions". */
+export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly Step[], pointerPrediction: boolean): Streams {
+  const control = new ByteWriter();
+  const diff = Buffer.allocUnsafe(steps.reduce((n, s) => n + s.copyLen, 0));
+  const extra = new ByteWriter();
+  const lastDelta = new Int32Array(3);
+  let d = 0;
   let newPos = 0;
+  let oldPos = 0;
   for (let s = 0; s < steps.length; s++) {
     const step = steps[s];
-    w.uvarint(step.copyLen);
-    const diff = Buffer.allocUnsafe(step.copyLen);
-    for (let i = 0; i < step.copyLen; i++) diff[i] = (target[newPos + i] - old[step.oldPos + i]) & 0xff;
-    w.bytes(diff);
-    newPos += step.copyLen;
-    w.uvarint(step.extraLen);
-    w.bytes(target.subarray(newPos, newPos + step.extraLen));
+    control.uvarint(step.copyLen);
+    const end = newPos + step.copyLen;
+    const o0 = step.oldPos - newPos;
+    for (let i = newPos; i < end; ) {
+      if (pointerPrediction && i % 4 === 0 && end - i >= 4) {
+        const ow = (old[i + o0] | (old[i + o0 + 1] << 8) | (old[i + o0 + 2] << 16) | (old[i + o0 + 3] << 24)) >>> 0;
+        const c = pointerClass(ow);
+        if (c >= 0) {
+          const nw = (target[i] | (target[i + 1] << 8) | (target[i + 2] << 16) | (target[i + 3] << 24)) >>> 0;
+          const p = (ow + lastDelta[c]) >>> 0;
+          for (let k = 0; k < 4; k++) diff[d++] = (target[i + k] - ((p >>> (8 * k)) & 0xff)) & 0xff;
+          lastDelta[c] = (nw - ow) | 0;
+          i += 4;
+          continue;
+        }
+      }
+      diff[d++] = (target[i] - old[i + o0]) & 0xff;
+      i++;
+    }
+    newPos = end;
+    oldPos = step.oldPos + step.copyLen;
+    control.uvarint(step.extraLen);
+    extra.bytes(target.subarray(newPos, newPos + step.extraLen));
     newPos += step.extraLen;
-    // The last seek leads nowhere; 0 keeps the old position in range for strict appliers.
-    w.svarint(s === steps.length - 1 ? 0 : step.seek);
+    oldPos += step.extraLen;
+    // The old cursor moves with the new one; `adjust` is the change of alignment. The last one
+    // leads nowhere: 0 keeps the old position in range for strict appliers.
+    control.svarint(s + 1 < steps.length ? steps[s + 1].oldPos - oldPos : clampAdjust(oldPos, old.length));
   }
-  return w.result();
+  return { control: control.result(), diff, extra: extra.result() };
+}
+
+/** Last step: leave the cursor inside the base image (it may have run past it with extra bytes). */
+function clampAdjust(oldPos: number, oldLen: number): number {
+  return oldPos > oldLen ? oldLen - oldPos : 0;
 }
 
 /**
  * Smallest raw DEFLATE of `data` with the given window. zlib's memLevel sets how many symbols go in
- * one block, hence how often Huffman tables adapt: on the interleaved diff/extra stream smaller
- * blocks often win (ESP8266 pair: memLevel 6 is 0.7 % smaller than 9), so several are tried. None
- * of this changes what the decoder needs.
+ * one block, hence how often Huffman tables adapt, so several are tried, with the default and the
+ * filtered strategy. None of this changes what the decoder needs.
  */
 export function compress(data: Uint8Array, windowBits: number): Buffer {
   let best: Buffer | undefined;
-  const tries: [number, number][] = [5, 6, 7, 8, 9].map((m) => [m, constants.Z_DEFAULT_STRATEGY]);
-  tries.push([9, constants.Z_FILTERED]);
-  for (const [memLevel, strategy] of tries) {
-    const out = deflateRawSync(data, { windowBits, level: 9, memLevel, strategy });
-    if (!best || out.length < best.length) best = out;
+  for (const memLevel of [5, 6, 7, 8, 9]) {
+    for (const strategy of [constants.Z_DEFAULT_STRATEGY, constants.Z_FILTERED]) {
+      const out = deflateRawSync(data, { windowBits, level: 9, memLevel, strategy });
+      if (!best || out.length < best.length) best = out;
+    }
   }
   return best!;
+}
+
+/**
+ * For each output byte k of a compressed stream, how many compressed bytes a decoder that reads
+ * input only when it needs a bit of it (ours, uzlib, zlib fed byte by byte) has taken once it has
+ * produced byte k; the last entry is the count once it has seen the end of the stream.
+ */
+function inputNeeded(compressed: Buffer, windowBits: number, outLength: number): Int32Array {
+  const need = new Int32Array(outLength + 1);
+  const dec = new RawInflater(windowBits, compressed.length || 1);
+  dec.feed(compressed);
+  for (let k = 0; k <= outLength; k++) {
+    const b = dec.pull();
+    if (k < outLength ? b < 0 : b !== STREAM_END) throw new Error(`internal error: stream decodes to ${k} bytes, expected ${outLength}`);
+    need[k] = dec.consumed;
+  }
+  return need;
+}
+
+/**
+ * Multiplexes the three compressed streams into frames, in the order the applier consumes them: the
+ * applier is simulated step by step, and whenever it would need a compressed byte of a stream that
+ * has not arrived, a frame tops that stream's input buffer up to 2^bufferBits unread bytes.
+ */
+function multiplex(steps: readonly Step[], raw: Streams, packed: Buffer[], windowBits: number[], bufferBits: number): { body: Buffer; frames: number; headerBytes: number } {
+  const cap = 1 << bufferBits;
+  const lengths = [raw.control.length, raw.diff.length, raw.extra.length];
+  const need = packed.map((p, i) => inputNeeded(p, windowBits[i], lengths[i]));
+  const delivered = [0, 0, 0];
+  const pulled = [0, 0, 0];
+  const out = new ByteWriter();
+  let frames = 0;
+  let headerBytes = 0;
+  const pull = (s: number, count: number): void => {
+    const n = need[s];
+    for (let j = 0; j < count; j++) {
+      const k = pulled[s]++;
+      if (n[k] <= delivered[s]) continue;
+      const consumed = k > 0 ? n[k - 1] : 0;
+      const upTo = Math.min(packed[s].length, consumed + cap);
+      if (upTo < n[k]) throw new Error(`internal error: one symbol of stream ${s} needs more than ${cap} input bytes`);
+      const len = upTo - delivered[s];
+      const before = out.length;
+      out.uvarint((len - 1) * 4 + s);
+      headerBytes += out.length - before;
+      out.bytes(packed[s].subarray(delivered[s], upTo));
+      delivered[s] = upTo;
+      frames++;
+    }
+  };
+  const varLen = (v: number): number => {
+    let n = 1;
+    while (v >= 0x80) {
+      v = Math.floor(v / 0x80);
+      n++;
+    }
+    return n;
+  };
+  let c = 0; // control bytes used
+  for (const step of steps) {
+    const a = varLen(step.copyLen);
+    pull(0, a);
+    pull(1, step.copyLen);
+    const b = varLen(step.extraLen);
+    pull(0, b);
+    pull(2, step.extraLen);
+    c += a + b;
+    // the adjust varint: whatever is left of this step's control bytes; read its length from the stream
+    let k = c;
+    while (raw.control[k] & 0x80) k++;
+    pull(0, k + 1 - c);
+    c = k + 1;
+  }
+  pull(0, 1); // end of each stream
+  pull(1, 1);
+  pull(2, 1);
+  return { body: out.result(), frames, headerBytes };
 }
 
 /** Makes a patch that turns `oldImage` into `newImage`; apply it with PatchApplier. */
@@ -74,15 +202,19 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
   for (const [what, img] of [['old', oldImage], ['new', newImage]] as const) {
     if (img.length > 0xffffffff) throw new ProtocolError(Reason.oversize, `${what} image of ${img.length} bytes exceeds the 4 GiB the format can describe`);
   }
+  const pointerPrediction = opts.pointerPrediction ?? true;
   const steps = findSteps(oldImage, newImage, { onProgress: (d, t) => opts.onProgress?.(d, t, 'match') });
-  const stream = encodeSteps(oldImage, newImage, steps);
+  const raw = encodeSteps(oldImage, newImage, steps, pointerPrediction);
   opts.onProgress?.(0, 1, 'compress');
-  const body = compress(stream, windowBits);
+  const streamWindowBits = STREAM_WINDOW_BITS.map((w) => Math.min(w, windowBits)) as [number, number, number];
+  const packed = [raw.control, raw.diff, raw.extra].map((data, i) => compress(data, streamWindowBits[i]));
+  const { body, frames, headerBytes } = multiplex(steps, raw, packed, streamWindowBits, BUFFER_BITS);
   opts.onProgress?.(1, 1, 'compress');
   const header = encodeHeader({
     coder: Coder.deflateRaw,
-    windowBits,
-    transforms: 0,
+    streamWindowBits,
+    bufferBits: BUFFER_BITS,
+    transforms: pointerPrediction ? Transform.pointerPrediction : 0,
     baseSize: oldImage.length,
     newSize: newImage.length,
     baseDigest: sha256(oldImage),
@@ -94,5 +226,18 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
     copyBytes += s.copyLen;
     extraBytes += s.extraLen;
   }
-  return { patch: Buffer.concat([header, body]), stats: { steps: steps.length, copyBytes, extraBytes, streamBytes: stream.length } };
+  return {
+    patch: Buffer.concat([header, body]),
+    stats: {
+      steps: steps.length,
+      copyBytes,
+      extraBytes,
+      streamBytes: raw.control.length + raw.diff.length + raw.extra.length,
+      controlBytes: packed[0].length,
+      diffBytes: packed[1].length,
+      extraStreamBytes: packed[2].length,
+      frameHeaderBytes: headerBytes,
+      frames,
+    },
+  };
 }

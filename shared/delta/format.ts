@@ -1,26 +1,48 @@
 import { ProtocolError, Reason } from '../errors.js';
 
 /**
- * ferry delta format v1, fixed 84-byte header then a raw DEFLATE body (docs/delta.md has the
- * byte-by-byte layout). A fixed little-endian layout rather than CBOR because the one consumer that
- * matters is a C or MicroPython applier with a few KiB of RAM: it reads 84 bytes into a struct.
+ * ferry delta format v2: fixed 88-byte header, then a body of frames that multiplex three raw
+ * DEFLATE streams (docs/delta.md has the byte-by-byte layout). A fixed little-endian layout rather
+ * than CBOR because the one consumer that matters is a C or MicroPython applier with a few KiB of
+ * RAM: it reads 88 bytes into a struct.
  */
 export const MAGIC = Buffer.from('FRYD', 'ascii');
-export const FORMAT_VERSION = 1;
-export const HEADER_SIZE = 84;
+export const FORMAT_VERSION = 2;
+export const HEADER_SIZE = 88;
 
-export const Coder = { deflateRaw: 1 } as const;
+/** `2` = three raw DEFLATE streams (control, diff, extra) multiplexed in frames. */
+export const Coder = { deflateRaw: 2 } as const;
 export type CoderId = (typeof Coder)[keyof typeof Coder];
+
+/** The body's streams, in the order of their frame ids. */
+export const Stream = { control: 0, diff: 1, extra: 2 } as const;
+export type StreamId = (typeof Stream)[keyof typeof Stream];
+export const STREAM_COUNT = 3;
 
 /** DEFLATE windows the format allows; zlib cannot make raw streams with windows below 2^9. */
 export const MIN_WINDOW_BITS = 9;
 export const MAX_WINDOW_BITS = 15;
+/** Per-stream input buffer 2^bufferBits bytes: frames never put more unread bytes in one. */
+export const MIN_BUFFER_BITS = 6;
+export const MAX_BUFFER_BITS = 12;
+
+/** Transform flags (header byte 6). */
+export const Transform = {
+  /** Xtensa literal-pool pointer prediction on diff bytes (docs/delta.md, "Pointer prediction"). */
+  pointerPrediction: 1,
+} as const;
+export const KNOWN_TRANSFORMS = Transform.pointerPrediction;
 
 export interface PatchHeader {
   version: number;
   coder: CoderId;
+  /** The largest of the three stream windows (bits). */
   windowBits: number;
-  /** Reserved for executable-aware transforms; v1 patches carry 0. */
+  /** Window bits of the control, diff and extra streams. */
+  streamWindowBits: [number, number, number];
+  /** Each stream's input buffer holds 2^bufferBits bytes. */
+  bufferBits: number;
+  /** Transform flags, see `Transform`. */
   transforms: number;
   baseSize: number;
   newSize: number;
@@ -28,52 +50,66 @@ export interface PatchHeader {
   newDigest: Buffer;
 }
 
-export function encodeHeader(h: Omit<PatchHeader, 'version'>): Buffer {
+export function encodeHeader(h: Omit<PatchHeader, 'version' | 'windowBits'>): Buffer {
   const out = Buffer.alloc(HEADER_SIZE);
   MAGIC.copy(out, 0);
   out[4] = FORMAT_VERSION;
   out[5] = h.coder;
-  out[6] = h.windowBits;
-  out[7] = h.transforms;
-  out.writeUInt32LE(h.baseSize, 8);
-  out.writeUInt32LE(h.newSize, 12);
-  h.baseDigest.copy(out, 16);
-  h.newDigest.copy(out, 48);
-  out.writeUInt32LE(crc32(out.subarray(0, 80)), 80);
+  out[6] = h.transforms;
+  out[7] = h.bufferBits;
+  out[8] = h.streamWindowBits[0];
+  out[9] = h.streamWindowBits[1];
+  out[10] = h.streamWindowBits[2];
+  out[11] = 0;
+  out.writeUInt32LE(h.baseSize, 12);
+  out.writeUInt32LE(h.newSize, 16);
+  h.baseDigest.copy(out, 20);
+  h.newDigest.copy(out, 52);
+  out.writeUInt32LE(crc32(out.subarray(0, 84)), 84);
   return out;
 }
 
 /**
- * Parses and checks the header at the start of a patch (only the first 84 bytes are needed), so a
+ * Parses and checks the header at the start of a patch (only the first 88 bytes are needed), so a
  * node can compare baseDigest with the image it runs before it writes anything.
  */
 export function readPatchHeader(bytes: Uint8Array): PatchHeader {
-  if (bytes.length < HEADER_SIZE) {
+  if (bytes.length < 5) {
     throw new ProtocolError(Reason.malformed, `truncated patch: header needs ${HEADER_SIZE} bytes, got ${bytes.length}`);
   }
-  const b = Buffer.from(bytes.buffer, bytes.byteOffset, HEADER_SIZE);
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.length, HEADER_SIZE));
   if (!b.subarray(0, 4).equals(MAGIC)) {
     throw new ProtocolError(Reason.malformed, `not a ferry delta patch: magic is ${b.subarray(0, 4).toString('hex')}, expected ${MAGIC.toString('hex')} ("FRYD")`);
   }
   if (b[4] !== FORMAT_VERSION) throw new ProtocolError(Reason.malformed, `unknown delta format version ${b[4]} (this applier reads version ${FORMAT_VERSION})`);
-  const want = b.readUInt32LE(80);
-  const got = crc32(b.subarray(0, 80));
-  if (want !== got) throw new ProtocolError(Reason.malformed, `corrupted patch header: CRC-32 is ${got.toString(16)}, header says ${want.toString(16)}`);
-  if (b[5] !== Coder.deflateRaw) throw new ProtocolError(Reason.malformed, `unknown delta compression ${b[5]} (known: 1 = raw DEFLATE)`);
-  const windowBits = b[6];
-  if (windowBits < MIN_WINDOW_BITS || windowBits > MAX_WINDOW_BITS) {
-    throw new ProtocolError(Reason.malformed, `delta window bits ${windowBits} outside ${MIN_WINDOW_BITS}..${MAX_WINDOW_BITS}`);
+  if (bytes.length < HEADER_SIZE) {
+    throw new ProtocolError(Reason.malformed, `truncated patch: header needs ${HEADER_SIZE} bytes, got ${bytes.length}`);
   }
-  if (b[7] !== 0) throw new ProtocolError(Reason.malformed, `unknown delta transform flags 0x${b[7].toString(16)}`);
+  const want = b.readUInt32LE(84);
+  const got = crc32(b.subarray(0, 84));
+  if (want !== got) throw new ProtocolError(Reason.malformed, `corrupted patch header: CRC-32 is ${got.toString(16)}, header says ${want.toString(16)}`);
+  if (b[5] !== Coder.deflateRaw) throw new ProtocolError(Reason.malformed, `unknown delta compression ${b[5]} (known: 2 = multiplexed raw DEFLATE)`);
+  if (b[6] & ~KNOWN_TRANSFORMS) throw new ProtocolError(Reason.malformed, `unknown delta transform flags 0x${b[6].toString(16)}`);
+  const bufferBits = b[7];
+  if (bufferBits < MIN_BUFFER_BITS || bufferBits > MAX_BUFFER_BITS) {
+    throw new ProtocolError(Reason.malformed, `delta buffer bits ${bufferBits} outside ${MIN_BUFFER_BITS}..${MAX_BUFFER_BITS}`);
+  }
+  const streamWindowBits: [number, number, number] = [b[8], b[9], b[10]];
+  for (const w of streamWindowBits) {
+    if (w < MIN_WINDOW_BITS || w > MAX_WINDOW_BITS) throw new ProtocolError(Reason.malformed, `delta window bits ${w} outside ${MIN_WINDOW_BITS}..${MAX_WINDOW_BITS}`);
+  }
+  if (b[11] !== 0) throw new ProtocolError(Reason.malformed, `reserved header byte 11 is ${b[11]}, must be 0`);
   return {
     version: b[4],
     coder: b[5] as CoderId,
-    windowBits,
-    transforms: b[7],
-    baseSize: b.readUInt32LE(8),
-    newSize: b.readUInt32LE(12),
-    baseDigest: Buffer.from(b.subarray(16, 48)),
-    newDigest: Buffer.from(b.subarray(48, 80)),
+    windowBits: Math.max(...streamWindowBits),
+    streamWindowBits,
+    bufferBits,
+    transforms: b[6],
+    baseSize: b.readUInt32LE(12),
+    newSize: b.readUInt32LE(16),
+    baseDigest: Buffer.from(b.subarray(20, 52)),
+    newDigest: Buffer.from(b.subarray(52, 84)),
   };
 }
 
@@ -124,6 +160,9 @@ export class ByteWriter {
     this.room(b.length);
     this.buf.set(b, this.len);
     this.len += b.length;
+  }
+  get length(): number {
+    return this.len;
   }
   result(): Buffer {
     return this.buf.subarray(0, this.len);

@@ -1,11 +1,12 @@
 import { ProtocolError, Reason } from '../errors.js';
 
 /**
- * A push-fed raw DEFLATE (RFC 1951) decoder with a 2^windowBits history ring and nothing else of
- * size: the same memory a microcontroller's decoder (MicroPython's `deflate`/uzlib) needs, so the
- * figure the delta applier reports is what a device would really spend, not what node:zlib spends.
- * Input arrives in arbitrary pieces; decoding is a generator that suspends exactly where a piece
- * runs out, so no input is ever buffered here.
+ * A pull-driven raw DEFLATE (RFC 1951) decoder with a 2^windowBits history ring, a small input ring
+ * and nothing else of size: the same memory a microcontroller's decoder (MicroPython's
+ * `deflate`/uzlib) needs, so the figure the delta applier reports is what a device would really
+ * spend, not what node:zlib spends. The caller asks for one output byte at a time; the decoder takes
+ * an input byte only when it needs a bit of it (as uzlib does), which is what lets the patch creator
+ * compute exactly how many compressed bytes each output byte needs (docs/delta.md, "Frames").
  */
 
 // RFC 1951 §3.2.5: base values and extra-bit counts of length codes 257..285 and distance codes 0..29.
@@ -47,6 +48,10 @@ function corrupt(what: string): ProtocolError {
   return new ProtocolError(Reason.deltaFailed, `corrupted patch: ${what}`);
 }
 
+/** pull() results besides a byte value. */
+export const NEED_INPUT = -1;
+export const STREAM_END = -2;
+
 export class RawInflater {
   readonly windowSize: number;
   private readonly window: Uint8Array;
@@ -54,27 +59,28 @@ export class RawInflater {
   private readonly lit = new Huffman(288);
   private readonly dist = new Huffman(30);
   private readonly lengths = new Uint8Array(320);
-  private input: Uint8Array = new Uint8Array(0);
-  private inPos = 0;
+  /** Compressed bytes delivered but not yet taken, as a ring. */
+  private readonly ring: Uint8Array;
+  private ringStart = 0;
+  private ringFill = 0;
+  /** Compressed bytes taken so far. */
+  consumed = 0;
   private bitBuf = 0;
   private bitCount = 0;
   private finished = false;
-  private readonly run: Generator<void, void, void>;
+  private readonly run: Generator<number, void, void>;
 
-  /** `sink` receives every decoded byte in order; it may throw to abort decoding. */
-  constructor(
-    windowBits: number,
-    private readonly sink: (byte: number) => void,
-  ) {
+  /** `inputBytes`: how many delivered-but-unread compressed bytes the input ring holds. */
+  constructor(windowBits: number, inputBytes: number) {
     this.windowSize = 1 << windowBits;
     this.window = new Uint8Array(this.windowSize);
+    this.ring = new Uint8Array(inputBytes);
     this.run = this.decode();
-    this.run.next(); // runs until the first bit is wanted
   }
 
-  /** Bytes a device decoder needs: history ring, Huffman tables, code lengths, bit state. */
+  /** Bytes a device decoder needs: history ring, Huffman tables, code lengths, bit state, input ring. */
   get workingMemory(): number {
-    return this.window.byteLength + this.lit.bytes + this.dist.bytes + this.lengths.byteLength + 32;
+    return this.window.byteLength + this.lit.bytes + this.dist.bytes + this.lengths.byteLength + 32 + this.ring.byteLength;
   }
 
   get done(): boolean {
@@ -86,21 +92,41 @@ export class RawInflater {
     return this.produced;
   }
 
-  push(piece: Uint8Array): void {
-    if (piece.length === 0) return;
-    if (this.finished) throw corrupt(`${piece.length} bytes after the end of the DEFLATE stream`);
-    this.input = piece;
-    this.inPos = 0;
-    this.run.next();
-    const left = this.input.length - this.inPos;
-    this.input = new Uint8Array(0); // never keep the caller's buffer
-    if (this.finished && left > 0) throw corrupt(`${left} bytes after the end of the DEFLATE stream`);
+  /** Room left in the input ring. */
+  get room(): number {
+    return this.ring.length - this.ringFill;
   }
 
-  private *bits(n: number): Generator<void, number, void> {
+  /** Compressed bytes delivered and not yet taken. */
+  get pending(): number {
+    return this.ringFill;
+  }
+
+  /** Adds compressed bytes to the input ring; the caller checks `room` first. */
+  feed(bytes: Uint8Array): void {
+    if (bytes.length > this.room) throw corrupt(`frame of ${bytes.length} bytes overfills a ${this.ring.length}-byte stream buffer`);
+    for (let i = 0; i < bytes.length; i++) this.ring[(this.ringStart + this.ringFill + i) % this.ring.length] = bytes[i];
+    this.ringFill += bytes.length;
+  }
+
+  /** Next decoded byte, NEED_INPUT when the input ring ran dry first, or STREAM_END. */
+  pull(): number {
+    if (this.finished) return STREAM_END;
+    const r = this.run.next();
+    if (r.done) {
+      this.finished = true;
+      return STREAM_END;
+    }
+    return r.value;
+  }
+
+  private *bits(n: number): Generator<number, number, void> {
     while (this.bitCount < n) {
-      while (this.inPos >= this.input.length) yield;
-      this.bitBuf |= this.input[this.inPos++] << this.bitCount;
+      while (this.ringFill === 0) yield NEED_INPUT;
+      this.bitBuf |= this.ring[this.ringStart] << this.bitCount;
+      this.ringStart = (this.ringStart + 1) % this.ring.length;
+      this.ringFill--;
+      this.consumed++;
       this.bitCount += 8;
     }
     const v = this.bitBuf & ((1 << n) - 1);
@@ -109,7 +135,7 @@ export class RawInflater {
     return v;
   }
 
-  private *symbol(h: Huffman, what: string): Generator<void, number, void> {
+  private *symbol(h: Huffman, what: string): Generator<number, number, void> {
     let code = 0;
     let first = 0;
     let index = 0;
@@ -124,14 +150,13 @@ export class RawInflater {
     throw corrupt(`invalid ${what} code`);
   }
 
-  private emit(byte: number): void {
+  private keep(byte: number): number {
     this.window[this.produced & (this.windowSize - 1)] = byte;
     this.produced++;
-    this.sink(byte);
+    return byte;
   }
 
-  private *decode(): Generator<void, void, void> {
-    yield; // constructor primes the generator; real work starts with the first push
+  private *decode(): Generator<number, void, void> {
     let last = 0;
     while (!last) {
       last = yield* this.bits(1);
@@ -145,16 +170,15 @@ export class RawInflater {
         yield* this.codes();
       } else throw corrupt('invalid DEFLATE block type 3');
     }
-    this.finished = true;
   }
 
-  private *stored(): Generator<void, void, void> {
+  private *stored(): Generator<number, void, void> {
     this.bitBuf = 0; // a stored block starts at the next byte boundary
     this.bitCount = 0;
     const len = yield* this.bits(16);
     const nlen = yield* this.bits(16);
     if ((len ^ 0xffff) !== nlen) throw corrupt('stored block length check failed');
-    for (let i = 0; i < len; i++) this.emit(yield* this.bits(8));
+    for (let i = 0; i < len; i++) yield this.keep(yield* this.bits(8));
   }
 
   private fixedTables(): void {
@@ -168,7 +192,7 @@ export class RawInflater {
     this.dist.build(l, 0, 30, 'distance');
   }
 
-  private *dynamicTables(): Generator<void, void, void> {
+  private *dynamicTables(): Generator<number, void, void> {
     const nlit = (yield* this.bits(5)) + 257;
     const ndist = (yield* this.bits(5)) + 1;
     const ncode = (yield* this.bits(4)) + 4;
@@ -202,11 +226,11 @@ export class RawInflater {
     this.dist.build(l, nlit, ndist, 'distance');
   }
 
-  private *codes(): Generator<void, void, void> {
+  private *codes(): Generator<number, void, void> {
     for (;;) {
       const sym = yield* this.symbol(this.lit, 'literal/length');
       if (sym < 256) {
-        this.emit(sym);
+        yield this.keep(sym);
         continue;
       }
       if (sym === 256) return;
@@ -219,7 +243,7 @@ export class RawInflater {
       if (distance > this.windowSize) throw corrupt(`match distance ${distance} exceeds the ${this.windowSize}-byte window the header declares`);
       if (distance > this.produced) throw corrupt(`match distance ${distance} reaches before the start of the stream`);
       const mask = this.windowSize - 1;
-      for (let k = 0; k < length; k++) this.emit(this.window[(this.produced - distance) & mask]);
+      for (let k = 0; k < length; k++) yield this.keep(this.window[(this.produced - distance) & mask]);
     }
   }
 }
