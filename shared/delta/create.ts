@@ -3,6 +3,7 @@ import { ProtocolError, Reason } from '../errors.js';
 import { sha256 } from '../manifest.js';
 import { pointerClass } from './apply.js';
 import { ByteWriter, Coder, encodeHeader, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform } from './format.js';
+import { deflateOptimal } from './deflate.js';
 import { RawInflater, STREAM_END } from './inflate.js';
 import { findSteps, type Step } from './match.js';
 
@@ -97,12 +98,12 @@ function clampAdjust(oldPos: number, oldLen: number): number {
 }
 
 /**
- * Smallest raw DEFLATE of `data` with the given window. zlib's memLevel sets how many symbols go in
- * one block, hence how often Huffman tables adapt, so several are tried, with the default and the
- * filtered strategy. None of this changes what the decoder needs.
+ * Smallest raw DEFLATE of `data` with the given window: ferry's optimal-parse encoder
+ * (deflate.ts), or zlib at level 9 with several memLevels (block lengths) and strategies if one of
+ * those happens to be smaller. None of this changes what the decoder needs.
  */
 export function compress(data: Uint8Array, windowBits: number): Buffer {
-  let best: Buffer | undefined;
+  let best: Buffer | undefined = deflateOptimal(data, windowBits);
   for (const memLevel of [5, 6, 7, 8, 9]) {
     for (const strategy of [constants.Z_DEFAULT_STRATEGY, constants.Z_FILTERED]) {
       const out = deflateRawSync(data, { windowBits, level: 9, memLevel, strategy });

@@ -61,6 +61,11 @@ export class MatchFinder {
 export interface MatchOptions {
   /** A new exact match replaces the running alignment only if it beats it by more than this. */
   minGain?: number;
+  /** Threshold instead of minGain when the new match is within nearRange of the running alignment. */
+  minGainNear?: number;
+  nearRange?: number;
+  /** Threshold when the new match returns to the alignment before the running one. */
+  minGainRepeat?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -73,6 +78,14 @@ export interface MatchOptions {
 export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOptions = {}): Step[] {
   const finder = new MatchFinder(old);
   const minGain = opts.minGain ?? 6; // 6 measured best on the ESP8266 pair (8 is bsdiff's choice for bzip2)
+  const minGainNear = opts.minGainNear ?? minGain;
+  const nearRange = opts.nearRange ?? 0;
+  const minGainRepeat = opts.minGainRepeat ?? minGain;
+  let prevOffset = 0;
+  const threshold = (offset: number): number => {
+    if (offset === prevOffset) return minGainRepeat;
+    return Math.abs(offset - lastOffset) <= nearRange ? minGainNear : minGain;
+  };
   const steps: Step[] = [];
   const oldLen = old.length;
   const newLen = target.length;
@@ -97,7 +110,7 @@ export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOption
       ({ pos, len } = finder.longest(target, scan));
       for (; counted < scan + len; counted++) if (agrees(counted, lastOffset)) alignedScore++;
       // Either the match is just the running alignment continuing, or clearly better than it.
-      if ((len === alignedScore && len !== 0) || len > alignedScore + minGain) break;
+      if ((len === alignedScore && len !== 0) || len > alignedScore + threshold(pos - scan)) break;
       if (agrees(scan, lastOffset)) alignedScore--;
       scan++;
     }
@@ -160,6 +173,7 @@ export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOption
     });
     lastScan = scan - back;
     lastPos = pos - back;
+    if (pos - scan !== lastOffset) prevOffset = lastOffset;
     lastOffset = pos - scan;
   }
   opts.onProgress?.(newLen, newLen);
