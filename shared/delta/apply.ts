@@ -6,15 +6,18 @@ import { NEED_INPUT, RawInflater, STREAM_END } from './inflate.js';
 const STREAM_NAMES = ['control', 'diff', 'extra'];
 
 /**
- * Pointer classes for prediction (docs/delta.md): ESP8266 flash-mapped code 0x402xxxxx, data RAM
- * 0x3FFExxxx..0x3FFFxxxx, instruction RAM 0x4010xxxx; -1 for anything else.
+ * Words pointer prediction treats as pointers (docs/delta.md): ESP8266 flash-mapped code
+ * 0x402xxxxx, data RAM 0x3FFExxxx..0x3FFFxxxx, instruction RAM 0x4010xxxx.
  */
-export function pointerClass(word: number): number {
-  if (word >>> 20 === 0x402) return 0;
+export function isPointer(word: number): boolean {
   const hi = word >>> 16;
-  if (hi === 0x3ffe || hi === 0x3fff) return 1;
-  if (hi === 0x4010) return 2;
-  return -1;
+  return word >>> 20 === 0x402 || hi === 0x3ffe || hi === 0x3fff || hi === 0x4010;
+}
+
+/** Pages of the displacement table: 256 entries, one per 2 KiB of target address (mod 512 KiB). */
+export const PREDICTION_PAGES = 256;
+export function predictionSlot(word: number): number {
+  return (word >>> 11) & (PREDICTION_PAGES - 1);
 }
 
 /** Old-image bytes read per flash access: small, and diff bytes walk the old image sequentially. */
@@ -78,11 +81,14 @@ export class PatchApplier {
   private frameShift = 0;
   private frameStream = 0;
   private frameLeft = 0;
-  /** Pointer prediction (transform 1): last displacement per pointer class, and the word in flight. */
-  private readonly lastDelta = new Int32Array(3);
+  /**
+   * Pointer prediction (transform 1): the last displacement seen for pointers into each 2 KiB page
+   * (old target >> 11, modulo 256), and the word in flight.
+   */
+  private readonly pageDelta = new Int32Array(PREDICTION_PAGES);
   private predicted = 0;
   private predictedLeft = 0;
-  private predictedClass = -1;
+  private predictedSlot = 0;
   private oldWord = 0;
   private newWord = 0;
   private failure: Error | undefined;
@@ -115,7 +121,7 @@ export class PatchApplier {
   }
 
   private notePeak(): void {
-    let now = this.headerBuf.byteLength + this.oldBuf.byteLength + this.outBuf.byteLength + SHA256_CONTEXT_BYTES + DECODER_STATE_BYTES + FRAME_STATE_BYTES;
+    let now = this.pageDelta.byteLength + this.headerBuf.byteLength + this.oldBuf.byteLength + this.outBuf.byteLength + SHA256_CONTEXT_BYTES + DECODER_STATE_BYTES + FRAME_STATE_BYTES;
     for (const s of this.streams) now += s.workingMemory;
     if (now > this.peak) this.peak = now;
   }
@@ -250,12 +256,11 @@ export class PatchApplier {
     const o = this.oldByte(oldPos);
     if (!(this.hdr!.transforms & Transform.pointerPrediction) || this.bytesProduced % 4 !== 0 || this.remaining < 4) return o;
     const word = (o | (this.oldByte(oldPos + 1) << 8) | (this.oldByte(oldPos + 2) << 16) | (this.oldByte(oldPos + 3) << 24)) >>> 0;
-    const c = pointerClass(word);
-    if (c < 0) return o;
-    this.predictedClass = c;
+    if (!isPointer(word)) return o;
+    this.predictedSlot = predictionSlot(word);
     this.oldWord = word;
     this.newWord = 0;
-    this.predicted = (word + this.lastDelta[c]) >>> 0;
+    this.predicted = (word + this.pageDelta[this.predictedSlot]) >>> 0;
     this.predictedLeft = 4;
     return this.predicted & 0xff;
   }
@@ -317,7 +322,7 @@ export class PatchApplier {
   private out(b: number): void {
     if (this.predictedLeft > 0) {
       this.newWord = (this.newWord | (b << (8 * (4 - this.predictedLeft)))) >>> 0;
-      if (--this.predictedLeft === 0) this.lastDelta[this.predictedClass] = (this.newWord - this.oldWord) | 0;
+      if (--this.predictedLeft === 0) this.pageDelta[this.predictedSlot] = (this.newWord - this.oldWord) | 0;
     }
     this.outBuf[this.outFill++] = b;
     if (this.outFill === this.outBuf.length) this.flush();

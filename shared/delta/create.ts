@@ -1,7 +1,7 @@
 import { constants, deflateRawSync } from 'node:zlib';
 import { ProtocolError, Reason } from '../errors.js';
 import { sha256 } from '../manifest.js';
-import { pointerClass } from './apply.js';
+import { isPointer, PREDICTION_PAGES, predictionSlot } from './apply.js';
 import { ByteWriter, Coder, encodeHeader, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform } from './format.js';
 import { deflateOptimal } from './deflate.js';
 import { RawInflater, STREAM_END } from './inflate.js';
@@ -54,7 +54,7 @@ export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly
   const control = new ByteWriter();
   const diff = Buffer.allocUnsafe(steps.reduce((n, s) => n + s.copyLen, 0));
   const extra = new ByteWriter();
-  const lastDelta = new Int32Array(3);
+  const pageDelta = new Int32Array(PREDICTION_PAGES);
   let d = 0;
   let newPos = 0;
   let oldPos = 0;
@@ -66,12 +66,12 @@ export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly
     for (let i = newPos; i < end; ) {
       if (pointerPrediction && i % 4 === 0 && end - i >= 4) {
         const ow = (old[i + o0] | (old[i + o0 + 1] << 8) | (old[i + o0 + 2] << 16) | (old[i + o0 + 3] << 24)) >>> 0;
-        const c = pointerClass(ow);
-        if (c >= 0) {
+        if (isPointer(ow)) {
           const nw = (target[i] | (target[i + 1] << 8) | (target[i + 2] << 16) | (target[i + 3] << 24)) >>> 0;
-          const p = (ow + lastDelta[c]) >>> 0;
+          const slot = predictionSlot(ow);
+          const p = (ow + pageDelta[slot]) >>> 0;
           for (let k = 0; k < 4; k++) diff[d++] = (target[i + k] - ((p >>> (8 * k)) & 0xff)) & 0xff;
-          lastDelta[c] = (nw - ow) | 0;
+          pageDelta[slot] = (nw - ow) | 0;
           i += 4;
           continue;
         }
