@@ -103,7 +103,7 @@ function main(): void {
       const { image, result } = applyPatch(oldImage, patch, { pieceSize: 1024 });
       rows.push({
         pair: pair.name,
-        method: 'ferry (bsdiff-style + raw DEFLATE 2^13)',
+        method: 'ferry v2 (3 raw DEFLATE streams, 2^9+2^12+2^12)',
         bytes: patch.length,
         pctNew: pct(patch.length),
         createSeconds: Number(createSeconds.toFixed(3)),
