@@ -11,11 +11,16 @@ const MIN_MATCH = 3;
 const MAX_MATCH = 258;
 /** Hash-chain links followed per position when collecting match candidates. */
 const MAX_CHAIN = 96;
+/** Chain A links followed at positions inside runs, and chain B links (see findMatches). */
+const RUN_CHAIN_A = 16;
+const MAX_CHAIN_B = 256;
+const RUN_MIN = 3;
+const MAX_PREFIX = 0;
 /** Shortest-path iterations over the whole stream, then per block. */
 const GLOBAL_ITERATIONS = 3;
-const BLOCK_ITERATIONS = 2;
+const BLOCK_ITERATIONS = 4;
 /** Symbols per initial block before merging. */
-const SPLIT_CHUNK = 1024;
+const SPLIT_CHUNK = 256;
 
 const LENGTH_BASE = [3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258];
 const LENGTH_EXTRA = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0];
@@ -218,47 +223,117 @@ interface Matches {
 function findMatches(data: Uint8Array, windowSize: number): Matches {
   const n = data.length;
   const HASH_BITS = 16;
-  const head = new Int32Array(1 << HASH_BITS).fill(-1);
-  const prev = new Int32Array(n);
+  const mask = (1 << HASH_BITS) - 1;
+  // Chain A: every position, keyed by its first 3 bytes. Chain B: positions at which a run of at
+  // least RUN_MIN equal bytes starts or continues, keyed by the byte, the run's remaining length
+  // and the 2 bytes after it; in data made mostly of zero runs (diff bytes) chain A is clogged with
+  // run positions, while chain B leads straight to the few places where the same run ends the
+  // same way.
+  const headA = new Int32Array(1 << HASH_BITS).fill(-1);
+  const prevA = new Int32Array(n);
+  const headB = new Int32Array(1 << HASH_BITS).fill(-1);
+  const prevB = new Int32Array(n);
+  const run = new Int32Array(n + 1);
+  for (let i = n - 1; i >= 0; i--) run[i] = i + 1 < n && data[i + 1] === data[i] ? run[i + 1] + 1 : 1;
   const start = new Int32Array(n + 1);
   let cap = n * 2 + 16;
   let len = new Uint16Array(cap);
   let dist = new Uint16Array(cap);
   let count = 0;
-  const hashAt = (i: number): number => ((data[i] << 10) ^ (data[i + 1] << 5) ^ data[i + 2]) & ((1 << HASH_BITS) - 1);
-  // Runs of one byte value: the length of the run starting at i (for distance-1 shortcuts).
+  const candLen: number[] = [];
+  const candDist: number[] = [];
+  const hashA = (i: number): number => ((data[i] << 10) ^ (data[i + 1] << 5) ^ data[i + 2]) & mask;
+  /** Key of position i whose first run of ≥ RUN_MIN equal bytes starts at i + pre and has length r. */
+  const keyB = (i: number, pre: number, r: number): number => {
+    let h = Math.imul(pre * 0x10000 + r, 0x9e3779b1);
+    for (let k = 0; k <= pre; k++) h = Math.imul(h ^ data[i + k], 0x85ebca6b);
+    h ^= (data[i + pre + r] << 8) ^ data[i + pre + r + 1];
+    return Math.imul(h, 0xc2b2ae35) >>> (32 - HASH_BITS);
+  };
+  const push = (l: number, d: number): void => {
+    candLen.push(l);
+    candDist.push(d);
+  };
   for (let i = 0; i < n; i++) {
     start[i] = count;
     if (i + MIN_MATCH > n) continue;
-    const h = hashAt(i);
     const maxLen = Math.min(MAX_MATCH, n - i);
+    // The first run of at least RUN_MIN equal bytes at i, i + 1 or i + 2, if any.
+    let pre = 0;
+    while (pre <= MAX_PREFIX && i + pre < n && run[i + pre] < RUN_MIN) pre++;
+    const r = pre <= MAX_PREFIX && i + pre < n ? run[i + pre] : 0;
+    candLen.length = 0;
+    candDist.length = 0;
+    const h = hashA(i);
     let best = MIN_MATCH - 1;
-    let chain = MAX_CHAIN;
-    for (let j = head[h]; j >= 0 && chain-- > 0; j = prev[j]) {
+    let chain = r >= RUN_MIN && pre === 0 ? RUN_CHAIN_A : MAX_CHAIN;
+    for (let j = headA[h]; j >= 0 && chain-- > 0; j = prevA[j]) {
       const d = i - j;
       if (d > windowSize) break;
       if (data[j + best] !== data[i + best]) continue;
       let l = 0;
       while (l < maxLen && data[j + l] === data[i + l]) l++;
       if (l > best) {
-        if (count >= cap) {
-          cap *= 2;
-          const nl = new Uint16Array(cap);
-          nl.set(len);
-          len = nl;
-          const nd = new Uint16Array(cap);
-          nd.set(dist);
-          dist = nd;
-        }
-        len[count] = l;
-        dist[count] = d;
-        count++;
+        push(l, d);
         best = l;
         if (l === maxLen) break;
       }
     }
-    prev[i] = head[h];
-    head[h] = i;
+    const useB = r >= RUN_MIN && pre + r < MAX_MATCH && i + pre + r + 2 <= n;
+    const k = useB ? keyB(i, pre, r) : 0;
+    if (useB && best < maxLen) {
+      let chainB = MAX_CHAIN_B;
+      let bestB = best;
+      for (let j = headB[k]; j >= 0 && chainB-- > 0; j = prevB[j]) {
+        const d = i - j;
+        if (d > windowSize) break;
+        if (run[j + pre] !== r || data[j] !== data[i]) continue;
+        if (data[j + bestB] !== data[i + bestB]) continue;
+        let l = 0;
+        while (l < maxLen && data[j + l] === data[i + l]) l++;
+        if (l > bestB) {
+          push(l, d);
+          bestB = l;
+          if (l === maxLen) break;
+        }
+      }
+    }
+    if (useB) {
+      prevB[i] = headB[k];
+      headB[k] = i;
+    }
+    prevA[i] = headA[h];
+    headA[h] = i;
+    // Keep the candidates that are longer than every nearer one.
+    if (candLen.length > 1) {
+      const order = candDist.map((_, x) => x).sort((x, y) => candDist[x] - candDist[y]);
+      const l2 = order.map((x) => candLen[x]);
+      const d2 = order.map((x) => candDist[x]);
+      candLen.length = 0;
+      candDist.length = 0;
+      let top = MIN_MATCH - 1;
+      for (let x = 0; x < l2.length; x++) {
+        if (l2[x] > top) {
+          candLen.push(l2[x]);
+          candDist.push(d2[x]);
+          top = l2[x];
+        }
+      }
+    }
+    if (count + candLen.length > cap) {
+      cap = cap * 2 + candLen.length;
+      const nl = new Uint16Array(cap);
+      nl.set(len);
+      len = nl;
+      const nd = new Uint16Array(cap);
+      nd.set(dist);
+      dist = nd;
+    }
+    for (let x = 0; x < candLen.length; x++) {
+      len[count] = candLen[x];
+      dist[count] = candDist[x];
+      count++;
+    }
   }
   start[n] = count;
   return { start, len, dist };
