@@ -26,8 +26,8 @@ export const OLD_BUFFER_BYTES = 256;
 export const OUT_BUFFER_BYTES = 256;
 /** A SHA-256 context in C (state 32, block 64, length 8, fill counter 4), rounded up. */
 const SHA256_CONTEXT_BYTES = 112;
-/** Instruction decoder state: phase, varint accumulator, remaining count, old/new positions. */
-const DECODER_STATE_BYTES = 32;
+/** Instruction decoder state: phase, varint accumulator, remaining count, old/new positions, 4 recent alignments. */
+const DECODER_STATE_BYTES = 48;
 
 export interface PatchApplierOptions {
   /** Reads `length` bytes of the running (old) image at `offset`; must return exactly that many. */
@@ -76,6 +76,8 @@ export class PatchApplier {
   private varShift = 0;
   private remaining = 0;
   private oldPos = 0;
+  /** Alignments (oldPos - newPos) of the last 4 steps, most recent first: recent[0] is the current one. */
+  private readonly recent = [0, 0, 0, 0];
   /** Frame parsing: header varint in progress, then `frameLeft` payload bytes for `frameStream`. */
   private frameHead = 0;
   private frameShift = 0;
@@ -287,16 +289,25 @@ export class PatchApplier {
       case Phase.extraLen:
         if (v > room) throw this.tooLong(v);
         this.remaining = v;
-        this.oldPos += v; // the old cursor moves along with the new one, then by `adjust`
+        this.oldPos += v; // the old cursor moves along with the new one, then jumps
         this.phase = v > 0 ? Phase.extra : Phase.adjust;
         return;
       case Phase.adjust: {
-        const adjust = v % 2 === 1 ? -(v + 1) / 2 : v / 2; // zigzag
-        const to = this.oldPos + adjust;
+        // low 2 bits: which recent alignment to start from; the rest: zigzag change to it
+        const sel = v % 4;
+        const z = Math.floor(v / 4);
+        const delta = z % 2 === 1 ? -(z + 1) / 2 : z / 2;
+        const r = this.recent;
+        const offset = r[sel] + delta;
+        const to = this.bytesProduced + offset;
         if (to < 0 || to > header.baseSize) {
           throw new ProtocolError(Reason.deltaFailed, `corrupted patch: seek to old offset ${to} outside the ${header.baseSize}-byte base image`);
         }
         this.oldPos = to;
+        r[3] = r[2];
+        r[2] = r[1];
+        r[1] = r[0];
+        r[0] = offset;
         this.phase = Phase.copyLen;
         return;
       }

@@ -55,6 +55,7 @@ export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly
   const diff = Buffer.allocUnsafe(steps.reduce((n, s) => n + s.copyLen, 0));
   const extra = new ByteWriter();
   const pageDelta = new Int32Array(PREDICTION_PAGES);
+  const recent = [0, 0, 0, 0];
   let d = 0;
   let newPos = 0;
   let oldPos = 0;
@@ -85,9 +86,16 @@ export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly
     extra.bytes(target.subarray(newPos, newPos + step.extraLen));
     newPos += step.extraLen;
     oldPos += step.extraLen;
-    // The old cursor moves with the new one; `adjust` is the change of alignment. The last one
-    // leads nowhere: 0 keeps the old position in range for strict appliers.
-    control.svarint(s + 1 < steps.length ? steps[s + 1].oldPos - oldPos : clampAdjust(oldPos, old.length));
+    // The jump: start from one of the last 4 alignments (recent[0] is the current one) and change it
+    // by a zigzag delta; the one that needs the smallest delta wins. The last jump leads nowhere:
+    // it only keeps the old position inside the base for strict appliers.
+    const offset = s + 1 < steps.length ? steps[s + 1].oldPos - newPos : oldPos + clampAdjust(oldPos, old.length) - newPos;
+    let sel = 0;
+    for (let k = 1; k < 4; k++) if (Math.abs(offset - recent[k]) < Math.abs(offset - recent[sel])) sel = k;
+    const delta = offset - recent[sel];
+    control.uvarint((delta < 0 ? -2 * delta - 1 : 2 * delta) * 4 + sel);
+    recent.unshift(offset);
+    recent.length = 4;
   }
   return { control: control.result(), diff, extra: extra.result() };
 }

@@ -66,6 +66,8 @@ export interface MatchOptions {
   nearRange?: number;
   /** Threshold when the new match returns to the alignment before the running one. */
   minGainRepeat?: number;
+  /** How many recent alignments count as "near" (1 = only the running one). */
+  recentCount?: number;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -78,16 +80,21 @@ export interface MatchOptions {
 export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOptions = {}): Step[] {
   const finder = new MatchFinder(old);
   // Measured on the ESP8266 pair with separate streams: a far jump costs ~3 control bytes, so it must
-  // beat the running alignment by more than 7 bytes; a match within 128 bytes of the running
-  // alignment costs one adjust byte and needs only 3. (bsdiff uses 8 everywhere, for bzip2.)
+  // beat the running alignment by more than 7 bytes; a match within 256 bytes of one of the last 4
+  // alignments costs about one byte and needs only 3, as does a return to the previous alignment.
+  // (bsdiff uses 8 everywhere, for bzip2.) Within ±200 B of the best on that pair over 6..8 / 2..4 /
+  // 64..512: these are tuned, not derived.
   const minGain = opts.minGain ?? 7;
   const minGainNear = opts.minGainNear ?? 3;
-  const nearRange = opts.nearRange ?? 128;
-  const minGainRepeat = opts.minGainRepeat ?? minGain;
-  let prevOffset = 0;
+  const nearRange = opts.nearRange ?? 256;
+  const minGainRepeat = opts.minGainRepeat ?? 3;
+  const recentCount = opts.recentCount ?? 4;
+  // Alignments of the last steps, most recent first (the patch can jump near any of 4 cheaply).
+  const recent = [0, 0, 0, 0];
   const threshold = (offset: number): number => {
-    if (offset === prevOffset) return minGainRepeat;
-    return Math.abs(offset - lastOffset) <= nearRange ? minGainNear : minGain;
+    if (offset === recent[1]) return minGainRepeat;
+    for (let k = 0; k < recentCount; k++) if (Math.abs(offset - (k === 0 ? lastOffset : recent[k])) <= nearRange) return minGainNear;
+    return minGain;
   };
   const steps: Step[] = [];
   const oldLen = old.length;
@@ -176,8 +183,9 @@ export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOption
     });
     lastScan = scan - back;
     lastPos = pos - back;
-    if (pos - scan !== lastOffset) prevOffset = lastOffset;
     lastOffset = pos - scan;
+    recent.unshift(lastOffset);
+    recent.length = 4;
   }
   opts.onProgress?.(newLen, newLen);
   return steps;
