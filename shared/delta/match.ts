@@ -30,6 +30,41 @@ export class MatchFinder {
     return k;
   }
 
+  /** SA index of the last longest() answer. */
+  private lastIndex = 0;
+
+  /**
+   * Among the old positions that share the last longest() answer's `len` bytes with target[from..]
+   * (neighbours in the suffix array, at most `max` on each side), the one `score` rates highest.
+   */
+  bestTie(target: Uint8Array, from: number, len: number, max: number, score: (pos: number) => number): number {
+    const sa = this.sa;
+    let best = sa[this.lastIndex];
+    let bestScore = score(best);
+    for (const dir of [-1, 1]) {
+      for (let k = 1; k <= max; k++) {
+        const i = this.lastIndex + dir * k;
+        if (i < 0 || i >= sa.length) break;
+        const a = sa[i];
+        if (a + len > this.old.length) break;
+        let same = true;
+        for (let j = 0; j < len; j++) {
+          if (this.old[a + j] !== target[from + j]) {
+            same = false;
+            break;
+          }
+        }
+        if (!same) break;
+        const sc = score(a);
+        if (sc > bestScore) {
+          bestScore = sc;
+          best = a;
+        }
+      }
+    }
+    return best;
+  }
+
   longest(target: Uint8Array, from: number): { pos: number; len: number } {
     const sa = this.sa;
     const old = this.old;
@@ -54,6 +89,7 @@ export class MatchFinder {
         hiLen = k;
       }
     }
+    this.lastIndex = loLen >= hiLen ? lo : hi;
     return loLen >= hiLen ? { pos: sa[lo], len: loLen } : { pos: sa[hi], len: hiLen };
   }
 }
@@ -66,6 +102,10 @@ export interface MatchOptions {
   nearRange?: number;
   /** Threshold when the new match returns to the alignment before the running one. */
   minGainRepeat?: number;
+  /** Equal-length matches compared per position (each side in the suffix array), look-ahead and jump weight. */
+  maxTies?: number;
+  tieLook?: number;
+  tieJump?: number;
   /** How many recent alignments count as "near" (1 = only the running one). */
   recentCount?: number;
   onProgress?: (done: number, total: number) => void;
@@ -96,6 +136,22 @@ export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOption
     for (let k = 0; k < recentCount; k++) if (Math.abs(offset - (k === 0 ? lastOffset : recent[k])) <= nearRange) return minGainNear;
     return minGain;
   };
+  const maxTies = opts.maxTies ?? 16;
+  const tieLook = opts.tieLook ?? 32;
+  const tieJump = opts.tieJump ?? 2;
+  /** How good a copy from old[p..] for target[at..] is: agreement after the exact part, minus jump cost. */
+  const tieScore = (p: number, at: number, len: number): number => {
+    let agree = 0;
+    const end = Math.min(tieLook, oldLen - p - len, newLen - at - len);
+    for (let k = 0; k < end; k++) if (old[p + len + k] === target[at + len + k]) agree++;
+    const off = p - at;
+    let jump = 3;
+    if (off === lastOffset) jump = 0;
+    else {
+      for (let k = 0; k < recentCount; k++) if (Math.abs(off - (k === 0 ? lastOffset : recent[k])) <= nearRange) jump = 1;
+    }
+    return agree - tieJump * jump;
+  };
   const steps: Step[] = [];
   const oldLen = old.length;
   const newLen = target.length;
@@ -118,6 +174,7 @@ export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOption
     let counted = scan;
     while (scan < newLen) {
       ({ pos, len } = finder.longest(target, scan));
+      if (len >= 4 && maxTies > 0) pos = finder.bestTie(target, scan, len, maxTies, (p) => tieScore(p, scan, len));
       for (; counted < scan + len; counted++) if (agrees(counted, lastOffset)) alignedScore++;
       // Either the match is just the running alignment continuing, or clearly better than it.
       if ((len === alignedScore && len !== 0) || len > alignedScore + threshold(pos - scan)) break;
