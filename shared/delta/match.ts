@@ -104,6 +104,8 @@ export interface MatchOptions {
   minGainRepeat?: number;
   /** Equal-length matches compared per position (each side in the suffix array), look-ahead and jump weight. */
   maxTies?: number;
+  /** A copy is extended over bytes while agreements × extendWeight outnumber the bytes (bsdiff: 2). */
+  extendWeight?: number;
   tieLook?: number;
   tieJump?: number;
   /** How many recent alignments count as "near" (1 = only the running one). */
@@ -137,6 +139,7 @@ export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOption
     return minGain;
   };
   const maxTies = opts.maxTies ?? 16;
+  const extendWeight = opts.extendWeight ?? 4;
   const tieLook = opts.tieLook ?? 32;
   const tieJump = opts.tieJump ?? 2;
   /** How good a copy from old[p..] for target[at..] is: agreement after the exact part, minus jump cost. */
@@ -195,7 +198,7 @@ export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOption
       for (let i = 0; lastScan + i < scan && lastPos + i < oldLen; ) {
         if (old[lastPos + i] === target[lastScan + i]) good++;
         i++;
-        if (good * 2 - i > best * 2 - fwd) {
+        if (good * extendWeight - i > best * extendWeight - fwd) {
           best = good;
           fwd = i;
         }
@@ -208,7 +211,7 @@ export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOption
       let best = 0;
       for (let i = 1; scan >= lastScan + i && pos >= i; i++) {
         if (old[pos - i] === target[scan - i]) good++;
-        if (good * 2 - i > best * 2 - back) {
+        if (good * extendWeight - i > best * extendWeight - back) {
           best = good;
           back = i;
         }
