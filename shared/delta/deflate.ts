@@ -358,8 +358,19 @@ function costsFrom(lit: Uint8Array, dist: Uint8Array): Costs {
 
 /** Estimated code lengths (fractional bits) from symbol counts, for the next parse. */
 function costsFromCounts(litFreq: ArrayLike<number>, distFreq: ArrayLike<number>): Costs {
-  const t = dynamicTables(litFreq, distFreq);
-  return costsFrom(t.lit, t.dist);
+  // Fractional bits (-log2 p) rather than whole Huffman code lengths: a smoother guide for the parse.
+  const c: Costs = { lit: new Float64Array(286), lenCost: new Float64Array(MAX_MATCH + 1), distCost: new Float64Array(30) };
+  let lt = 0;
+  for (let s = 0; s < 286; s++) lt += litFreq[s];
+  let dt = 0;
+  for (let s = 0; s < 30; s++) dt += distFreq[s];
+  for (let s = 0; s < 286; s++) c.lit[s] = litFreq[s] ? Math.log2(lt / litFreq[s]) : Math.log2(lt) + 2;
+  for (let l = MIN_MATCH; l <= MAX_MATCH; l++) {
+    const ls = LENGTH_SYM[l];
+    c.lenCost[l] = c.lit[257 + ls] + LENGTH_EXTRA[ls];
+  }
+  for (let s = 0; s < 30; s++) c.distCost[s] = (distFreq[s] ? Math.log2(dt / distFreq[s]) : Math.log2(dt + 1) + 2) + DIST_EXTRA[s];
+  return c;
 }
 
 /** Parsed symbols of a range: per item either a literal (dist 0) or a match. */
@@ -611,7 +622,7 @@ export function deflateOptimal(data: Uint8Array, windowBits: number): Buffer {
     let bestH = { lit: blk.lit, dist: blk.dist };
     let bestFit = bestTables(bestH.lit, bestH.dist);
     for (let it = 0; it < BLOCK_ITERATIONS; it++) {
-      const c = costsFrom(bestFit.tables.lit, bestFit.tables.dist);
+      const c = costsFromCounts(bestH.lit, bestH.dist);
       const p2 = parseRange(data, m, blk.from, blk.to, c, distSymOf);
       const h2 = histogram(data, blk.from, p2, 0, p2.count, distSymOf);
       const fit2 = bestTables(h2.lit, h2.dist);
