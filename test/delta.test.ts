@@ -5,10 +5,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
+import { inflateRawSync } from 'node:zlib';
 import { ProtocolError, Reason } from '../shared/errors.js';
 import { sha256 } from '../shared/manifest.js';
 import { applyPatch, createPatch, HEADER_SIZE, PatchApplier, readPatchHeader } from '../shared/delta/index.js';
 import { suffixArray } from '../shared/delta/suffix-array.js';
+import { NEED_INPUT, RawInflater, STREAM_END } from '../shared/delta/inflate.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '../..');
@@ -89,6 +91,97 @@ for (const [oldRel, newRel] of PAIRS) {
     tt.ok(oldImage.equals(oldCopy), 'old image untouched');
   });
 }
+
+/** Splits a patch body into its three streams' compressed bytes (docs/delta.md, "Frames"). */
+function demultiplex(patch: Buffer): { streams: Buffer[]; frames: { stream: number; length: number }[] } {
+  const parts: Buffer[][] = [[], [], []];
+  const frames: { stream: number; length: number }[] = [];
+  let i = HEADER_SIZE;
+  while (i < patch.length) {
+    let head = 0;
+    let shift = 0;
+    for (;;) {
+      const b = patch[i++];
+      head += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+      if (!(b & 0x80)) break;
+    }
+    const stream = head & 3;
+    const length = (head >>> 2) + 1;
+    parts[stream].push(patch.subarray(i, i + length));
+    frames.push({ stream, length });
+    i += length;
+  }
+  return { streams: parts.map((p) => Buffer.concat(p)), frames };
+}
+
+t.test('each stream is plain raw DEFLATE within its declared window (zlib as a stand-in for uzlib)', async (tt) => {
+  const [oldRel, newRel] = PAIRS[PAIRS.length - 1];
+  const oldImage = fs.readFileSync(path.join(fixtures, oldRel));
+  const newImage = fs.readFileSync(path.join(fixtures, newRel));
+  const patch = createPatch(oldImage, newImage);
+  const header = readPatchHeader(patch);
+  tt.equal(header.version, 2);
+  const { streams, frames } = demultiplex(patch);
+  tt.ok(frames.every((f) => f.stream < 3 && f.length <= 1 << header.bufferBits), `${frames.length} frames, each for a known stream and within the ${1 << header.bufferBits}-byte buffer`);
+  let total = 0;
+  streams.forEach((compressed, s) => {
+    // zlib refuses a distance beyond its window: decoding with the declared window bits proves the bound.
+    const raw = inflateRawSync(compressed, { windowBits: header.streamWindowBits[s] });
+    tt.ok(raw.length > 0, `stream ${s}: ${compressed.length} B -> ${raw.length} B with window 2^${header.streamWindowBits[s]}`);
+    total += s === 0 ? 0 : raw.length;
+  });
+  tt.equal(total, newImage.length, 'diff + extra bytes add up to the new image');
+
+  // A pull-style applier (as on MicroPython): a decoder that runs dry reads the next frame, which
+  // must be its own. Walk the control stream's steps and pull every byte in the applier's order.
+  const control = inflateRawSync(streams[0], { windowBits: header.streamWindowBits[0] });
+  const decoders = header.streamWindowBits.map((w) => new RawInflater(w, 1 << header.bufferBits));
+  let next = 0;
+  let body = HEADER_SIZE;
+  let misordered = 0;
+  const pull = (s: number): number => {
+    for (;;) {
+      const b = decoders[s].pull();
+      if (b !== NEED_INPUT) return b;
+      const f = frames[next++];
+      if (!f || f.stream !== s) misordered++;
+      if (!f) return STREAM_END;
+      let head = (f.length - 1) * 4 + f.stream;
+      while (head >= 0x80) {
+        head = Math.floor(head / 0x80);
+        body++;
+      }
+      body++;
+      decoders[f.stream].feed(patch.subarray(body, body + f.length));
+      body += f.length;
+    }
+  };
+  let c = 0;
+  let controlMismatch = 0;
+  const uvarint = (): number => {
+    let v = 0;
+    let shift = 0;
+    for (;;) {
+      const b = pull(0);
+      if (b !== control[c++]) controlMismatch++;
+      v += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+      if (!(b & 0x80)) return v;
+    }
+  };
+  while (c < control.length) {
+    const copyLen = uvarint();
+    for (let k = 0; k < copyLen; k++) pull(1);
+    const extraLen = uvarint();
+    for (let k = 0; k < extraLen; k++) pull(2);
+    uvarint();
+  }
+  for (const s of [0, 1, 2]) tt.equal(pull(s), STREAM_END, `stream ${s} ends where the steps do`);
+  tt.equal(controlMismatch, 0, 'our decoder and zlib agree on the control stream');
+  tt.equal(misordered, 0, 'every frame arrives when its stream runs dry, never earlier or later');
+  tt.equal(next, frames.length, 'all frames used');
+});
 
 t.test('identical, empty and unrelated images', async (tt) => {
   const rand = rng(3);
