@@ -123,7 +123,8 @@ export class PatchApplier {
   }
 
   private notePeak(): void {
-    let now = this.pageDelta.byteLength + this.headerBuf.byteLength + this.oldBuf.byteLength + this.outBuf.byteLength + SHA256_CONTEXT_BYTES + DECODER_STATE_BYTES + FRAME_STATE_BYTES;
+    const table = this.hdr && this.hdr.transforms & Transform.pointerPrediction ? this.pageDelta.byteLength : 0;
+    let now = table + this.headerBuf.byteLength + this.oldBuf.byteLength + this.outBuf.byteLength + SHA256_CONTEXT_BYTES + DECODER_STATE_BYTES + FRAME_STATE_BYTES;
     for (const s of this.streams) now += s.workingMemory;
     if (now > this.peak) this.peak = now;
   }

@@ -22,7 +22,10 @@ const BUFFER_BITS = 9;
 export interface CreatePatchOptions {
   /** Largest DEFLATE window (bits) any stream may use; default 13. */
   windowBits?: number;
-  /** Xtensa pointer prediction on diff bytes; default on (it only changes words that look like ESP8266 pointers). */
+  /**
+   * Xtensa pointer prediction on diff bytes; default on, and dropped by itself when it would change
+   * nothing (images without ESP8266-looking pointers), which spares the applier its 1 KiB table.
+   */
   pointerPrediction?: boolean;
   /** Called with bytes of the new image matched so far, then with the compression phase. */
   onProgress?: (done: number, total: number, phase: 'match' | 'compress') => void;
@@ -47,6 +50,8 @@ export interface Streams {
   control: Buffer;
   diff: Buffer;
   extra: Buffer;
+  /** Pointer words whose prediction differed from the plain base word (0: the transform is moot). */
+  predictedWords: number;
 }
 
 /** Lays the steps out as the applier consumes them: see docs/delta.md, "Instructions". */
@@ -56,6 +61,7 @@ export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly
   const extra = new ByteWriter();
   const pageDelta = new Int32Array(PREDICTION_PAGES);
   const recent = [0, 0, 0, 0];
+  let predictedWords = 0;
   let d = 0;
   let newPos = 0;
   let oldPos = 0;
@@ -70,6 +76,7 @@ export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly
         if (isPointer(ow)) {
           const nw = (target[i] | (target[i + 1] << 8) | (target[i + 2] << 16) | (target[i + 3] << 24)) >>> 0;
           const slot = predictionSlot(ow);
+          if (pageDelta[slot] !== 0) predictedWords++;
           const p = (ow + pageDelta[slot]) >>> 0;
           for (let k = 0; k < 4; k++) diff[d++] = (target[i + k] - ((p >>> (8 * k)) & 0xff)) & 0xff;
           pageDelta[slot] = (nw - ow) | 0;
@@ -97,7 +104,7 @@ export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly
     recent.unshift(offset);
     recent.length = 4;
   }
-  return { control: control.result(), diff, extra: extra.result() };
+  return { control: control.result(), diff, extra: extra.result(), predictedWords };
 }
 
 /** Last step: leave the cursor inside the base image (it may have run past it with extra bytes). */
@@ -211,9 +218,12 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
   for (const [what, img] of [['old', oldImage], ['new', newImage]] as const) {
     if (img.length > 0xffffffff) throw new ProtocolError(Reason.oversize, `${what} image of ${img.length} bytes exceeds the 4 GiB the format can describe`);
   }
-  const pointerPrediction = opts.pointerPrediction ?? true;
   const steps = findSteps(oldImage, newImage, { onProgress: (d, t) => opts.onProgress?.(d, t, 'match') });
-  const raw = encodeSteps(oldImage, newImage, steps, pointerPrediction);
+  let raw = encodeSteps(oldImage, newImage, steps, opts.pointerPrediction ?? true);
+  // When no prediction differs from the base word (images without ESP8266 pointers), the diff bytes
+  // are the same without the transform, and the applier can skip its table.
+  const pointerPrediction = raw.predictedWords > 0;
+  if (!pointerPrediction && (opts.pointerPrediction ?? true)) raw = encodeSteps(oldImage, newImage, steps, false);
   opts.onProgress?.(0, 1, 'compress');
   const streamWindowBits = STREAM_WINDOW_BITS.map((w) => Math.min(w, windowBits)) as [number, number, number];
   const packed = [raw.control, raw.diff, raw.extra].map((data, i) => compress(data, streamWindowBits[i]));
