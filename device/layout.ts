@@ -1,0 +1,43 @@
+import { SECTOR_SIZE } from './flash.js';
+
+/**
+ * Partition table of the simulated node, modelled on an ESP-IDF two-OTA-slot table:
+ *
+ *   0x00000  otadata   2 sectors   boot selection records (device/otadata.ts)
+ *   0x02000  nvs       N sectors   key/value log: transfer state, slot descriptors, outcomes (device/nvs.ts)
+ *   ...      efuse     1 sector    stands in for eFuse: the anti-rollback counter, never erased
+ *   0x10000  ota_0     slotSize    application slot 0 (the factory image goes here)
+ *   ...      ota_1     slotSize    application slot 1
+ *
+ * Slots start on a 64 KiB boundary like ESP-IDF app partitions (the MMU maps flash in 64 KiB pages).
+ */
+export interface Partition {
+  offset: number;
+  size: number;
+}
+
+export interface Layout {
+  otadata: Partition;
+  nvs: Partition;
+  efuse: Partition;
+  slots: [Partition, Partition];
+  flashSize: number;
+}
+
+export const DEFAULT_SLOT_SIZE = 2 * 1024 * 1024;
+export const DEFAULT_NVS_SECTORS = 8;
+const APP_ALIGN = 64 * 1024;
+
+export function makeLayout(slotSize = DEFAULT_SLOT_SIZE, nvsSectors = DEFAULT_NVS_SECTORS): Layout {
+  if (!Number.isInteger(slotSize) || slotSize <= 0 || slotSize % APP_ALIGN !== 0) throw new RangeError(`slot size ${slotSize} must be a positive multiple of 64 KiB`);
+  if (!Number.isInteger(nvsSectors) || nvsSectors < 2 || nvsSectors % 2 !== 0) throw new RangeError(`nvs sectors ${nvsSectors} must be an even number >= 2`);
+  const otadata = { offset: 0, size: 2 * SECTOR_SIZE };
+  const nvs = { offset: otadata.offset + otadata.size, size: nvsSectors * SECTOR_SIZE };
+  const efuse = { offset: nvs.offset + nvs.size, size: SECTOR_SIZE };
+  const firstApp = Math.ceil((efuse.offset + efuse.size) / APP_ALIGN) * APP_ALIGN;
+  const slots: [Partition, Partition] = [
+    { offset: firstApp, size: slotSize },
+    { offset: firstApp + slotSize, size: slotSize },
+  ];
+  return { otadata, nvs, efuse, slots, flashSize: firstApp + 2 * slotSize };
+}
