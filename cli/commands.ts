@@ -10,6 +10,7 @@ import { releaseCommand } from './release.js';
 import { statusCommand } from './status.js';
 import { diffCommand } from './diff.js';
 import { patchCommand } from './patch.js';
+import { simCommand } from './sim.js';
 
 /** Every ferry subcommand, in the order --help lists them. Add a command here and nowhere else. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
@@ -25,4 +26,5 @@ export const commands: CommandModule<any, any>[] = [
   operatorsCommand,
   diffCommand,
   patchCommand,
+  simCommand,
 ];
