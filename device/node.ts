@@ -91,6 +91,7 @@ export class SimNode extends EventEmitter {
   private timers = new Set<NodeJS.Timeout>();
   private outbox: UpMessage[] = [];
   private helloSent = false;
+  private selfTestStarted = false;
   private newSinceAck = 0;
   private deferrals = 0;
   private lastRejectAt = new Map<number, number>();
@@ -187,6 +188,7 @@ export class SimNode extends EventEmitter {
     this.resetReason = reason;
     this.outbox = [];
     this.helloSent = false;
+    this.selfTestStarted = false;
     this.newSinceAck = 0;
     this.deferrals = reason === 'powerOn' ? 0 : this.deferrals;
     await this.disconnect(true);
@@ -204,9 +206,9 @@ export class SimNode extends EventEmitter {
         if (life !== this.life) return;
         this.runSelfTest();
         if (life !== this.life) return;
-      } else if (this.sys.trial) {
-        this.schedule(this.opts.selfTestMs ?? 20, () => this.runSelfTest());
       }
+      // With rollback, reaching the broker is part of the self-test: it starts after the trial
+      // boot's Hello (pending-verify) is out, so the agent always sees the trial boot.
       await this.connect(life);
     })();
     return this.bootPromise;
@@ -218,7 +220,7 @@ export class SimNode extends EventEmitter {
       try {
         this.sys.powerOn(this.resetReason);
         const d = this.sys.running;
-        this.stage('booted', `slot ${this.sys.slot} ${d.version} state ${this.sys.imageState} boot #${this.sys.bootCount}${this.sys.trial ? ' (trial)' : ''}`);
+        this.stage('booted', `slot ${this.sys.slot} ${d.version} state ${imageStateName(this.sys.imageState)} boot #${this.sys.bootCount}${this.sys.trial ? ' (trial)' : ''}`);
         for (const p of this.sys.pending) this.queueReport(p);
         return true;
       } catch (err) {
@@ -310,6 +312,10 @@ export class SimNode extends EventEmitter {
           this.stage('connected', this.opts.brokerUrl);
           this.sendHello();
           this.flushOutbox();
+          if (this.sys.trial && this.rollback && !this.selfTestStarted) {
+            this.selfTestStarted = true;
+            this.schedule(this.opts.selfTestMs ?? 20, () => this.runSelfTest());
+          }
           clearTimeout(settle);
           resolve();
         });
