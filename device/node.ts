@@ -13,7 +13,8 @@ import { BootFailure } from './bootloader.js';
 import { Flash, PowerCut } from './flash.js';
 import { DEFAULT_SLOT_SIZE, makeLayout, type Layout } from './layout.js';
 import { DeviceSystem, RebootRequest, type PendingReport, type ResetReason } from './system.js';
-import { chunkCount, type Download, type TransferMeta } from './transfer.js';
+import { chunkCount, payloadOffset, type Download, type TransferMeta } from './transfer.js';
+import { applyStoredDelta } from './delta-install.js';
 
 /**
  * A simulated ESP32-like node speaking ferry protocol v1 (docs/protocol.md §5) over MQTT 3.1.1.
@@ -42,6 +43,8 @@ export interface SimNodeOptions {
   failSelfTest?: boolean | 'watchdog';
   /** Bootloader with rollback (pending-verify trial boots). Default true. */
   rollback?: boolean;
+  /** Apply delta patches (capability 1). Default true. */
+  delta?: boolean;
   /** Reuse this flash (the same node after a restart). Default: a fresh, blank flash. */
   flash?: Flash;
   /** Factory image for a blank flash. Default: deterministic bytes from (hw, version). */
@@ -83,6 +86,7 @@ export class SimNode extends EventEmitter {
   private readonly maxMessage: number;
   private readonly window: number;
   private readonly rollback: boolean;
+  private readonly delta: boolean;
   private sys: DeviceSystem;
   private client: MqttClient | undefined;
   /** Bumped on every boot and stop: callbacks of an older life do nothing. */
@@ -107,6 +111,7 @@ export class SimNode extends EventEmitter {
     this.maxMessage = opts.maxMessage ?? 4096;
     this.window = opts.window ?? 16;
     this.rollback = opts.rollback ?? true;
+    this.delta = opts.delta ?? true;
     if (this.maxMessage < LIMITS.maxMessage.min || this.maxMessage > LIMITS.maxMessage.max) throw new RangeError(`maxMessage ${this.maxMessage} must be ${LIMITS.maxMessage.min}..${LIMITS.maxMessage.max}`);
     if (!Number.isInteger(this.window) || this.window < 1 || this.window > LIMITS.maxWindow) throw new RangeError(`window ${this.window} must be 1..${LIMITS.maxWindow}`);
     this.layout = makeLayout(opts.slotSize ?? DEFAULT_SLOT_SIZE);
@@ -153,7 +158,7 @@ export class SimNode extends EventEmitter {
   }
 
   get capabilities(): number {
-    return (this.rollback ? Capability.rollback : 0) | Capability.antiRollback | (this.opts.deferActivation ? Capability.deferActivation : 0);
+    return (this.delta ? Capability.delta : 0) | (this.rollback ? Capability.rollback : 0) | Capability.antiRollback | (this.opts.deferActivation ? Capability.deferActivation : 0);
   }
 
   /** Boots from flash and connects. Resolves once the first Hello is out (or after 5 s of trying). */
@@ -519,12 +524,18 @@ export class SimNode extends EventEmitter {
     if (m.size > this.layout.slots[this.sys.inactiveSlot].size) return { reason: Reason.noSpace, detail: `${m.size} bytes do not fit a ${this.layout.slots[0].size}-byte slot` };
     if (!this.rollback && !(m.flags & ManifestFlag.allowNoRollback)) return { reason: Reason.noRollbackSupport, detail: 'bootloader cannot roll back and the release does not allow that' };
     if (o.encoding === Encoding.delta) {
-      // Seam for the delta applier (shared/delta): until the node applies patches it does not claim
-      // capability 1, and a delta offered anyway is refused so the agent falls back to the full image.
-      return { reason: Reason.deltaFailed, detail: 'this node does not apply delta patches' };
+      // A refused delta (deltaFailed, deltaBaseMismatch, noSpace) makes the agent fall back to the full image.
+      if (!this.delta) return { reason: Reason.deltaFailed, detail: 'this node does not apply delta patches' };
+      if (!o.baseDigest || !o.baseDigest.equals(running.digest)) return { reason: Reason.deltaBaseMismatch, detail: 'the patch is not for the running image' };
+      const slotSize = this.layout.slots[this.sys.inactiveSlot].size;
+      if (o.payloadSize >= slotSize || m.size > payloadOffset(Encoding.delta, slotSize, o.payloadSize)) {
+        return { reason: Reason.noSpace, detail: `patch (${o.payloadSize} B) and image (${m.size} B) do not fit the slot together` };
+      }
+    } else if (o.encoding !== Encoding.full) {
+      return { reason: Reason.badField, detail: `unknown encoding ${o.encoding}` };
+    } else if (o.payloadSize !== m.size || !o.payloadDigest.equals(m.digest)) {
+      return { reason: Reason.badField, detail: 'full-image offer must carry the manifest size and digest' };
     }
-    if (o.encoding !== Encoding.full) return { reason: Reason.badField, detail: `unknown encoding ${o.encoding}` };
-    if (o.payloadSize !== m.size || !o.payloadDigest.equals(m.digest)) return { reason: Reason.badField, detail: 'full-image offer must carry the manifest size and digest' };
     if (o.chunkSize < 1 || chunkCount(o.payloadSize, o.chunkSize) > LIMITS.maxChunks) return { reason: Reason.badField, detail: `chunk size ${o.chunkSize} is not usable for ${o.payloadSize} bytes` };
     const room = this.maxMessage - 5 - 2 - Buffer.byteLength(this.topics.down(this.id)) - CHUNK_CBOR_OVERHEAD;
     if (o.chunkSize > room) return { reason: Reason.oversize, detail: `chunk size ${o.chunkSize} exceeds what max-message ${this.maxMessage} allows` };
@@ -566,8 +577,27 @@ export class SimNode extends EventEmitter {
   /** Every chunk is stored: read the slot back, hash it, compare with the offer and the manifest. */
   private finishDownload(d: Download): void {
     const manifest = verifyManifest(d.meta.manifest, this.opts.trust);
-    const digest = d.digestOfStored();
-    if (!digest.equals(d.meta.payloadDigest) || !digest.equals(manifest.digest)) {
+    let digest = d.digestOfStored();
+    if (d.meta.encoding === Encoding.delta) {
+      if (!digest.equals(d.meta.payloadDigest)) {
+        this.sys.discardDownload();
+        this.reject(d.meta.session, Reason.digestMismatch, 'stored patch does not match the offered digest', manifest.version);
+        return;
+      }
+      this.stage('patching', `${d.meta.payloadSize}-byte patch → ${manifest.size}-byte image`);
+      try {
+        digest = applyStoredDelta({
+          flash: this.flash, running: this.layout.slots[this.sys.slot], runningSize: this.sys.running.size, target: this.layout.slots[d.slot],
+          patchOffset: d.offset, patchSize: d.meta.payloadSize, baseDigest: d.meta.baseDigest ?? this.sys.running.digest, expectedSize: manifest.size,
+        }).digest;
+      } catch (err) {
+        if (err instanceof PowerCut) throw err;
+        this.sys.discardDownload();
+        this.reject(d.meta.session, err instanceof ProtocolError ? err.reason : Reason.deltaFailed, (err as Error).message, manifest.version);
+        return;
+      }
+    }
+    if ((d.meta.encoding === Encoding.full && !digest.equals(d.meta.payloadDigest)) || !digest.equals(manifest.digest)) {
       this.sys.discardDownload();
       this.reject(d.meta.session, Reason.digestMismatch, `stored image hashes to ${digest.toString('hex').slice(0, 16)}…, expected ${manifest.digest.toString('hex').slice(0, 16)}…`, manifest.version);
       return;

@@ -1,4 +1,5 @@
 import { ChunkBitmap } from '../shared/bitmap.js';
+import { Encoding } from '../shared/messages.js';
 import { sha256 } from '../shared/manifest.js';
 import { SECTOR_SIZE, type Flash } from './flash.js';
 import type { Partition } from './layout.js';
@@ -63,6 +64,16 @@ export function decodeMeta(b: Buffer | undefined): TransferMeta | undefined {
   return { session, encoding, payloadSize, chunkSize, payloadDigest, baseDigest, manifest: Buffer.from(b.subarray(p, p + mlen)) };
 }
 
+/**
+ * Where a payload sits in the inactive slot. A full image starts at 0. A delta patch is parked at the
+ * top of the slot (sector-aligned) so the image it produces can grow from 0 without overwriting the
+ * patch it is still reading: the node needs no extra partition for patches.
+ */
+export function payloadOffset(encoding: number, slotSize: number, payloadSize: number): number {
+  if (encoding !== Encoding.delta) return 0;
+  return Math.floor((slotSize - payloadSize) / SECTOR_SIZE) * SECTOR_SIZE;
+}
+
 export function chunkCount(payloadSize: number, chunkSize: number): number {
   return Math.ceil(payloadSize / chunkSize);
 }
@@ -71,6 +82,8 @@ export type StoreResult = 'stored' | 'duplicate';
 
 export class Download {
   readonly bitmap: ChunkBitmap;
+  /** Offset of the payload inside the slot (0 for full images, the top of the slot for patches). */
+  readonly offset: number;
   private readonly erased = new Set<number>();
   private sinceSave = 0;
   /** Set once the stored bytes were hashed and matched, in this boot. */
@@ -86,6 +99,7 @@ export class Download {
     private readonly saveEvery: number,
   ) {
     this.bitmap = new ChunkBitmap(chunkCount(meta.payloadSize, meta.chunkSize), bitmapBytes);
+    this.offset = payloadOffset(meta.encoding, part.size, meta.payloadSize);
     for (let i = 0; i < this.bitmap.size; i++) {
       if (this.bitmap.has(i)) for (const s of this.sectorsOf(i)) this.erased.add(s);
     }
@@ -134,7 +148,7 @@ export class Download {
   /** Stores one chunk: erase what is still unerased under it, write it, mark it. */
   store(index: number, data: Uint8Array): StoreResult {
     if (this.bitmap.has(index)) return 'duplicate';
-    const at = this.part.offset + index * this.meta.chunkSize;
+    const at = this.part.offset + this.offset + index * this.meta.chunkSize;
     for (const s of this.sectorsOf(index)) {
       if (this.erased.has(s)) continue;
       this.flash.erase(this.part.offset + s * SECTOR_SIZE, SECTOR_SIZE);
@@ -154,16 +168,16 @@ export class Download {
 
   /** Reads the payload back from flash and hashes it: the only thing that makes stored data trusted. */
   digestOfStored(): Buffer {
-    return sha256(this.flash.read(this.part.offset, this.meta.payloadSize));
+    return sha256(this.readStored());
   }
 
   readStored(): Buffer {
-    return this.flash.read(this.part.offset, this.meta.payloadSize);
+    return this.flash.read(this.part.offset + this.offset, this.meta.payloadSize);
   }
 
   /** Slot sectors (relative to the slot) that chunk `index` touches. */
   private sectorsOf(index: number): number[] {
-    const start = index * this.meta.chunkSize;
+    const start = this.offset + index * this.meta.chunkSize;
     const end = start + this.expectedLength(index);
     const out: number[] = [];
     for (let s = Math.floor(start / SECTOR_SIZE); s * SECTOR_SIZE < end; s++) out.push(s);

@@ -7,6 +7,7 @@ import { generateOperatorKey, sha256, signManifest } from '../shared/manifest.js
 import { decodeUp, encodeMessage, ImageState, MsgType, negotiateChunkSize, Stage, type Ack, type DownMessage, type Hello, type Report, type UpMessage } from '../shared/messages.js';
 import { ChunkBitmap } from '../shared/bitmap.js';
 import { factoryImage } from '../device/firmware.js';
+import { createPatch } from '../shared/delta/index.js';
 
 const HW = 'esp32-dev';
 const key = generateOperatorKey();
@@ -133,7 +134,7 @@ t.test('full update: hello, offer, chunks and acks, verified, activate, trial bo
   t.equal(hello.version, '1.0.0');
   t.equal(hello.imageState, ImageState.undefined);
   t.equal(hello.caps & 2, 2, 'claims bootloader rollback');
-  t.equal(hello.caps & 1, 0, 'does not claim delta yet');
+  t.equal(hello.caps & 1, 1, 'applies delta patches');
   t.equal(hello.window, 8);
   t.equal(hello.maxMessage, 1024);
   t.equal(hello.transfer, undefined);
@@ -344,4 +345,45 @@ t.test('a node without bootloader rollback does not claim it and refuses release
   await agent.report(Stage.confirmed);
   t.equal(node.runningVersion, '1.1.0');
   t.equal(node.imageState, ImageState.undefined);
+});
+
+/** A new version that shares most bytes with the factory image, as real firmware revisions do. */
+function evolved(version: string): Release {
+  const base = factoryImage(HW, '1.0.0');
+  const image = Buffer.concat([base.subarray(0, 30_000), Buffer.from(`patched in ${version}`), base.subarray(30_000), Buffer.alloc(3000, 7)]);
+  const manifest = signManifest({ hw: HW, version, securityVersion: 0, size: image.length, digest: sha256(image), created: 1, flags: 0 }, key.privateKey);
+  return { image, manifest, version };
+}
+
+t.test('delta update: the patch is stored at the top of the slot, applied, verified and confirmed', async (t) => {
+  const { agent, node, chunkSize, hello } = await setup(t, 'n-delta', { saveEvery: 2 });
+  const r = evolved('1.1.0');
+  const patch = createPatch(factoryImage(HW, '1.0.0'), r.image);
+  t.ok(patch.length < r.image.length / 4, `patch ${patch.length} B for a ${r.image.length} B image`);
+  const deltaOffer = (session: number, baseDigest: Buffer): DownMessage => ({
+    type: MsgType.offer, session, manifest: r.manifest, encoding: 1, payloadSize: patch.length, payloadDigest: sha256(patch), chunkSize, baseDigest,
+  });
+  agent.send(deltaOffer(80, sha256(Buffer.from('some other image'))));
+  t.equal((await agent.report(Stage.rejected)).reason, Reason.deltaBaseMismatch, 'a patch for another base is refused');
+  agent.send(deltaOffer(81, hello.digest));
+  await agent.ack((a) => a.session === 81);
+  const total = Math.ceil(patch.length / chunkSize);
+  // Cut power in the middle of applying the patch (after the patch is stored): the apply re-runs.
+  const opsBefore = node.flash.operations;
+  node.flash.onOperation = (op) => {
+    if (op.kind === 'write' && op.offset < node.layout.slots[1].offset + 8192 && op.offset >= node.layout.slots[1].offset && op.seq > opsBefore) {
+      node.flash.onOperation = undefined;
+      node.flash.armPowerCut({ at: 1, mode: 'torn', fraction: 0.3 });
+    }
+  };
+  for (let i = 0; i < total; i++) agent.send({ type: MsgType.chunk, session: 81, index: i, data: patch.subarray(i * chunkSize, (i + 1) * chunkSize) }, 0);
+  const h = await agent.hello('hello after the cut during patching');
+  t.ok(h.transfer && new ChunkBitmap(total, h.transfer.bitmap).complete, 'the whole patch was saved before applying');
+  agent.send(deltaOffer(82, hello.digest));
+  await agent.ack((a) => a.session === 82 && a.base === total, 'complete at once');
+  await agent.report(Stage.verified);
+  agent.send({ type: MsgType.activate, session: 82 });
+  await agent.report(Stage.confirmed);
+  t.equal(node.runningVersion, '1.1.0');
+  t.ok(node.runningDigest.equals(sha256(r.image)), 'runs exactly the new image');
 });
