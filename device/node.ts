@@ -503,7 +503,7 @@ export class SimNode extends EventEmitter {
     if (saved && saved.meta.payloadDigest.equals(o.payloadDigest) && saved.meta.chunkSize === o.chunkSize && saved.meta.payloadSize === o.payloadSize && saved.meta.encoding === o.encoding) {
       if (saved.meta.session !== o.session || !saved.meta.manifest.equals(o.manifest)) saved.adoptSession(meta);
       this.stage('resumed', `session ${o.session}: ${saved.bitmap.count}/${saved.total} chunks already stored`);
-      this.sendAck(saved);
+      this.sendAck(saved, true);
       if (saved.complete) this.finishDownload(saved);
       return;
     }
@@ -567,10 +567,16 @@ export class SimNode extends EventEmitter {
     }
   }
 
-  private sendAck(d: Download): void {
+  /**
+   * Ack: base = first missing chunk, then the stored chunks after it. Routine acks describe up to
+   * max(1024, 16 windows) past base (more than can be in flight between retransmissions), bounding
+   * each ack's work for 65,536-chunk payloads; the ack answering an Offer describes all it holds.
+   */
+  private sendAck(d: Download, everything = false): void {
     this.newSinceAck = 0;
     const base = d.bitmap.firstMissing();
-    const bitmap = base < d.total ? d.bitmap.slice(base, MAX_ACK_BITS) : undefined;
+    const span = everything ? MAX_ACK_BITS : Math.min(MAX_ACK_BITS, Math.max(1024, 16 * this.window));
+    const bitmap = base < d.total ? d.bitmap.slice(base, span) : undefined;
     this.publish({ type: MsgType.ack, session: d.meta.session, base, bitmap });
   }
 
