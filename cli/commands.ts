@@ -11,10 +11,12 @@ import { statusCommand } from './status.js';
 import { diffCommand } from './diff.js';
 import { patchCommand } from './patch.js';
 import { simCommand } from './sim.js';
+import { demoCommand } from './demo.js';
 
 /** Every ferry subcommand, in the order --help lists them. Add a command here and nowhere else. */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export const commands: CommandModule<any, any>[] = [
+  demoCommand,
   gatewayCommand,
   agentCommand,
   keygenCommand,
