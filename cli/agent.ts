@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { Agent } from '../agent/agent.js';
-import { brokerOption, jsonOption, makeLogger, password, passwordOption, prefixOption, readPublicKeys, untilSignal, usernameOption } from './common.js';
+import { brokerOption, jsonOption, makeLogger, password, passwordOption, prefixOption, readPublicKeys, untilSignal, usernameOption, UsageError } from './common.js';
 
 export interface AgentArgs {
   username?: string;
@@ -30,8 +30,8 @@ export const agentOptions = {
 } as const;
 
 export function validateAgentArgs(argv: AgentArgs): void {
-  if (!Number.isInteger(argv['max-concurrent']) || argv['max-concurrent'] < 1) throw new Error(`--max-concurrent must be a positive integer, got ${argv['max-concurrent']}`);
-  if (!Number.isInteger(argv['max-chunk']) || argv['max-chunk'] < 64) throw new Error(`--max-chunk must be an integer >= 64, got ${argv['max-chunk']}`);
+  if (!Number.isInteger(argv['max-concurrent']) || argv['max-concurrent'] < 1) throw new UsageError(`--max-concurrent must be a positive integer, got ${argv['max-concurrent']}`);
+  if (!Number.isInteger(argv['max-chunk']) || argv['max-chunk'] < 64) throw new UsageError(`--max-chunk must be an integer >= 64, got ${argv['max-chunk']}`);
 }
 
 export function createAgent(brokerUrl: string, argv: AgentArgs, credentials?: { username: string; password: string }): Agent {

@@ -1,7 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { IdentityStore } from '../broker/identity-store.js';
 import { startBroker, type TlsListenerOptions } from '../broker/server.js';
-import { jsonOption, makeLogger, prefixOption, readFileOrFail, untilSignal } from './common.js';
+import { jsonOption, makeLogger, prefixOption, readFileOrFail, untilSignal, UsageError } from './common.js';
 
 export const DEFAULT_DATA_DIR = './ferry-data';
 
@@ -42,11 +42,11 @@ export const brokerCommand: CommandModule<object, Args> = {
   handler: async (argv) => {
     for (const flag of ['port', 'tls-port'] as const) {
       const v = argv[flag];
-      if (v !== undefined && (!Number.isInteger(v) || v < 0 || v > 65535)) throw new Error(`--${flag} must be 0..65535, got ${v}`);
+      if (v !== undefined && (!Number.isInteger(v) || v < 0 || v > 65535)) throw new UsageError(`--${flag} must be 0..65535, got ${v}`);
     }
     let tls: TlsListenerOptions | undefined;
     if (argv['tls-port'] !== undefined) {
-      if (!argv['tls-key'] || !argv['tls-cert']) throw new Error('--tls-port needs --tls-key and --tls-cert');
+      if (!argv['tls-key'] || !argv['tls-cert']) throw new UsageError('--tls-port needs --tls-key and --tls-cert');
       tls = {
         port: argv['tls-port'],
         key: readFileOrFail(argv['tls-key'], 'TLS key'),

@@ -10,6 +10,9 @@ export const usernameOption = { type: 'string', describe: 'MQTT username' } sati
 export const passwordOption = { type: 'string', describe: 'MQTT password (or FERRY_PASSWORD)' } satisfies Options;
 export const jsonOption = { type: 'boolean', default: false, describe: 'machine-readable JSON output' } satisfies Options;
 
+/** A bad flag or argument: the CLI prints it with a usage hint and exits 2 (runtime failures exit 1). */
+export class UsageError extends Error {}
+
 export function password(argv: { password?: string }): string | undefined {
   return argv.password ?? process.env.FERRY_PASSWORD;
 }

@@ -9,7 +9,7 @@ import { startBroker } from '../broker/server.js';
 import { startFleet } from '../device/fleet.js';
 import { generateOperatorKey } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
-import { makeLogger } from './common.js';
+import { makeLogger, UsageError } from './common.js';
 import { formatBytes, progressBar } from './progress.js';
 
 interface Args {
@@ -63,10 +63,10 @@ export const demoCommand: CommandModule<object, Args> = {
   handler: async (argv) => {
     const n = argv.devices;
     const k = argv['fail-selftest'];
-    if (!Number.isInteger(n) || n < 1 || n > 200) throw new Error(`--devices must be 1..200, got ${n}`);
-    if (!Number.isInteger(k) || k < 0 || k > n) throw new Error(`--fail-selftest must be 0..${n}, got ${k}`);
+    if (!Number.isInteger(n) || n < 1 || n > 200) throw new UsageError(`--devices must be 1..200, got ${n}`);
+    if (!Number.isInteger(k) || k < 0 || k > n) throw new UsageError(`--fail-selftest must be 0..${n}, got ${k}`);
     if (!Number.isInteger(argv['image-size']) || argv['image-size'] < 1024 || argv['image-size'] > 8 * 1024 * 1024) {
-      throw new Error(`--image-size must be 1024..8388608 bytes, got ${argv['image-size']}`);
+      throw new UsageError(`--image-size must be 1024..8388608 bytes, got ${argv['image-size']}`);
     }
     const out = process.stderr;
     const dataDir = argv['data-dir'] ?? fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-demo-'));

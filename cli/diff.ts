@@ -3,7 +3,7 @@ import { applyPatch } from '../shared/delta/apply.js';
 import { createPatchWithStats, DEFAULT_WINDOW_BITS } from '../shared/delta/create.js';
 import { MAX_WINDOW_BITS, MIN_WINDOW_BITS } from '../shared/delta/format.js';
 import { AtomicFile, sameFile } from './atomic-file.js';
-import { jsonOption, readFileOrFail } from './common.js';
+import { jsonOption, readFileOrFail, UsageError } from './common.js';
 import { formatBytes, progressBar } from './progress.js';
 
 interface Args {
@@ -32,7 +32,7 @@ export const diffCommand: CommandModule<object, Args> = {
       .check((argv) => {
         const wb = argv['window-bits'];
         if (!Number.isInteger(wb) || wb < MIN_WINDOW_BITS || wb > MAX_WINDOW_BITS) {
-          throw new Error(`--window-bits must be an integer ${MIN_WINDOW_BITS}..${MAX_WINDOW_BITS}, got ${String(wb)}`);
+          throw new UsageError(`--window-bits must be an integer ${MIN_WINDOW_BITS}..${MAX_WINDOW_BITS}, got ${String(wb)}`);
         }
         return true;
       }) as never,

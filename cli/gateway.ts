@@ -3,7 +3,7 @@ import type { CommandModule } from 'yargs';
 import { IdentityStore } from '../broker/identity-store.js';
 import { startBroker } from '../broker/server.js';
 import { agentOptions, createAgent, type AgentArgs } from './agent.js';
-import { makeLogger, untilSignal } from './common.js';
+import { makeLogger, untilSignal, UsageError } from './common.js';
 
 interface GatewayArgs extends AgentArgs {
   port: number;
@@ -30,7 +30,7 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
       ...agentOptions,
     }) as never,
   handler: async (argv) => {
-    if (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535) throw new Error(`--port must be 0..65535, got ${argv.port}`);
+    if (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535) throw new UsageError(`--port must be 0..65535, got ${argv.port}`);
     const log = makeLogger(argv.json);
     const store = IdentityStore.open(argv['data-dir']);
     const password = randomBytes(24).toString('base64url');

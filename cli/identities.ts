@@ -2,6 +2,7 @@ import type { CommandModule } from 'yargs';
 import type { Role } from '../broker/acl.js';
 import { IdentityStore } from '../broker/identity-store.js';
 import { DEFAULT_DATA_DIR } from './broker.js';
+import { UsageError } from './common.js';
 
 interface Args {
   action: 'add' | 'list' | 'revoke';
@@ -31,7 +32,7 @@ export function identityCommand(role: Role, command: string, noun: string): Comm
           ...(role === 'agent' ? { serves: { type: 'string', array: true, describe: 'nodes served: * (default), device-id globs, group:NAME (repeatable)' } } : {}),
         }) as never,
     handler: async (argv) => {
-      if (argv.action !== 'list' && !argv.name) throw new Error(`ferry ${command} ${argv.action} needs a ${noun} name`);
+      if (argv.action !== 'list' && !argv.name) throw new UsageError(`ferry ${command} ${argv.action} needs a ${noun} name`);
       const store = IdentityStore.open(argv['data-dir']);
       try {
         if (argv.action === 'add') {

@@ -1,6 +1,7 @@
 import yargs from 'yargs';
 import type { CommandModule } from 'yargs';
 import { commands } from './commands.js';
+import { UsageError } from './common.js';
 
 /**
  * The ferry command line. Each command lives in its own module under cli/ and is listed in
@@ -17,10 +18,21 @@ export async function runCli(argv: string[]): Promise<void> {
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100))
     .fail((msg, err) => {
-      if (err) throw err;
-      process.stderr.write(`ferry: ${msg}\n(run ferry --help for usage)\n`);
-      process.exit(2);
+      // yargs' own messages (unknown flag, missing argument) come without err; a check() or a
+      // handler that throws UsageError is also a usage mistake. Anything else is a runtime failure.
+      if (err && !(err instanceof UsageError)) throw err;
+      usageExit(msg ?? err?.message);
     });
   for (const command of commands) parser = parser.command(command as CommandModule);
-  await parser.parseAsync();
+  try {
+    await parser.parseAsync();
+  } catch (err) {
+    if (err instanceof UsageError) usageExit(err.message);
+    throw err;
+  }
+}
+
+function usageExit(msg: string): never {
+  process.stderr.write(`ferry: ${msg}\n(run ferry --help for usage)\n`);
+  process.exit(2);
 }
