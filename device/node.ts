@@ -102,6 +102,8 @@ export class SimNode extends EventEmitter {
   private bootPromise: Promise<void> | undefined;
   private resetReason: ResetReason = 'powerOn';
   private bricked: Error | undefined;
+  /** The download whose delta patch is being applied (the apply spans event-loop turns). */
+  private applying: Download | undefined;
 
   constructor(opts: SimNodeOptions) {
     super();
@@ -583,26 +585,48 @@ export class SimNode extends EventEmitter {
   /** Every chunk is stored: read the slot back, hash it, compare with the offer and the manifest. */
   private finishDownload(d: Download): void {
     const manifest = verifyManifest(d.meta.manifest, this.opts.trust);
-    let digest = d.digestOfStored();
-    if (d.meta.encoding === Encoding.delta) {
-      if (!digest.equals(d.meta.payloadDigest)) {
-        this.sys.discardDownload();
-        this.reject(d.meta.session, Reason.digestMismatch, 'stored patch does not match the offered digest', manifest.version);
-        return;
-      }
-      this.stage('patching', `${d.meta.payloadSize}-byte patch → ${manifest.size}-byte image`);
-      try {
-        digest = applyStoredDelta({
-          flash: this.flash, running: this.layout.slots[this.sys.slot], runningSize: this.sys.running.size, target: this.layout.slots[d.slot],
-          patchOffset: d.offset, patchSize: d.meta.payloadSize, baseDigest: d.meta.baseDigest ?? this.sys.running.digest, expectedSize: manifest.size,
-        }).digest;
-      } catch (err) {
-        if (err instanceof PowerCut) throw err;
-        this.sys.discardDownload();
-        this.reject(d.meta.session, err instanceof ProtocolError ? err.reason : Reason.deltaFailed, (err as Error).message, manifest.version);
-        return;
-      }
+    const digest = d.digestOfStored();
+    if (d.meta.encoding !== Encoding.delta) {
+      this.finishImage(d, manifest, digest);
+      return;
     }
+    if (!digest.equals(d.meta.payloadDigest)) {
+      this.sys.discardDownload();
+      this.reject(d.meta.session, Reason.digestMismatch, 'stored patch does not match the offered digest', manifest.version);
+      return;
+    }
+    if (this.applying === d) return; // already applying it (a resent Offer or Activate)
+    this.applying = d;
+    this.stage('patching', `${d.meta.payloadSize}-byte patch → ${manifest.size}-byte image`);
+    // In slices with the event loop running in between, so MQTT keepalives go on during the apply.
+    const life = this.life;
+    const alive = () => life === this.life && this.sys.download === d;
+    applyStoredDelta(
+      {
+        flash: this.flash, running: this.layout.slots[this.sys.slot], runningSize: this.sys.running.size, target: this.layout.slots[d.slot],
+        patchOffset: d.offset, patchSize: d.meta.payloadSize, baseDigest: d.meta.baseDigest ?? this.sys.running.digest, expectedSize: manifest.size,
+      },
+      { alive },
+    ).then(
+      (r) => {
+        if (this.applying === d) this.applying = undefined;
+        if (!alive()) return;
+        this.guard(() => this.finishImage(d, manifest, r.digest));
+      },
+      (err: Error) => {
+        if (this.applying === d) this.applying = undefined;
+        if (!alive()) return;
+        this.guard(() => {
+          if (err instanceof PowerCut) throw err;
+          this.sys.discardDownload();
+          this.reject(d.meta.session, err instanceof ProtocolError ? err.reason : Reason.deltaFailed, err.message, manifest.version);
+        });
+      },
+    );
+  }
+
+  /** The inactive slot holds the new image (downloaded or patched): check it and record it. */
+  private finishImage(d: Download, manifest: Manifest, digest: Buffer): void {
     if ((d.meta.encoding === Encoding.full && !digest.equals(d.meta.payloadDigest)) || !digest.equals(manifest.digest)) {
       this.sys.discardDownload();
       this.reject(d.meta.session, Reason.digestMismatch, `stored image hashes to ${digest.toString('hex').slice(0, 16)}…, expected ${manifest.digest.toString('hex').slice(0, 16)}…`, manifest.version);
@@ -632,7 +656,8 @@ export class SimNode extends EventEmitter {
     }
     if (!d.verified) {
       this.finishDownload(d);
-      if (!this.sys.download) return;
+      // Refused, or a delta still being applied (it reports verified when done; the agent asks again).
+      if (!d.verified) return;
     }
     const manifest = verifyManifest(d.meta.manifest, this.opts.trust);
     const defer = this.opts.deferActivation;
