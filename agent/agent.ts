@@ -12,6 +12,7 @@ import {
   LIMITS,
   MsgType,
   negotiateChunkSize,
+  QueryReason,
   Stage,
   type Ack,
   type DownMessage,
@@ -24,6 +25,8 @@ import { ReleaseCatalog, type Release } from './catalog.js';
 import { PatchCache } from './patches.js';
 import { sha256 } from '../shared/manifest.js';
 import { DEFAULT_RTT, jittered, RttEstimator, type RttConfig } from './rtt.js';
+import { Outbox } from './outbox.js';
+import { Backoff, DEFAULT_RECONNECT, keepReconnecting, type ReconnectConfig } from './reconnect.js';
 import { AgentStore, type NodeRow, type NodeStateName } from './store.js';
 import { nodeStatus, type NodeStatus } from './status.js';
 import { TransferWindow } from './window.js';
@@ -68,13 +71,24 @@ export interface AgentOptions {
   deltaMargin?: number;
   /** Resends of an unanswered Offer/Activate before the agent waits for the node to speak. */
   maxControlRetries?: number;
+  /** Backoff between broker reconnect attempts (exponential with jitter). */
+  reconnect?: Partial<ReconnectConfig>;
+  /** QoS 1 publishes awaiting PUBACK per broker connection before further ones are refused (default 256). */
+  maxInflight?: number;
+  /** How long a node the broker reports online may stay silent before the agent sends it a Query (default 1000 ms). */
+  queryGraceMs?: number;
   log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
 }
 
 const DEFAULT_DEADLINES: StageDeadlines = { download: 30 * 60_000, verify: 2 * 60_000, install: 10 * 60_000, confirm: 5 * 60_000 };
 const ACTIVE: ReadonlySet<NodeStateName> = new Set(['offered', 'downloading', 'verifying']);
 const TERMINAL: ReadonlySet<NodeStateName> = new Set(['confirmed', 'rolledBack', 'rejected', 'timedOut', 'failed', 'idle']);
+/** Refusals of the release itself: a full image would be refused too, so a delta session ends on them. */
+const RELEASE_REFUSALS: ReadonlySet<number> = new Set([
+  Reason.badSignature, Reason.unknownKey, Reason.wrongHardware, Reason.downgrade, Reason.securityDowngrade, Reason.noRollbackSupport, Reason.unsupportedVersion,
+]);
 const BITMAP_PERSIST_MS = 2000;
+const MAX_QUEUED_QUERIES = 10_000;
 
 /** Runtime state of one node; the persisted part is `row`. */
 /** What travels in a session: the full image, or a patch from the node's running image. */
@@ -102,11 +116,21 @@ interface NodeRuntime {
   lastStatus: number;
   online: boolean;
   warnings: string[];
+  /** A Hello arrived since this agent process started: the agent knows the node's current truth. */
+  helloSinceStart: boolean;
+  /** Boot count of the newest Hello: an older one is a late duplicate and is ignored. */
+  bootCount?: number;
 }
 
 export interface AgentEvents {
   status: [NodeStatus];
   release: [Release];
+  /** A transfer's retransmission timer fired: the RTO (after backoff) and how many silent expiries in a row. */
+  windowTimeout: [{ id: string; rto: number; expiries: number }];
+  /** A broker connection was lost; the next attempt comes after delayMs. */
+  reconnect: [{ link: 'nodes' | 'upstream'; delayMs: number; attempt: number }];
+  /** Subscriptions are in place after a (re)connect and every known node has been asked to say Hello. */
+  linkUp: [];
 }
 
 /**
@@ -130,6 +154,15 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly rttConfig: RttConfig;
   private sweeper: NodeJS.Timeout | undefined;
   private closed = false;
+  private outbox: Outbox | undefined;
+  private opOutbox: Outbox | undefined;
+  private readonly stopReconnecting: (() => void)[] = [];
+  /** Part wildcards subscribed while releases assemble: subscribed again after a reconnect. */
+  private readonly partSubs = new Set<string>();
+  /** Nodes waiting for a Query, in order (sent a few at a time so the QoS 1 backlog stays bounded). */
+  private readonly queryQueue = new Map<string, number>();
+  /** Presence-triggered Queries waiting out the grace period (keyed by device id, known or not). */
+  private readonly presenceTimers = new Map<string, NodeJS.Timeout>();
 
   constructor(opts: AgentOptions) {
     super();
@@ -139,7 +172,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.topics = makeTopics(opts.prefix);
     this.store = new AgentStore(opts.dataDir);
     this.catalog = new ReleaseCatalog(this.store, opts.trust ?? []);
-    this.patches = new PatchCache(opts.dataDir);
+    if (opts.deltaMargin !== undefined && !(opts.deltaMargin >= 0 && opts.deltaMargin < 1)) {
+      throw new RangeError(`deltaMargin ${opts.deltaMargin} must be at least 0 and below 1 (the fraction a patch must save)`);
+    }
+    this.patches = new PatchCache(opts.dataDir, { log: (level, msg) => this.log(level, msg) });
     for (const row of this.store.nodes()) this.nodes.set(row.id, this.newRuntime(row));
   }
 
@@ -161,52 +197,102 @@ export class Agent extends EventEmitter<AgentEvents> {
       lastStatus: 0,
       online: false,
       warnings: [],
+      helloSinceStart: false,
     };
   }
 
   async start(): Promise<void> {
-    const t = this.topics;
     const id = this.opts.clientId ?? `ferry-agent-${randomInt(1e9).toString(36)}`;
-    const client = this.connect(this.opts.brokerUrl, id, this.opts.username, this.opts.password);
+    const client = this.connect(this.opts.brokerUrl, id, this.opts.username, this.opts.password, 'nodes');
     this.client = client;
-    client.on('connect', () => this.resumeAfterRestart());
-    const upstream = this.opts.upstreamUrl ? this.connect(this.opts.upstreamUrl, id, this.opts.upstreamUsername, this.opts.upstreamPassword) : client;
+    this.outbox = this.makeOutbox(client);
+    const upstream = this.opts.upstreamUrl ? this.connect(this.opts.upstreamUrl, id, this.opts.upstreamUsername, this.opts.upstreamPassword, 'upstream') : client;
     this.opClient = upstream;
+    this.opOutbox = upstream === client ? this.outbox : this.makeOutbox(upstream);
+    // Subscriptions are made on every connect (not by MQTT.js's resubscribe) so that the agent knows
+    // when they are in place: only then is it worth asking nodes to say Hello.
+    const firstReady = new Promise<void>((resolve, reject) => {
+      client.on('connect', () => this.subscribeNodes(client, upstream === client).then(resolve, reject));
+      if (upstream !== client) upstream.on('connect', () => void this.subscribeUpstream(upstream).catch(() => {}));
+    });
     await Promise.all([connected(client), connected(upstream)]);
-    if (upstream === client) {
-      await client.subscribeAsync([t.upWildcard, t.presenceWildcard, t.manifestWildcard], { qos: 1 });
-    } else {
-      await client.subscribeAsync([t.upWildcard, t.presenceWildcard], { qos: 1 });
-      await upstream.subscribeAsync(t.manifestWildcard, { qos: 1 });
-    }
+    await firstReady;
     this.sweeper = setInterval(() => this.sweep(), 500);
     this.sweeper.unref();
     const where = upstream === client ? this.opts.brokerUrl : `${this.opts.brokerUrl} (nodes) and ${this.opts.upstreamUrl} (releases, status)`;
     this.log('info', `agent connected to ${where}, ${this.catalog.all().length} release(s), ${this.nodes.size} known node(s)`);
   }
 
-  private connect(url: string, clientId: string, username?: string, password?: string): MqttClient {
+  private makeOutbox(client: MqttClient): Outbox {
+    const max = this.opts.maxInflight ?? 256;
+    return new Outbox(
+      client,
+      max,
+      (what) => this.log('warn', `publish backlog full (${max} QoS 1 messages unacknowledged by the broker): dropping ${what} and later ones until it drains`),
+      () => {
+        if (this.queryQueue.size > 0) this.drainQueries();
+      },
+    );
+  }
+
+  private async subscribeNodes(client: MqttClient, withReleases: boolean): Promise<void> {
+    const t = this.topics;
+    try {
+      await client.subscribeAsync([t.upWildcard, t.presenceWildcard, ...(withReleases ? [t.manifestWildcard, ...this.partSubs] : [])], { qos: 1 });
+    } catch (err) {
+      this.log('warn', `subscribing on ${this.opts.brokerUrl}: ${(err as Error).message}`);
+      throw err;
+    }
+    if (this.closed) return;
+    this.resumeAfterRestart();
+    this.queryKnownNodes();
+    for (const n of this.nodes.values()) n.statusDirty = true; // retained statuses may have been lost with the broker
+    this.emit('linkUp');
+  }
+
+  private async subscribeUpstream(upstream: MqttClient): Promise<void> {
+    try {
+      await upstream.subscribeAsync([this.topics.manifestWildcard, ...this.partSubs], { qos: 1 });
+    } catch (err) {
+      this.log('warn', `subscribing on ${this.opts.upstreamUrl}: ${(err as Error).message}`);
+      throw err;
+    }
+  }
+
+  private connect(url: string, clientId: string, username: string | undefined, password: string | undefined, link: 'nodes' | 'upstream'): MqttClient {
     const client = mqtt.connect(url, {
       protocolVersion: 4,
       clientId,
       username,
       password,
       clean: true,
-      reconnectPeriod: 1000,
+      // MQTT.js would retry at a fixed period; keepReconnecting below backs off with jitter instead.
+      reconnectPeriod: 0,
       connectTimeout: 10_000,
       // Chunks are QoS 0 and resent by the window logic: queueing them while offline only floods
       // the node with stale data on reconnect.
       queueQoSZero: false,
-      resubscribe: true,
+      resubscribe: false,
     });
     client.on('message', (topic, payload) => this.onMessage(topic, payload));
     client.on('error', (err) => this.log('warn', `mqtt ${url}: ${err.message}`));
+    const backoff = new Backoff({ ...DEFAULT_RECONNECT, ...this.opts.reconnect });
+    this.stopReconnecting.push(
+      keepReconnecting(client, backoff, (delayMs, attempt) => {
+        if (this.closed) return;
+        if (attempt === 1) this.log('warn', `lost the ${link} broker ${url}; reconnecting with backoff`);
+        this.emit('reconnect', { link, delayMs, attempt });
+      }),
+    );
     return client;
   }
 
   async stop(): Promise<void> {
     this.closed = true;
     if (this.sweeper) clearInterval(this.sweeper);
+    for (const stop of this.stopReconnecting.splice(0)) stop();
+    for (const t of this.presenceTimers.values()) clearTimeout(t);
+    this.presenceTimers.clear();
     for (const n of this.nodes.values()) {
       if (n.timer) clearTimeout(n.timer);
       this.persist(n);
@@ -239,7 +325,10 @@ export class Agent extends EventEmitter<AgentEvents> {
       const p = this.topics.prefix.split('/').length;
       if (levels[p] === 'd') {
         const id = this.topics.deviceOf(topic);
-        if (!id) return;
+        if (!id) {
+          this.badTopic(topic, payload.length);
+          return;
+        }
         if (levels[p + 2] === 'up') this.onUp(id, payload);
         else if (levels[p + 2] === 'presence') this.onPresence(id, payload.toString());
       } else if (levels[p] === 'r') {
@@ -251,13 +340,24 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
   }
 
+  /** A message on a device topic whose id cannot be a device id: logged (rate-limited), never answered. */
+  private lastBadTopic = 0;
+  private badTopic(topic: string, bytes: number): void {
+    const now = Date.now();
+    if (now - this.lastBadTopic < 1000) return;
+    this.lastBadTopic = now;
+    const shown = topic.length > 120 ? `${topic.slice(0, 120)}…` : topic;
+    this.log('warn', `ignored ${bytes} bytes on ${JSON.stringify(shown)}: not a valid device topic`);
+    this.store.event(null, 'bad-topic', shown);
+  }
+
   private onRelease(rest: string[], payload: Buffer): void {
     const [hw, version, kind, index] = rest;
     if (kind === 'manifest') {
       if (payload.length === 0) return; // retained release cleared
       try {
         const r = this.catalog.onManifest(hw, version, payload);
-        if (r.kind === 'need-parts') this.opClient?.subscribe(this.topics.partWildcard(hw, version), { qos: 1 });
+        if (r.kind === 'need-parts') this.subscribeParts(hw, version);
         else if (r.kind === 'complete') this.releaseReady(r.release);
       } catch (err) {
         const why = err instanceof ProtocolError ? `${err.reasonName}: ${err.message}` : (err as Error).message;
@@ -268,15 +368,29 @@ export class Agent extends EventEmitter<AgentEvents> {
       try {
         const r = this.catalog.onPart(hw, version, Number(index), payload);
         if (r.kind === 'complete') {
-          this.opClient?.unsubscribe(this.topics.partWildcard(hw, version));
+          this.unsubscribeParts(hw, version);
           this.releaseReady(r.release);
         }
       } catch (err) {
-        this.opClient?.unsubscribe(this.topics.partWildcard(hw, version));
+        this.unsubscribeParts(hw, version);
         this.log('warn', `release ${hw} ${version} refused: ${(err as Error).message}`);
         this.store.event(null, 'release-refused', `${hw} ${version}: ${(err as Error).message}`);
       }
     }
+  }
+
+  private subscribeParts(hw: string, version: string): void {
+    const filter = this.topics.partWildcard(hw, version);
+    this.partSubs.add(filter);
+    this.opClient?.subscribe(filter, { qos: 1 }, (err) => {
+      if (err && !this.closed) this.log('warn', `subscribing to ${filter}: ${err.message}`);
+    });
+  }
+
+  private unsubscribeParts(hw: string, version: string): void {
+    const filter = this.topics.partWildcard(hw, version);
+    this.partSubs.delete(filter);
+    if (this.opClient?.connected) this.opClient.unsubscribe(filter);
   }
 
   private releaseReady(release: Release): void {
@@ -290,17 +404,77 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private onPresence(id: string, text: string): void {
     const n = this.nodes.get(id);
-    if (!n) return;
     const online = text === 'online';
+    if (online && !n?.helloSinceStart) this.queryAfterGrace(id);
+    if (!online) this.cancelPresenceQuery(id);
+    if (!n) return;
     if (online === n.online) return;
     n.online = online;
     n.statusDirty = true;
     // A node that comes back is asked to resume at once rather than at the next backoff tick.
     if (online && ACTIVE.has(n.row.state)) {
+      // Chunks in flight went to the dead connection: forget them, or they would hold the window
+      // until their RTO expires. The node's answer to the Offer says what it actually holds.
+      n.window?.resync(n.window.acked.toBytes());
       n.controlTries = 0;
       n.silentExpiries = 0;
       n.rtt.resetBackoff();
+      this.store.event(id, 'resume', 'on presence: node back online');
       this.sendOffer(n);
+    }
+  }
+
+  /**
+   * The broker says the node is online but we have no Hello from it since we started: its Hello went
+   * out before we subscribed (or while we were down). A node that just connected says Hello on its
+   * own within moments, so wait a little first; then ask.
+   */
+  private queryAfterGrace(id: string): void {
+    if (this.presenceTimers.has(id)) return;
+    const t = setTimeout(() => {
+      this.presenceTimers.delete(id);
+      const n = this.nodes.get(id);
+      if (this.closed || n?.helloSinceStart) return;
+      this.enqueueQuery(id, QueryReason.presence);
+    }, this.opts.queryGraceMs ?? 1000);
+    t.unref();
+    this.presenceTimers.set(id, t);
+  }
+
+  private cancelPresenceQuery(id: string): void {
+    const t = this.presenceTimers.get(id);
+    if (t) clearTimeout(t);
+    this.presenceTimers.delete(id);
+  }
+
+  /** After (re)connecting: every node we know and are not already poking is asked to say Hello. */
+  private queryKnownNodes(): void {
+    for (const n of this.nodes.values()) {
+      const s = n.row.state;
+      // Mid-transfer and mid-activation nodes got an Offer or Activate from resumeAfterRestart: their
+      // answer carries what they hold, and a Hello on top would only resend the chunks in flight.
+      if ((ACTIVE.has(s) || s === 'activating' || s === 'deferred') && n.row.session !== null) continue;
+      this.enqueueQuery(n.row.id, QueryReason.agentConnected);
+    }
+  }
+
+  private enqueueQuery(id: string, reason: number): void {
+    // Bounded: ids from the network must not grow agent memory without limit.
+    if (!this.queryQueue.has(id) && this.queryQueue.size < MAX_QUEUED_QUERIES) this.queryQueue.set(id, reason);
+    this.drainQueries();
+  }
+
+  /** Sends queued Queries while the QoS 1 backlog is under half its bound; publish callbacks call again. */
+  private drainQueries(): void {
+    const box = this.outbox;
+    if (!box || this.closed) return;
+    const room = (this.opts.maxInflight ?? 256) >> 1;
+    for (const [id, reason] of this.queryQueue) {
+      if (box.pending >= room || !box.connected) return;
+      this.queryQueue.delete(id);
+      box.publish(this.topics.down(id), encodeMessage({ type: MsgType.query, reason }), { qos: 1 }, `query to ${id}`, (err) => {
+        if (!this.closed) this.log('warn', `query to ${id}: ${err.message}`);
+      });
     }
   }
 
@@ -320,11 +494,19 @@ export class Agent extends EventEmitter<AgentEvents> {
     let n = this.nodes.get(id);
     if (!n) {
       if (msg.type !== MsgType.hello) {
+        // Nothing is stored for a device we have never heard a Hello from; asking it for one is the fix.
         this.rejectFromNode(id, Reason.unknownDevice, `${msg.type === MsgType.ack ? 'ack' : 'report'} from a node that has not said hello`);
+        this.enqueueQuery(id, QueryReason.presence);
         return;
       }
       n = this.newRuntime(blankRow(id, msg));
       this.nodes.set(id, n);
+    }
+    if (msg.type === MsgType.hello && msg.bootCount !== undefined && n.bootCount !== undefined && msg.bootCount < n.bootCount) {
+      // A Hello from an earlier boot (a late or replayed duplicate): acting on it could mistake the
+      // image the node ran before its update for a failed boot.
+      this.store.event(id, 'stale-hello', `boot ${msg.bootCount} after boot ${n.bootCount}`);
+      return;
     }
     n.row.lastSeen = Date.now();
     n.online = true;
@@ -343,6 +525,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.publishStatus(n);
   }
 
+  private lastStrangerError = 0;
+
   /** Logs bad input from a node and tells it why (at most once a second per node). */
   private rejectFromNode(id: string, reason: number, detail: string): void {
     this.log('warn', `node ${id}: rejected message: ${reasonName(reason)}: ${detail}`);
@@ -352,6 +536,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (n) {
       if (now - n.lastError < 1000) return;
       n.lastError = now;
+    } else {
+      // Devices we keep no record of share one budget: garbage from many ids cannot flood the broker.
+      if (now - this.lastStrangerError < 100) return;
+      this.lastStrangerError = now;
     }
     this.send(id, { type: MsgType.error, reason, detail: detail.slice(0, LIMITS.maxDetail) });
   }
@@ -361,6 +549,9 @@ export class Agent extends EventEmitter<AgentEvents> {
   private onHello(n: NodeRuntime, h: Hello): void {
     const row = n.row;
     const before = row.runningVersion;
+    n.helloSinceStart = true;
+    if (h.bootCount !== undefined) n.bootCount = h.bootCount;
+    this.cancelPresenceQuery(row.id);
     Object.assign(row, {
       hw: h.hw,
       runningVersion: h.version,
@@ -497,22 +688,66 @@ export class Agent extends EventEmitter<AgentEvents> {
     );
   }
 
-  /** A delta when the node can apply one, we hold its running image, and the patch saves enough. */
+  /**
+   * A delta when the node can apply one, we hold the image it runs (matched by the digest in its
+   * Hello), and the patch is smaller than the image by the margin; the full image otherwise. The
+   * choice and its reason go to the event log. Patches are made once per (base, target) in the
+   * patch cache's worker thread, so this may take seconds without holding up other nodes.
+   */
   private async choosePayload(n: NodeRuntime, release: Release): Promise<Payload> {
     const full: Payload = { bytes: release.image, encoding: Encoding.full, digest: release.row.digest };
     const row = n.row;
-    const noDelta = row.refused.split(',').includes(`full:${release.row.id}`);
-    if (this.opts.delta === false || noDelta || !(row.caps & Capability.delta) || !row.runningDigest) return full;
-    const base = this.catalog.all().find((r) => r.row.digest.equals(row.runningDigest!));
-    if (!base) return full;
-    try {
-      const patch = await this.patches.get(base.image, release.image);
-      if (patch.length > release.image.length * (1 - (this.opts.deltaMargin ?? 0.2))) return full;
-      return { bytes: patch, encoding: Encoding.delta, digest: sha256(patch), baseDigest: base.row.digest };
-    } catch (err) {
-      this.log('warn', `node ${row.id}: no delta ${base.row.version} -> ${release.row.version}: ${(err as Error).message}`);
+    const why = this.deltaRefusal(row, release);
+    if (why !== undefined) {
+      if (why && !this.closed) this.store.event(row.id, 'payload', `full image: ${why}`);
       return full;
     }
+    const base = this.catalog.all().find((r) => r.row.digest.equals(row.runningDigest!));
+    if (!base) {
+      this.store.event(row.id, 'payload', `full image: the agent does not hold the image the node runs (${row.runningVersion})`);
+      return full;
+    }
+    const pair = `${release.row.hw} ${base.row.version} -> ${release.row.version}`;
+    let patch = this.patches.cached(base.row.digest, release.row.digest);
+    if (!patch) {
+      this.log('info', `node ${row.id}: making delta patch ${pair} in the background (${this.patches.pending} other job(s) pending)`);
+      row.detail = `making delta patch ${pair}`;
+      this.publishStatus(n, true);
+      try {
+        patch = await this.patches.get({ image: base.image, digest: base.row.digest }, { image: release.image, digest: release.row.digest }, (phase, done, total) => {
+          const pct = total ? Math.floor((done / total) * 100) : 0;
+          row.detail = `making delta patch ${pair}: ${phase} ${pct} %`;
+          if (pct % 25 === 0) this.log('info', `delta patch ${pair}: ${phase} ${pct} %`);
+          this.publishStatus(n);
+        });
+      } catch (err) {
+        if (this.closed) return full;
+        this.log('warn', `node ${row.id}: no delta ${pair}: ${(err as Error).message}; sending the full image`);
+        this.store.event(row.id, 'payload', `full image: no delta ${pair}: ${(err as Error).message}`);
+        return full;
+      } finally {
+        if (row.detail.startsWith('making delta patch')) row.detail = '';
+      }
+    }
+    if (this.closed) return full;
+    const margin = this.opts.deltaMargin ?? 0.2;
+    if (patch.length > release.image.length * (1 - margin)) {
+      const msg = `full image: delta ${pair} is ${patch.length} B, not ${Math.round(margin * 100)} % smaller than the ${release.image.length} B image`;
+      this.log('info', `node ${row.id}: ${msg}`);
+      this.store.event(row.id, 'payload', msg);
+      return full;
+    }
+    this.store.event(row.id, 'payload', `delta ${pair}: ${patch.length} B for a ${release.image.length} B image`);
+    return { bytes: patch, encoding: Encoding.delta, digest: sha256(patch), baseDigest: base.row.digest };
+  }
+
+  /** Why this node gets no delta for this release ('' = nothing worth logging), or undefined if it may. */
+  private deltaRefusal(row: NodeRow, release: Release): string | undefined {
+    if (this.opts.delta === false) return 'delta patches are turned off';
+    if (!(row.caps & Capability.delta)) return 'the node does not apply delta patches';
+    if (!row.runningDigest) return '';
+    if (row.refused.split(',').includes(`full:${release.row.id}`)) return 'a delta of this release failed on this node before';
+    return undefined;
   }
 
   private startSession(n: NodeRuntime, payload: Payload, chunkSize: number, bitmap?: Buffer): void {
@@ -536,6 +771,25 @@ export class Agent extends EventEmitter<AgentEvents> {
     const what = payload.encoding === Encoding.delta ? `delta patch (${payload.bytes.length} B for a ${release.row.size} B image)` : `${release.row.size} B`;
     this.log('info', `node ${row.id}: offering ${release.row.version}: ${what} in ${count} chunks of ${chunkSize} B`);
     this.sendOffer(n);
+  }
+
+  /**
+   * The node could not use the patch (base not what it runs, patch damaged in transit or on disk,
+   * no room for patch and image together): send the full image instead, once. Refusals of the
+   * release itself (signature, version, hardware) would refuse the full image too and end the update.
+   */
+  private fallBackToFull(n: NodeRuntime, release: Release, r: Report): void {
+    const row = n.row;
+    const why = `${reasonName(r.reason)}${r.detail ? `: ${r.detail}` : ''}`;
+    this.log('warn', `node ${row.id}: delta patch refused (${why}); falling back to the full image`);
+    this.store.event(row.id, 'delta-fallback', why);
+    // A patch that failed on a node running its base is itself suspect: make it again next time.
+    if (r.reason === Reason.deltaFailed && n.payload?.baseDigest) this.patches.forget(n.payload.baseDigest, release.row.digest);
+    row.refused = [...row.refused.split(',').filter(Boolean), `full:${release.row.id}`].slice(-16).join(',');
+    n.window = undefined;
+    n.payload = undefined;
+    this.setState(n, 'queued');
+    this.beginTransfer(n);
   }
 
   /** Rebuilds the session payload after a restart from what the row says it was. */
@@ -641,6 +895,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     n.timer = undefined;
     if (!n.window || !ACTIVE.has(n.row.state)) return;
     n.silentExpiries++;
+    this.emit('windowTimeout', { id: n.row.id, rto: n.rtt.rto, expiries: n.silentExpiries });
     if (n.silentExpiries > this.opts.maxControlRetries) {
       // The node has gone quiet: stop spending airtime until it says hello again (or the deadline).
       this.store.event(n.row.id, 'silent', 'transfer paused until the node returns');
@@ -652,8 +907,9 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private onReport(n: NodeRuntime, r: Report): void {
     const row = n.row;
-    if (r.session !== 0 && r.session !== row.session) {
-      this.store.event(row.id, 'stale-report', `session ${r.session} stage ${r.stage}`);
+    if ((r.session !== 0 && r.session !== row.session) || !reportFits(r, row.state)) {
+      // Late, duplicated or replayed: acting on it could reopen a finished update.
+      this.store.event(row.id, 'stale-report', `session ${r.session} stage ${r.stage} in state ${row.state}`);
       return;
     }
     this.store.event(row.id, 'report', `stage ${r.stage} reason ${reasonName(r.reason)}${r.detail ? ` (${r.detail})` : ''}`);
@@ -664,20 +920,13 @@ export class Agent extends EventEmitter<AgentEvents> {
     n.controlTries = 0;
     switch (r.stage) {
       case Stage.rejected:
-        if (r.session === 0 && !ACTIVE.has(row.state)) return;
-        if (n.payload?.encoding === Encoding.delta && n.release && (r.reason === Reason.deltaFailed || r.reason === Reason.deltaBaseMismatch || r.reason === Reason.noSpace)) {
-          // The patch did not work on this node: the full image will.
-          this.log('warn', `node ${row.id}: delta refused (${reasonName(r.reason)}); falling back to the full image`);
-          row.refused = [...row.refused.split(',').filter(Boolean), `full:${n.release.row.id}`].slice(-16).join(',');
-          n.window = undefined;
-          this.setState(n, 'queued');
-          this.beginTransfer(n);
+        if (n.payload?.encoding === Encoding.delta && n.release && r.session === row.session && !RELEASE_REFUSALS.has(r.reason)) {
+          this.fallBackToFull(n, n.release, r);
           return;
         }
         this.finish(n, 'rejected', r.reason, r.detail ?? reasonName(r.reason));
         return;
       case Stage.verified:
-        if (row.state === 'activating' || row.state === 'confirming') return; // duplicate
         this.persistBitmap(n);
         this.setState(n, 'activating', this.deadlines.install);
         this.sendActivate(n);
@@ -795,6 +1044,8 @@ export class Agent extends EventEmitter<AgentEvents> {
           continue;
         }
         this.restorePayload(n, release).then((payload) => {
+          // Rebuilding a patch can take a while: the node may have moved on (or been restarted) meanwhile.
+          if (this.closed || !ACTIVE.has(row.state) || n.payload || row.targetRelease !== release.row.id) return;
           if (!payload || Math.ceil(payload.bytes.length / row.chunkSize) !== row.chunkCount) {
             this.setState(n, 'queued');
             this.beginTransfer(n);
@@ -810,7 +1061,13 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.sendActivate(n);
       }
     }
-    for (const n of this.nodes.values()) if (n.row.state === 'queued') n.release = this.catalog.get(n.row.targetRelease);
+    // Waiting nodes keep their turn: the queue lives in memory, so rebuild it from the rows (oldest first).
+    const waiting = [...this.nodes.values()].filter((n) => n.row.state === 'queued' && !this.queue.includes(n.row.id));
+    waiting.sort((a, b) => a.row.updatedAt - b.row.updatedAt);
+    for (const n of waiting) {
+      n.release = this.catalog.get(n.row.targetRelease);
+      this.queue.push(n.row.id);
+    }
     this.startQueued();
   }
 
@@ -825,20 +1082,24 @@ export class Agent extends EventEmitter<AgentEvents> {
     const status = this.statusOf(n);
     this.emit('status', status);
     const doc = JSON.stringify(status);
-    for (const c of new Set([this.client, this.opClient])) {
-      if (!c?.connected) continue;
-      c.publish(this.topics.status(n.row.id), doc, { qos: 1, retain: true }, (err) => {
-        if (err) this.log('warn', `status for ${n.row.id}: ${err.message}`);
+    for (const box of new Set([this.outbox, this.opOutbox])) {
+      if (!box) continue;
+      const sent = box.publish(this.topics.status(n.row.id), doc, { qos: 1, retain: true }, `status of ${n.row.id}`, (err) => {
+        if (!this.closed) this.log('warn', `status for ${n.row.id}: ${err.message}`);
       });
+      if (!sent) n.statusDirty = true; // the sweep tries again
     }
   }
 
-  /** Fire-and-forget publish: never awaited inside a handler; offline control messages are dropped and retried by timers. */
-  private send(id: string, msg: DownMessage, qos: 0 | 1 = 1): void {
-    const client = this.client;
-    if (!client || !client.connected) return;
-    client.publish(this.topics.down(id), encodeMessage(msg), { qos }, (err) => {
-      if (err && !this.closed) this.log('warn', `publish to ${id}: ${err.message}`);
+  /**
+   * Fire-and-forget publish: never awaited inside a handler. Offline, or with the QoS 1 backlog full,
+   * control messages are dropped and resent by their timers; chunks by the window.
+   */
+  private send(id: string, msg: DownMessage, qos: 0 | 1 = 1): boolean {
+    const box = this.outbox;
+    if (!box) return false;
+    return box.publish(this.topics.down(id), encodeMessage(msg), { qos }, `message ${msg.type} to ${id}`, (err) => {
+      if (!this.closed) this.log('warn', `publish to ${id}: ${err.message}`);
     });
   }
 }
@@ -858,6 +1119,28 @@ function connected(client: MqttClient): Promise<void> {
     client.once('connect', onConnect);
     client.once('error', onError);
   });
+}
+
+const AWAITING_BOOT: ReadonlySet<NodeStateName> = new Set(['activating', 'deferred', 'confirming']);
+
+/** Whether a report can be news in this state; anything else is a duplicate or arrived too late. */
+function reportFits(r: Report, state: NodeStateName): boolean {
+  switch (r.stage) {
+    case Stage.rejected:
+      // Session 0: the node refused a message it could not even read; only a live transfer cares.
+      return r.session === 0 ? ACTIVE.has(state) : ACTIVE.has(state) || AWAITING_BOOT.has(state);
+    case Stage.verified:
+      return ACTIVE.has(state);
+    case Stage.busy:
+    case Stage.rebooting:
+      return state === 'activating' || state === 'deferred';
+    case Stage.confirmed:
+      return ACTIVE.has(state) || AWAITING_BOOT.has(state);
+    case Stage.rolledBack:
+      return AWAITING_BOOT.has(state);
+    default:
+      return false;
+  }
 }
 
 function stageOfState(state: NodeStateName): string {

@@ -449,6 +449,8 @@ export class SimNode extends EventEmitter {
         case MsgType.activate: return this.onActivate(m);
         case MsgType.cancel: return this.onCancel(m);
         case MsgType.error: return this.log('warn', `agent error ${reasonName(m.reason)}: ${m.detail ?? ''}`);
+        // The agent missed our Hello (it started or reconnected after us): say it again.
+        case MsgType.query: return this.sendHello();
       }
     });
   }

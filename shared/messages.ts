@@ -19,6 +19,16 @@ export const MsgType = {
   activate: 18,
   cancel: 19,
   error: 20,
+  /** Agent → node: "say Hello now" (the agent missed it: it started or reconnected after the node). */
+  query: 21,
+} as const;
+
+/** Why the agent asks a node to say Hello (Query key 1). Informational: a node answers every Query alike. */
+export const QueryReason = {
+  /** The agent (re)connected to the broker and knows this node from its store. */
+  agentConnected: 1,
+  /** The broker says the node is online, but the agent has heard no Hello from it since it started. */
+  presence: 2,
 } as const;
 
 /** Image state of the running slot, as the bootloader sees it (ESP-IDF otadata names). */
@@ -165,8 +175,13 @@ export interface ErrorMsg {
   detail?: string;
 }
 
+export interface Query {
+  type: typeof MsgType.query;
+  reason?: number;
+}
+
 export type UpMessage = Hello | Ack | Report;
-export type DownMessage = Offer | Chunk | Activate | Cancel | ErrorMsg;
+export type DownMessage = Offer | Chunk | Activate | Cancel | ErrorMsg | Query;
 export type Message = UpMessage | DownMessage;
 
 const K = {
@@ -192,6 +207,8 @@ const C = { session: 1, index: 2, data: 3 } as const;
 // Cancel / Error
 const X = { session: 1, reason: 2 } as const;
 const E = { reason: 1, detail: 2 } as const;
+// Query
+const Q = { reason: 1 } as const;
 
 function defined(entries: [number, unknown][]): Map<number, unknown> {
   return new Map(entries.filter(([, v]) => v !== undefined));
@@ -231,6 +248,8 @@ export function encodeMessage(m: Message): Buffer {
       return encodeCbor(new Map<number, unknown>([[K.type, m.type], [X.session, m.session], [X.reason, m.reason]]));
     case MsgType.error:
       return encodeCbor(defined([[K.type, m.type], [E.reason, m.reason], [E.detail, m.detail]]));
+    case MsgType.query:
+      return encodeCbor(defined([[K.type, m.type], [Q.reason, m.reason]]));
   }
 }
 
@@ -355,6 +374,10 @@ export function decodeDown(bytes: Uint8Array): DownMessage {
     case MsgType.error: {
       const e = new FieldReader(map, 'error');
       return { type, reason: e.uint(E.reason, 'reason', 255), detail: e.optText(E.detail, 'detail', LIMITS.maxDetail) };
+    }
+    case MsgType.query: {
+      const reason = new FieldReader(map, 'query').optUint(Q.reason, 'reason', 255);
+      return reason === undefined ? { type } : { type, reason };
     }
     default:
       throw new ProtocolError(Reason.unknownType, `message type ${type} is not an agent → node message`);

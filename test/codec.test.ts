@@ -2,7 +2,7 @@ import t, { type Test } from 'tap';
 import { decode as cborgDecode } from 'cborg';
 import { encodeCbor } from '../shared/cbor.js';
 import { ProtocolError, Reason } from '../shared/errors.js';
-import { decodeDown, decodeUp, encodeMessage, ImageState, MsgType, negotiateChunkSize, Stage, type Message } from '../shared/messages.js';
+import { decodeDown, decodeUp, encodeMessage, ImageState, MsgType, negotiateChunkSize, QueryReason, Stage, type Message } from '../shared/messages.js';
 import { ChunkBitmap } from '../shared/bitmap.js';
 
 const digest = Buffer.alloc(32, 7);
@@ -26,6 +26,8 @@ const samples: Message[] = [
   { type: MsgType.activate, session: 3 },
   { type: MsgType.cancel, session: 3, reason: Reason.cancelled },
   { type: MsgType.error, reason: Reason.malformed, detail: 'bad' },
+  { type: MsgType.query },
+  { type: MsgType.query, reason: QueryReason.presence },
 ];
 
 const isUp = (m: Message) => m.type === MsgType.hello || m.type === MsgType.ack || m.type === MsgType.report;
@@ -57,6 +59,17 @@ t.test('no CBOR tags or records appear on the wire', async (t) => {
     const decoded = cborgDecode(bytes, { useMaps: true });
     t.ok(decoded, `type ${m.type} decodes without tag handlers`);
   }
+});
+
+t.test('Query is the smallest message a node receives: type only, or type and reason', async (t) => {
+  const bare = encodeMessage({ type: MsgType.query });
+  t.same([...bare], [0xa1, 0x00, 0x15], 'a1 00 15: {0: 21}');
+  const byCborg = cborgDecode(encodeMessage({ type: MsgType.query, reason: QueryReason.agentConnected }), { useMaps: true, strict: true }) as Map<number, unknown>;
+  t.same([...byCborg.entries()], [[0, 21], [1, 1]], 'cborg reads {0: 21, 1: 1}');
+  t.same(decodeDown(Buffer.from([0xa1, 0x00, 0x15])), { type: MsgType.query }, 'hand-written bytes decode');
+  rejects(t, () => decodeUp(bare), Reason.unknownType, /not a node/, 'query on the up topic');
+  rejects(t, () => decodeDown(encodeCbor(new Map<number, unknown>([[0, 21], [1, 'now']]))), Reason.badField, /query\.reason/, 'text reason');
+  rejects(t, () => decodeDown(encodeCbor(new Map<number, unknown>([[0, 21], [1, 300]]))), Reason.oversize, /query\.reason/, 'reason out of range');
 });
 
 t.test('chunk overhead stays small', async (t) => {
