@@ -166,15 +166,15 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   constructor(opts: AgentOptions) {
     super();
+    if (opts.deltaMargin !== undefined && !(opts.deltaMargin >= 0 && opts.deltaMargin < 1)) {
+      throw new RangeError(`deltaMargin ${opts.deltaMargin} must be at least 0 and below 1 (the fraction a patch must save)`);
+    }
     this.opts = { maxChunk: 16 * 1024, maxConcurrent: 16, maxControlRetries: 8, ...opts };
     this.deadlines = { ...DEFAULT_DEADLINES, ...opts.deadlines };
     this.rttConfig = { ...DEFAULT_RTT, ...opts.rtt };
     this.topics = makeTopics(opts.prefix);
     this.store = new AgentStore(opts.dataDir);
     this.catalog = new ReleaseCatalog(this.store, opts.trust ?? []);
-    if (opts.deltaMargin !== undefined && !(opts.deltaMargin >= 0 && opts.deltaMargin < 1)) {
-      throw new RangeError(`deltaMargin ${opts.deltaMargin} must be at least 0 and below 1 (the fraction a patch must save)`);
-    }
     this.patches = new PatchCache(opts.dataDir, { log: (level, msg) => this.log(level, msg) });
     for (const row of this.store.nodes()) this.nodes.set(row.id, this.newRuntime(row));
   }
@@ -713,11 +713,13 @@ export class Agent extends EventEmitter<AgentEvents> {
       this.log('info', `node ${row.id}: making delta patch ${pair} in the background (${this.patches.pending} other job(s) pending)`);
       row.detail = `making delta patch ${pair}`;
       this.publishStatus(n, true);
+      let logged = '';
       try {
         patch = await this.patches.get({ image: base.image, digest: base.row.digest }, { image: release.image, digest: release.row.digest }, (phase, done, total) => {
           const pct = total ? Math.floor((done / total) * 100) : 0;
           row.detail = `making delta patch ${pair}: ${phase} ${pct} %`;
-          if (pct % 25 === 0) this.log('info', `delta patch ${pair}: ${phase} ${pct} %`);
+          const step = `${phase} ${Math.floor(pct / 25) * 25} %`; // the log gets quarters, the status every report
+          if (step !== logged) this.log('info', `delta patch ${pair}: ${(logged = step)}`);
           this.publishStatus(n);
         });
       } catch (err) {
