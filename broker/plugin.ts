@@ -1,5 +1,5 @@
 import type { TLSSocket } from 'node:tls';
-import type { Aedes, AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
+import type { Aedes, AedesPublishPacket, AuthenticateError, Client, ConnackPacket, PublishPacket, Subscription } from 'aedes';
 import { decodeUp, MsgType } from '../shared/messages.js';
 import { DEFAULT_PREFIX, topics as makeTopics } from '../shared/topics.js';
 import { servesMatcher, TopicAcl, type Principal } from './acl.js';
@@ -220,9 +220,15 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
     return acl.canRead(s.principal, topic, s.serves) ? packet : null;
   };
 
-  const onReady = (client: Client) => {
-    const s = sessions.get(client);
+  // Presence hangs off CONNACK rather than clientReady: aedes handles the client's next packets
+  // (its SUBSCRIBE, then its Hello) as soon as CONNACK is out, before clientReady fires.
+  const onConnack = (packet: ConnackPacket, client: Client) => {
+    const s = packet.returnCode === 0 ? sessions.get(client) : undefined;
     if (s?.principal.role === 'node') presence.connected(client, s.principal.id);
+  };
+  const onSubscribe = (subs: Subscription[], client: Client) => {
+    const s = sessions.get(client);
+    if (s?.principal.role === 'node') presence.subscribed(client, s.principal.id, subs);
   };
   const onDisconnect = (client: Client) => {
     const s = sessions.get(client);
@@ -233,7 +239,8 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
     const s = sessions.get(client);
     if (s) log('warn', `${who(s, client)}: ${err.message}`);
   };
-  aedes.on('clientReady', onReady);
+  aedes.on('connackSent', onConnack);
+  aedes.on('subscribe', onSubscribe);
   aedes.on('clientDisconnect', onDisconnect);
   aedes.on('clientError', onClientError);
 
@@ -269,7 +276,8 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
     close() {
       if (timer) clearInterval(timer);
       presence.close();
-      aedes.off('clientReady', onReady);
+      aedes.off('connackSent', onConnack);
+      aedes.off('subscribe', onSubscribe);
       aedes.off('clientDisconnect', onDisconnect);
       aedes.off('clientError', onClientError);
     },

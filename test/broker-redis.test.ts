@@ -42,9 +42,9 @@ if (!redisBin) {
     t.same(await subscribe(agent, ['ferry/d/+/up', 'ferry/d/+/presence']), [1, 1]);
     const online = nextMessage(agent, (tp, p) => tp === 'ferry/d/node-1/presence' && p.toString() === 'online');
     const n = await connect(a.url, { ...node, clientId: 'node-1' });
+    await subscribe(n, 'ferry/d/node-1/dn');
     await online;
     t.pass('presence published on A reaches the agent on B');
-    await subscribe(n, 'ferry/d/node-1/dn');
     const up = upPayload(200);
     const gotUp = nextMessage(agent, (tp, p) => tp === 'ferry/d/node-1/up' && p.equals(up));
     await publish(n, 'ferry/d/node-1/up', up);
