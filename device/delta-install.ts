@@ -180,7 +180,9 @@ export class DeltaInstall {
 }
 
 /** Thrown when the node lost power or moved on while an apply was between slices. */
-export class InstallAborted extends Error {}
+export class InstallAborted extends Error {
+  override name = 'InstallAborted';
+}
 
 /**
  * Runs a delta install in slices, yielding to the event loop between them. `alive` is asked after
