@@ -83,6 +83,8 @@ export interface AgentOptions {
 const DEFAULT_DEADLINES: StageDeadlines = { download: 30 * 60_000, verify: 2 * 60_000, install: 10 * 60_000, confirm: 5 * 60_000 };
 const ACTIVE: ReadonlySet<NodeStateName> = new Set(['offered', 'downloading', 'verifying']);
 const TERMINAL: ReadonlySet<NodeStateName> = new Set(['confirmed', 'rolledBack', 'rejected', 'timedOut', 'failed', 'idle']);
+/** Delta refusals that say nothing against the patch itself (the node, the link or the slot was the problem). */
+const NOT_THE_PATCH: ReadonlySet<number> = new Set([Reason.deltaBaseMismatch, Reason.digestMismatch, Reason.noSpace]);
 /** Refusals of the release itself: a full image would be refused too, so a delta session ends on them. */
 const RELEASE_REFUSALS: ReadonlySet<number> = new Set([
   Reason.badSignature, Reason.unknownKey, Reason.wrongHardware, Reason.downgrade, Reason.securityDowngrade, Reason.noRollbackSupport, Reason.unsupportedVersion,
@@ -785,8 +787,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     const why = `${reasonName(r.reason)}${r.detail ? `: ${r.detail}` : ''}`;
     this.log('warn', `node ${row.id}: delta patch refused (${why}); falling back to the full image`);
     this.store.event(row.id, 'delta-fallback', why);
-    // A patch that failed on a node running its base is itself suspect: make it again next time.
-    if (r.reason === Reason.deltaFailed && n.payload?.baseDigest) this.patches.forget(n.payload.baseDigest, release.row.digest);
+    // The patch arrived intact on a node running its base and still failed: the patch itself is
+    // suspect (damaged on the agent's disk, say), so the next node gets a freshly made one.
+    if (!NOT_THE_PATCH.has(r.reason) && n.payload?.baseDigest) this.patches.forget(n.payload.baseDigest, release.row.digest);
     row.refused = [...row.refused.split(',').filter(Boolean), `full:${release.row.id}`].slice(-16).join(',');
     n.window = undefined;
     n.payload = undefined;
