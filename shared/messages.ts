@@ -40,6 +40,11 @@ export const ImageState = {
   aborted: 4,
   /** Factory image or a bootloader that keeps no state. */
   undefined: 5,
+  /**
+   * Recovery (safe) mode: the app failed to start several boots in a row, or the running image failed
+   * and there is no previous image to return to. The node stays reachable and takes a full image.
+   */
+  recovery: 6,
 } as const;
 export type ImageStateCode = (typeof ImageState)[keyof typeof ImageState];
 
@@ -68,6 +73,11 @@ export const Stage = {
   rejected: 5,
   /** Activation deferred by the application; retryAfter says when to ask again. */
   busy: 6,
+  /**
+   * The new image is installed but failed (reason says how) and the node has no previous image to
+   * return to (e.g. MCUboot overwrite-only): it runs it in recovery mode, waiting for a fixed image.
+   */
+  failed: 7,
 } as const;
 export type StageCode = (typeof Stage)[keyof typeof Stage];
 
@@ -257,14 +267,14 @@ const VERSION_TEXT = /^[0-9A-Za-z.+-]{1,32}$/;
 const U32 = 0xffffffff;
 
 function stageOf(v: number, what: string): StageCode {
-  if (v < Stage.verified || v > Stage.busy) throw new ProtocolError(Reason.badField, `${what}: unknown stage ${v}`);
+  if (v < Stage.verified || v > Stage.failed) throw new ProtocolError(Reason.badField, `${what}: unknown stage ${v}`);
   return v as StageCode;
 }
 
 function decodeHello(r: FieldReader): Hello {
   const proto = r.uint(K.proto, 'proto', 255);
   if (proto !== PROTOCOL_VERSION) throw new ProtocolError(Reason.unsupportedVersion, `hello.proto: protocol ${proto} is not supported (this side speaks ${PROTOCOL_VERSION})`);
-  const imageState = r.uint(K.imageState, 'imageState', ImageState.undefined) as ImageStateCode;
+  const imageState = r.uint(K.imageState, 'imageState', ImageState.recovery) as ImageStateCode;
   let transfer: TransferState | undefined;
   if (r.has(K.transfer)) {
     const t = r.map_(K.transfer, 'transfer');
