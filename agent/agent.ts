@@ -789,7 +789,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.store.event(row.id, 'delta-fallback', why);
     // The patch arrived intact on a node running its base and still failed: the patch itself is
     // suspect (damaged on the agent's disk, say), so the next node gets a freshly made one.
-    if (!NOT_THE_PATCH.has(r.reason) && n.payload?.baseDigest) this.patches.forget(n.payload.baseDigest, release.row.digest);
+    if (n.window?.complete && !NOT_THE_PATCH.has(r.reason) && n.payload?.baseDigest) this.patches.forget(n.payload.baseDigest, release.row.digest);
     row.refused = [...row.refused.split(',').filter(Boolean), `full:${release.row.id}`].slice(-16).join(',');
     n.window = undefined;
     n.payload = undefined;
