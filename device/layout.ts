@@ -6,10 +6,14 @@ import { SECTOR_SIZE } from './flash.js';
  *   0x00000  otadata   2 sectors   boot selection records (device/otadata.ts)
  *   0x02000  nvs       N sectors   key/value log: transfer state, slot descriptors, outcomes (device/nvs.ts)
  *   ...      efuse     1 sector    stands in for eFuse: the anti-rollback counter, never erased
- *   0x10000  ota_0     slotSize    application slot 0 (the factory image goes here)
- *   ...      ota_1     slotSize    application slot 1
+ *   ...      scratch   2 sectors   MCUboot swap-using-scratch: one sector of data in transit, one for
+ *                                  the swap intent while the primary trailer is rewritten (device/mcuboot.ts)
+ *   0x10000  ota_0     slotSize    application slot 0 (the factory image goes here; MCUboot: primary)
+ *   ...      ota_1     slotSize    application slot 1 (MCUboot: secondary)
  *
  * Slots start on a 64 KiB boundary like ESP-IDF app partitions (the MMU maps flash in 64 KiB pages).
+ * The scratch area exists in every layout (unused by the ESP-IDF profiles) so a flash file keeps
+ * the same layout whichever profile reads it.
  */
 export interface Partition {
   offset: number;
@@ -20,6 +24,7 @@ export interface Layout {
   otadata: Partition;
   nvs: Partition;
   efuse: Partition;
+  scratch: Partition;
   slots: [Partition, Partition];
   flashSize: number;
 }
@@ -34,10 +39,11 @@ export function makeLayout(slotSize = DEFAULT_SLOT_SIZE, nvsSectors = DEFAULT_NV
   const otadata = { offset: 0, size: 2 * SECTOR_SIZE };
   const nvs = { offset: otadata.offset + otadata.size, size: nvsSectors * SECTOR_SIZE };
   const efuse = { offset: nvs.offset + nvs.size, size: SECTOR_SIZE };
-  const firstApp = Math.ceil((efuse.offset + efuse.size) / APP_ALIGN) * APP_ALIGN;
+  const scratch = { offset: efuse.offset + efuse.size, size: 2 * SECTOR_SIZE };
+  const firstApp = Math.ceil((scratch.offset + scratch.size) / APP_ALIGN) * APP_ALIGN;
   const slots: [Partition, Partition] = [
     { offset: firstApp, size: slotSize },
     { offset: firstApp + slotSize, size: slotSize },
   ];
-  return { otadata, nvs, efuse, slots, flashSize: firstApp + 2 * slotSize };
+  return { otadata, nvs, efuse, scratch, slots, flashSize: firstApp + 2 * slotSize };
 }

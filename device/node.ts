@@ -5,7 +5,7 @@ import { ProtocolError, Reason, reasonName } from '../shared/errors.js';
 import { verifyManifest, ManifestFlag, type Manifest } from '../shared/manifest.js';
 import {
   Capability, CHUNK_CBOR_OVERHEAD, decodeDown, encodeMessage, Encoding, ImageState, LIMITS, MsgType, PROTOCOL_VERSION, Stage,
-  type Activate, type Cancel, type Chunk, type DownMessage, type ImageStateCode, type Offer, type Report, type StageCode, type UpMessage,
+  type Activate, type Cancel, type Chunk, type DownMessage, type ImageStateCode, type LastOutcome, type Offer, type Report, type StageCode, type UpMessage,
 } from '../shared/messages.js';
 import { topics, type Topics } from '../shared/topics.js';
 import { compareVersions } from '../shared/version.js';
@@ -13,6 +13,8 @@ import { BootFailure } from './bootloader.js';
 import { Flash, PowerCut } from './flash.js';
 import { DEFAULT_SLOT_SIZE, makeLayout, type Layout } from './layout.js';
 import { DeviceSystem, RebootRequest, type PendingReport, type ResetReason } from './system.js';
+import type { BootProfileName } from './profiles.js';
+import type { RecoveryCause } from './recovery.js';
 import { chunkCount, payloadOffset, type Download, type TransferMeta } from './transfer.js';
 import { applyStoredDelta } from './delta-install.js';
 
@@ -41,8 +43,16 @@ export interface SimNodeOptions {
   window?: number;
   /** New images fail their self-test: reported failure (true) or a hang ending in a watchdog reset. */
   failSelfTest?: boolean | 'watchdog';
-  /** Bootloader with rollback (pending-verify trial boots). Default true. */
+  /** Bootloader with rollback (pending-verify trial boots). Default true. Older spelling of `boot`: false = esp-idf-norollback. */
   rollback?: boolean;
+  /** Boot profile: esp-idf (default), esp-idf-norollback, mcuboot-swap, mcuboot-overwrite (device/profiles.ts). */
+  boot?: BootProfileName;
+  /** Trial boots of a new image before it counts as failed (default: the profile's; MCUboot swap: always 1). */
+  trialBoots?: number;
+  /** Failed starts in a row (watchdog before the app is up) before recovery mode. Default 3. */
+  safeModeAfter?: number;
+  /** Fault injection: the application of these versions crashes at start-up (a watchdog reset before it is up). */
+  crashAtBoot?: string[];
   /** Apply delta patches (capability 1). Default true. */
   delta?: boolean;
   /** Reuse this flash (the same node after a restart). Default: a fresh, blank flash. */
@@ -112,15 +122,16 @@ export class SimNode extends EventEmitter {
     this.topics = topics(opts.prefix);
     this.maxMessage = opts.maxMessage ?? 4096;
     this.window = opts.window ?? 16;
-    this.rollback = opts.rollback ?? true;
     this.delta = opts.delta ?? true;
     if (this.maxMessage < LIMITS.maxMessage.min || this.maxMessage > LIMITS.maxMessage.max) throw new RangeError(`maxMessage ${this.maxMessage} must be ${LIMITS.maxMessage.min}..${LIMITS.maxMessage.max}`);
     if (!Number.isInteger(this.window) || this.window < 1 || this.window > LIMITS.maxWindow) throw new RangeError(`window ${this.window} must be 1..${LIMITS.maxWindow}`);
     this.layout = makeLayout(opts.slotSize ?? DEFAULT_SLOT_SIZE);
     this.flash = opts.flash ?? new Flash(this.layout.flashSize);
     this.sys = new DeviceSystem(this.flash, this.layout, {
-      hw: opts.hw, version: opts.version, initialImage: opts.initialImage, securityVersion: opts.securityVersion, rollback: this.rollback, saveEvery: opts.saveEvery,
+      hw: opts.hw, version: opts.version, initialImage: opts.initialImage, securityVersion: opts.securityVersion, saveEvery: opts.saveEvery,
+      profile: opts.boot, rollback: opts.rollback, trialBoots: opts.trialBoots, safeModeAfter: opts.safeModeAfter,
     });
+    this.rollback = this.sys.profile.rollback;
   }
 
   // ---- public surface ---------------------------------------------------------------------------
@@ -135,6 +146,30 @@ export class SimNode extends EventEmitter {
 
   get imageState(): ImageStateCode {
     return this.sys.imageState;
+  }
+
+  get bootProfile(): BootProfileName {
+    return this.sys.profile.name;
+  }
+
+  /** How the last update ended (or was refused), as kept in NVS and sent in every Hello. */
+  get lastOutcome(): LastOutcome | undefined {
+    return this.sys.lastOutcome;
+  }
+
+  /** Why the node runs its recovery (safe) mode app, or undefined. */
+  get recovery(): RecoveryCause | undefined {
+    return this.sys.recovery;
+  }
+
+  /** The running image awaits its self-test verdict. */
+  get inTrial(): boolean {
+    return this.sys.trial;
+  }
+
+  /** Largest image this node can install. */
+  get imageCapacity(): number {
+    return this.sys.imageCapacity;
   }
 
   get slot(): number {
@@ -160,7 +195,9 @@ export class SimNode extends EventEmitter {
   }
 
   get capabilities(): number {
-    return (this.delta ? Capability.delta : 0) | (this.rollback ? Capability.rollback : 0) | Capability.antiRollback | (this.opts.deferActivation ? Capability.deferActivation : 0);
+    // Recovery mode takes full images only: the running image is not a base to patch from.
+    const delta = this.delta && !this.sys.recovery;
+    return (delta ? Capability.delta : 0) | (this.rollback ? Capability.rollback : 0) | Capability.antiRollback | (this.opts.deferActivation ? Capability.deferActivation : 0);
   }
 
   /** Boots from flash and connects. Resolves once the first Hello is out (or after 5 s of trying). */
@@ -206,6 +243,14 @@ export class SimNode extends EventEmitter {
     this.bootPromise = (async () => {
       if (!this.powerOn()) return;
       if (life !== this.life) return;
+      if (!this.sys.recovery && this.opts.crashAtBoot?.includes(this.sys.running.version)) {
+        // Fault injection: the application dies during start-up; the watchdog resets the chip.
+        this.stage('crash', `${this.sys.running.version} crashed during start-up (failed starts in a row: ${this.sys.crashStreak + 1})`);
+        this.rebootSoon('watchdog');
+        return;
+      }
+      // The application is up. A trial image is only healthy once its self-test passed.
+      if (!this.sys.trial) this.sys.markHealthy();
       // A node without a rollback bootloader has no pending-verify state to report: it settles its
       // trial boot before going online so its first Hello is the truth.
       if (this.sys.trial && !this.rollback) {
@@ -227,7 +272,8 @@ export class SimNode extends EventEmitter {
       try {
         this.sys.powerOn(this.resetReason);
         const d = this.sys.running;
-        this.stage('booted', `slot ${this.sys.slot} ${d.version} state ${imageStateName(this.sys.imageState)} boot #${this.sys.bootCount}${this.sys.trial ? ' (trial)' : ''}`);
+        this.stage('booted', `slot ${this.sys.slot} ${d.version} state ${imageStateName(this.sys.imageState)} boot #${this.sys.bootCount}${this.sys.trial ? ' (trial)' : ''}${this.sys.recovery ? ` (recovery mode: ${this.sys.recovery})` : ''}`);
+        for (const c of this.sys.cleaned) this.stage('cleanup', c);
         for (const p of this.sys.pending) this.queueReport(p);
         return true;
       } catch (err) {
@@ -397,7 +443,7 @@ export class SimNode extends EventEmitter {
   private queueReport(p: PendingReport): void {
     const r: Report = { type: MsgType.report, session: p.session, stage: p.stage, reason: p.reason, version: p.version };
     this.emit('outcome', { stage: p.stage, reason: p.reason, version: p.version, session: p.session } satisfies NodeOutcome);
-    this.stage(p.stage === Stage.confirmed ? 'confirmed' : 'rolledBack', `${p.version}${p.reason ? ` (${reasonName(p.reason)})` : ''}`);
+    this.stage(p.stage === Stage.confirmed ? 'confirmed' : p.stage === Stage.failed ? 'failed' : 'rolledBack', `${p.version}${p.reason ? ` (${reasonName(p.reason)})` : ''}`);
     if (this.client?.connected && this.helloSent) this.publish(r);
     else if (this.outbox.length < 8) this.outbox.push(r);
   }
@@ -410,7 +456,7 @@ export class SimNode extends EventEmitter {
 
   private report(session: number, stage: StageCode, reason: number, extra: { version?: string; detail?: string; retryAfter?: number } = {}, onSent?: () => void): void {
     this.publish({ type: MsgType.report, session, stage, reason, ...extra, detail: extra.detail?.slice(0, LIMITS.maxDetail) }, onSent);
-    if (stage === Stage.rejected || stage === Stage.confirmed || stage === Stage.rolledBack) {
+    if (stage === Stage.rejected || stage === Stage.confirmed || stage === Stage.rolledBack || stage === Stage.failed) {
       this.emit('outcome', { stage, reason, version: extra.version, session } satisfies NodeOutcome);
     }
   }
@@ -421,6 +467,8 @@ export class SimNode extends EventEmitter {
     this.stage('rejected', `${reasonName(reason)}: ${detail}`);
     if ((this.lastRejectAt.get(reason) ?? 0) > now - 1000) return;
     this.lastRejectAt.set(reason, now);
+    // The refusal of an update survives a reboot as the last outcome (every Hello carries it).
+    if (version !== undefined && session !== 0) this.sys.recordRejection(version, reason);
     this.report(session, Stage.rejected, reason, { detail, version });
   }
 
@@ -525,13 +573,15 @@ export class SimNode extends EventEmitter {
     if (cmp === 0 && m.digest.equals(running.digest)) return { reason: Reason.none, detail: 'already running' };
     if (cmp <= 0) return { reason: Reason.downgrade, detail: `${m.version} is not newer than ${running.version}` };
     if (m.securityVersion < this.sys.counter.value) return { reason: Reason.securityDowngrade, detail: `security version ${m.securityVersion} < ${this.sys.counter.value}` };
-    if (m.size > this.layout.slots[this.sys.inactiveSlot].size) return { reason: Reason.noSpace, detail: `${m.size} bytes do not fit a ${this.layout.slots[0].size}-byte slot` };
+    // Storage checks before anything is erased: the image must fit what the slot can hold.
+    if (m.size > this.sys.imageCapacity) return { reason: Reason.noSpace, detail: `${m.size}-byte image does not fit the ${this.sys.imageCapacity}-byte image area of a slot` };
     if (!this.rollback && !(m.flags & ManifestFlag.allowNoRollback)) return { reason: Reason.noRollbackSupport, detail: 'bootloader cannot roll back and the release does not allow that' };
     if (o.encoding === Encoding.delta) {
       // A refused delta (deltaFailed, deltaBaseMismatch, noSpace) makes the agent fall back to the full image.
       if (!this.delta) return { reason: Reason.deltaFailed, detail: 'this node does not apply delta patches' };
+      if (this.sys.recovery) return { reason: Reason.deltaFailed, detail: 'recovery mode takes full images only' };
       if (!o.baseDigest || !o.baseDigest.equals(running.digest)) return { reason: Reason.deltaBaseMismatch, detail: 'the patch is not for the running image' };
-      const slotSize = this.layout.slots[this.sys.inactiveSlot].size;
+      const slotSize = this.sys.imageCapacity;
       if (o.payloadSize >= slotSize || m.size > payloadOffset(Encoding.delta, slotSize, o.payloadSize)) {
         return { reason: Reason.noSpace, detail: `patch (${o.payloadSize} B) and image (${m.size} B) do not fit the slot together` };
       }
@@ -605,7 +655,7 @@ export class SimNode extends EventEmitter {
     const alive = () => life === this.life && this.sys.download === d;
     applyStoredDelta(
       {
-        flash: this.flash, running: this.layout.slots[this.sys.slot], runningSize: this.sys.running.size, target: this.layout.slots[d.slot],
+        flash: this.flash, running: this.layout.slots[this.sys.slot], runningSize: this.sys.running.size, target: this.sys.imageArea(d.slot),
         patchOffset: d.offset, patchSize: d.meta.payloadSize, baseDigest: d.meta.baseDigest ?? this.sys.running.digest, expectedSize: manifest.size,
       },
       { alive },

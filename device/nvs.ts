@@ -28,6 +28,8 @@ export const NvsKey = {
   bootCount: 6,
   /** Received-chunk bitmap of the transfer, saved every few chunks. */
   transferBitmap: 7,
+  /** An installed image that failed with no way back to the previous one: the node stays in recovery mode on it. */
+  failedImage: 8,
 } as const;
 
 const BANK_MAGIC = 0x53564e46; // 'FNVS'

@@ -13,13 +13,19 @@ import type { Layout } from './layout.js';
  *   0  u32  seq     selection sequence number, 1.. (0xFFFFFFFF = blank)
  *   4  u8   slot    0 or 1
  *   5  u8   state   ImageState (new, pending-verify, valid, invalid, aborted, undefined)
- *   6  u16  spare   0xFFFF (reserved: trial boots left, for boot counting)
+ *   6  u16  left    trial boots left (boot counting); 0xFFFF = none recorded
  *   8  u32  crc     CRC-32 of bytes 0..7
+ *
+ * ESP-IDF's own record has no boot counter: it gives a new image exactly one trial boot. `left`
+ * models a bootloader with boot counting (as U-Boot's bootcount/bootlimit does): a PENDING_VERIFY
+ * record with boots left is booted again, and ABORTED only when none are left.
  */
 export interface OtaRecord {
   seq: number;
   slot: number;
   state: ImageStateCode;
+  /** Trial boots left for a NEW / PENDING_VERIFY record; absent = none. */
+  left?: number;
 }
 
 export interface OtaEntry extends OtaRecord {
@@ -34,7 +40,7 @@ export function encodeOtaRecord(r: OtaRecord): Buffer {
   b.writeUInt32LE(r.seq, 0);
   b.writeUInt8(r.slot, 4);
   b.writeUInt8(r.state, 5);
-  b.writeUInt16LE(0xffff, 6);
+  b.writeUInt16LE(r.left === undefined ? 0xffff : Math.min(Math.max(0, r.left), 0xfffe), 6);
   b.writeUInt32LE(crc32(b.subarray(0, 8)), 8);
   return b;
 }
@@ -46,8 +52,9 @@ export function decodeOtaRecord(b: Buffer): OtaRecord | undefined {
   if (crc32(b.subarray(0, 8)) !== b.readUInt32LE(8)) return undefined;
   const slot = b.readUInt8(4);
   const state = b.readUInt8(5);
+  const left = b.readUInt16LE(6);
   if (slot > 1 || state > ImageState.undefined) return undefined;
-  return { seq, slot, state: state as ImageStateCode };
+  return left === 0xffff ? { seq, slot, state: state as ImageStateCode } : { seq, slot, state: state as ImageStateCode, left };
 }
 
 /** Both sectors' records; undefined where a sector is blank or torn. */
@@ -97,12 +104,17 @@ export function writeOtaRecord(flash: Flash, layout: Layout, sector: number, r: 
  * Selects `slot` for the next boot with a fresh record in the sector that does NOT hold the current
  * selection, so a power cut during this write leaves the current selection untouched.
  */
-export function selectSlot(flash: Flash, layout: Layout, slot: number, state: ImageStateCode, rollback: boolean): OtaEntry {
+export function selectSlot(flash: Flash, layout: Layout, slot: number, state: ImageStateCode, rollback: boolean, left?: number): OtaEntry {
   const entries = readOtadata(flash, layout);
   const current = selectEntry(entries, rollback);
   const newest = newestEntry(entries);
   const sector = current ? 1 - current.sector : entries[0] ? 1 : 0;
-  return writeOtaRecord(flash, layout, sector, { seq: (newest?.seq ?? 0) + 1, slot, state });
+  return writeOtaRecord(flash, layout, sector, { seq: (newest?.seq ?? 0) + 1, slot, state, left });
+}
+
+/** The seq the next selectSlot will write (the app notes it before selecting, to recognise it later). */
+export function nextSeq(flash: Flash, layout: Layout): number {
+  return (newestEntry(readOtadata(flash, layout))?.seq ?? 0) + 1;
 }
 
 /**
@@ -110,6 +122,6 @@ export function selectSlot(flash: Flash, layout: Layout, slot: number, state: Im
  * image pending-verify, valid, invalid or aborted. A tear here loses the record, and the other
  * sector (the previous image) is selected: never a brick, at worst a rollback.
  */
-export function setEntryState(flash: Flash, layout: Layout, entry: OtaEntry, state: ImageStateCode): OtaEntry {
-  return writeOtaRecord(flash, layout, entry.sector, { seq: entry.seq, slot: entry.slot, state });
+export function setEntryState(flash: Flash, layout: Layout, entry: OtaEntry, state: ImageStateCode, left?: number): OtaEntry {
+  return writeOtaRecord(flash, layout, entry.sector, { seq: entry.seq, slot: entry.slot, state, left });
 }

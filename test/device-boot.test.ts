@@ -7,10 +7,16 @@ import { describeImage, factoryImage } from '../device/firmware.js';
 import { Download } from '../device/transfer.js';
 import { ImageState, Stage } from '../shared/messages.js';
 import { Reason } from '../shared/errors.js';
-import { sha256 } from '../shared/manifest.js';
+import { generateOperatorKey, sha256, signManifest } from '../shared/manifest.js';
 import { sweepUpdate } from '../device/sweep.js';
 
 const SLOT = 256 * 1024;
+const KEY = generateOperatorKey();
+
+/** A signed manifest for an image, as the node stores it with its transfer and its slot descriptor. */
+function manifestOf(version: string, image: Buffer, securityVersion = 0): Buffer {
+  return signManifest({ hw: 'hw1', version, securityVersion, size: image.length, digest: sha256(image), created: 1_700_000_000, flags: 0 }, KEY.privateKey);
+}
 
 function fresh(rollback = true) {
   const layout = makeLayout(SLOT);
@@ -24,12 +30,13 @@ function fresh(rollback = true) {
 function install(sys: DeviceSystem, version: string, securityVersion = 0, size = 20000): Buffer {
   const image = factoryImage('hw1', version, size);
   const chunkSize = 1024;
-  const d = sys.beginDownload({ session: 7, encoding: 0, payloadSize: image.length, chunkSize, payloadDigest: sha256(image), manifest: Buffer.from('m') });
+  const manifest = manifestOf(version, image, securityVersion);
+  const d = sys.beginDownload({ session: 7, encoding: 0, payloadSize: image.length, chunkSize, payloadDigest: sha256(image), manifest });
   // Out of order, as chunks may arrive.
   const order = Array.from({ length: d.total }, (_, i) => i).reverse();
   for (const i of order) d.store(i, image.subarray(i * chunkSize, (i + 1) * chunkSize));
   if (!d.digestOfStored().equals(sha256(image))) throw new Error('stored image does not verify');
-  sys.installDescriptor(describeImage(image, version, securityVersion, Buffer.from('m')));
+  sys.installDescriptor(describeImage(image, version, securityVersion, manifest));
   sys.activate(7, version);
   return image;
 }
@@ -188,7 +195,7 @@ t.test('download state: saved every few chunks, reloaded after power loss, erase
   const { sys, flash, layout } = fresh();
   const image = factoryImage('hw1', '2.0.0', 100_000);
   const chunkSize = 1000; // not a divisor of the sector size: chunks straddle sectors
-  const meta = { session: 9, encoding: 0, payloadSize: image.length, chunkSize, payloadDigest: sha256(image), manifest: Buffer.from('m') };
+  const meta = { session: 9, encoding: 0, payloadSize: image.length, chunkSize, payloadDigest: sha256(image), manifest: manifestOf('2.0.0', image) };
   const d = sys.beginDownload(meta);
   const writesBefore = sys.nvs.writes;
   for (let i = 0; i < 40; i++) d.store(i, image.subarray(i * chunkSize, (i + 1) * chunkSize));
