@@ -566,6 +566,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       window: h.window,
     });
     n.warnings = h.caps & Capability.rollback ? [] : ['bootloader cannot roll back: a bad image would stay installed'];
+    if (h.imageState === ImageState.recovery) n.warnings.push('node is in recovery mode (failed starts, or a failed image with no way back): it takes a full image of a newer release');
     n.controlTries = 0;
     n.rtt.resetBackoff();
     this.store.event(row.id, 'hello', `${h.version} slot ${h.slot} state ${h.imageState}${h.transfer ? ` transfer ${h.transfer.session}` : ''}`);
@@ -573,6 +574,13 @@ export class Agent extends EventEmitter<AgentEvents> {
 
     // A node we told to activate: reconcile what it runs now against what we expected.
     if (target && (row.state === 'activating' || row.state === 'confirming' || row.state === 'deferred')) {
+      if (h.digest.equals(target.row.digest) && h.imageState === ImageState.recovery) {
+        // Installed, failed, and nothing older left to boot (MCUboot overwrite-only): not confirmed.
+        const o = h.lastOutcome;
+        const reason = o && o.version === target.row.version && o.stage === Stage.failed ? o.reason : Reason.bootFailed;
+        this.finish(n, 'failed', reason, `runs ${h.version} in recovery mode: ${reasonName(reason)}, no previous image to return to`);
+        return;
+      }
       if (h.digest.equals(target.row.digest)) {
         if (h.imageState === ImageState.pendingVerify) {
           n.rebootSeen = true;
@@ -603,6 +611,10 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.finish(n, 'rolledBack', h.lastOutcome.reason, reasonName(h.lastOutcome.reason));
         return;
       }
+      if (h.lastOutcome.stage === Stage.failed) {
+        this.finish(n, 'failed', h.lastOutcome.reason, `${reasonName(h.lastOutcome.reason)}, no previous image to return to`);
+        return;
+      }
     }
 
     // Mid-transfer: the node says what it holds; continue from there.
@@ -629,7 +641,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (!TERMINAL.has(row.state) && row.state !== 'queued') this.setState(n, 'idle');
       return;
     }
-    if (row.runningDigest && release.row.digest.equals(row.runningDigest)) {
+    // A node in recovery mode on this very image runs it because it failed: that is not "confirmed".
+    if (row.runningDigest && release.row.digest.equals(row.runningDigest) && row.imageState !== ImageState.recovery) {
       if (row.targetRelease !== release.row.id || row.state !== 'confirmed') {
         row.targetRelease = release.row.id;
         this.finish(n, 'confirmed', Reason.none, `already running ${release.row.version}`);
@@ -937,7 +950,9 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.sendActivate(n);
         return;
       case Stage.busy: {
-        const wait = Math.min((r.retryAfter ?? 5) * 1000, Math.max(0, (row.stageDeadline ?? Date.now()) - Date.now()));
+        // At least a second between asks (a node saying retry-after 0 must not get an Activate storm),
+        // and never past the install deadline, which bounds the whole deferral.
+        const wait = Math.min(Math.max(1, r.retryAfter ?? 5) * 1000, Math.max(0, (row.stageDeadline ?? Date.now()) - Date.now()));
         this.setState(n, 'deferred');
         n.timer = setTimeout(() => {
           n.timer = undefined;
@@ -959,6 +974,9 @@ export class Agent extends EventEmitter<AgentEvents> {
         return;
       case Stage.rolledBack:
         this.finish(n, 'rolledBack', r.reason, r.detail ?? reasonName(r.reason));
+        return;
+      case Stage.failed:
+        this.finish(n, 'failed', r.reason, r.detail ?? `${reasonName(r.reason)}, no previous image to return to`);
         return;
     }
   }
@@ -1142,6 +1160,7 @@ function reportFits(r: Report, state: NodeStateName): boolean {
     case Stage.confirmed:
       return ACTIVE.has(state) || AWAITING_BOOT.has(state);
     case Stage.rolledBack:
+    case Stage.failed:
       return AWAITING_BOOT.has(state);
     default:
       return false;

@@ -25,7 +25,7 @@ export interface NodeStatus {
   warnings: string[];
 }
 
-const IMAGE_STATES = ['new', 'pendingVerify', 'valid', 'invalid', 'aborted', 'undefined'];
+const IMAGE_STATES = ['new', 'pendingVerify', 'valid', 'invalid', 'aborted', 'undefined', 'recovery'];
 
 export function nodeStatus(row: NodeRow, target: Release | undefined, window: TransferWindow | undefined, online: boolean, warnings: string[]): NodeStatus {
   const total = row.chunkCount;
