@@ -145,14 +145,18 @@ export async function startRedis(bin: string): Promise<Service> {
 }
 
 export async function startMosquitto(bin: string, files: { acl: string; passwd: string }, dir: string): Promise<Service & { log(): string }> {
-  const port = await freePort();
-  const conf = path.join(dir, 'mosquitto.conf');
-  fs.writeFileSync(
-    conf,
+  return startMosquittoWith(bin, dir, (port) =>
     [`per_listener_settings false`, `listener ${port} 127.0.0.1`, `allow_anonymous true`, `password_file ${files.passwd}`, `acl_file ${files.acl}`, `persistence false`, `log_dest stderr`, `log_type error`, `log_type warning`].join('\n') + '\n',
   );
+}
+
+/** Starts mosquitto with the configuration `conf(port)` returns, on a free port, written to `dir`. */
+export async function startMosquittoWith(bin: string, dir: string, conf: (port: number) => string): Promise<Service & { log(): string }> {
+  const port = await freePort();
+  const file = path.join(dir, 'mosquitto.conf');
+  fs.writeFileSync(file, conf(port));
   let out = '';
-  const proc = spawn(bin, ['-c', conf], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(bin, ['-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr?.on('data', (d: Buffer) => (out += d.toString()));
   await waitForPort(port, proc, 'mosquitto', () => out);
