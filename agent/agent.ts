@@ -641,8 +641,10 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (!TERMINAL.has(row.state) && row.state !== 'queued') this.setState(n, 'idle');
       return;
     }
-    // A node in recovery mode on this very image runs it because it failed: that is not "confirmed".
-    if (row.runningDigest && release.row.digest.equals(row.runningDigest) && row.imageState !== ImageState.recovery) {
+    // Running the release is not enough to be confirmed: not while its trial boot awaits the
+    // self-test (pending-verify), nor in recovery mode (it runs it because it failed).
+    const settled = row.imageState !== ImageState.pendingVerify && row.imageState !== ImageState.recovery;
+    if (row.runningDigest && release.row.digest.equals(row.runningDigest) && settled) {
       if (row.targetRelease !== release.row.id || row.state !== 'confirmed') {
         row.targetRelease = release.row.id;
         this.finish(n, 'confirmed', Reason.none, `already running ${release.row.version}`);
@@ -1151,7 +1153,9 @@ function reportFits(r: Report, state: NodeStateName): boolean {
   switch (r.stage) {
     case Stage.rejected:
       // Session 0: the node refused a message it could not even read; only a live transfer cares.
-      return r.session === 0 ? ACTIVE.has(state) : ACTIVE.has(state) || AWAITING_BOOT.has(state);
+      // Once the node said it is rebooting into the image, a refusal for the session is a late
+      // answer to a resent Activate: the boot that follows says how it went.
+      return r.session === 0 ? ACTIVE.has(state) : ACTIVE.has(state) || state === 'activating' || state === 'deferred';
     case Stage.verified:
       return ACTIVE.has(state);
     case Stage.busy:

@@ -365,6 +365,11 @@ export class SimNode extends EventEmitter {
           this.stage('connected', this.opts.brokerUrl);
           this.sendHello();
           this.flushOutbox();
+          // A download that was complete when power went (before or during its verification) is
+          // verified now: the agent waits for `verified` and has nothing left to send that would
+          // make the node look at it again.
+          const d = this.sys.download;
+          if (d && d.complete && !d.verified && this.applying !== d) this.guard(() => this.finishDownload(d));
           if (this.sys.trial && this.rollback && !this.selfTestStarted) {
             this.selfTestStarted = true;
             this.schedule(this.opts.selfTestMs ?? 20, () => this.runSelfTest());
@@ -691,6 +696,12 @@ export class SimNode extends EventEmitter {
   }
 
   private onActivate(a: Activate): void {
+    const act = this.sys.activation;
+    if (act && act.session === a.session && !this.sys.trial) {
+      // A resent Activate that arrives between the activation and the reboot: it is under way.
+      this.report(a.session, Stage.rebooting, Reason.none, { version: act.version, detail: 'already activated, rebooting' });
+      return;
+    }
     const d = this.sys.download;
     if (!d || d.meta.session !== a.session) {
       // A repeated Activate after the reboot: answer with what is known, or refuse an unknown session.
