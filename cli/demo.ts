@@ -5,8 +5,10 @@ import { createHash } from 'node:crypto';
 import type { CommandModule } from 'yargs';
 import { Agent } from '../agent/agent.js';
 import type { NodeStatus } from '../agent/status.js';
+import { IdentityStore } from '../broker/identity-store.js';
+import { provision } from '../broker/provision.js';
 import { startBroker } from '../broker/server.js';
-import { startFleet } from '../device/fleet.js';
+import { fleetIds, startFleet } from '../device/fleet.js';
 import { generateOperatorKey } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
 import { makeLogger, UsageError } from './common.js';
@@ -75,20 +77,31 @@ export const demoCommand: CommandModule<object, Args> = {
     };
 
     const { privateKey, publicKey } = generateOperatorKey();
-    const broker = await startBroker();
-    say(`broker   listening on ${broker.url}`);
-    const agentLog = makeLogger(false);
-    const agent = new Agent({ brokerUrl: broker.url, dataDir, trust: [publicKey], log: argv.verbose ? agentLog : (lvl, msg) => lvl === 'error' && agentLog(lvl, msg) });
+    const logger = makeLogger(false);
+    const log = argv.verbose ? logger : (lvl: 'info' | 'warn' | 'error', msg: string) => lvl === 'error' && logger(lvl, msg);
+    // The broker runs as `ferry gateway` does: ferry plugin on, anonymous clients refused. The demo
+    // provisions every client it starts in the store beside the agent state, as an operator would
+    // with `ferry devices|agents|operators add`.
+    const store = IdentityStore.open(dataDir);
+    const ids = fleetIds(n);
+    const [operator] = (await provision(store, 'operator', ['demo-operator'])).values();
+    const [agentCred] = (await provision(store, 'agent', ['demo-agent'], { serves: ['*'] })).values();
+    const nodeCreds = await provision(store, 'node', ids);
+    const broker = await startBroker({ ferry: { store, allowAnonymous: false, log } });
+    say(`broker   listening on ${broker.url} (ferry plugin, anonymous refused)`);
+    say(`auth     provisioned demo-operator, demo-agent and ${n} node identities in ${store.file}`);
+    const agent = new Agent({ brokerUrl: broker.url, ...agentCred, dataDir, trust: [publicKey], log });
     await agent.start();
     say(`agent    state in ${dataDir}`);
 
-    const fleet = await startFleet({ brokerUrl: broker.url, count: n, hw: argv.hw, version: '1.0.0', trust: [publicKey], failSelfTest: k });
+    const perNode = Object.fromEntries(ids.map((id) => [id, { ...nodeCreds.get(id)! }]));
+    const fleet = await startFleet({ brokerUrl: broker.url, count: n, hw: argv.hw, version: '1.0.0', trust: [publicKey], failSelfTest: k, perNode });
     say(`nodes    ${n} simulated ${argv.hw} nodes on 1.0.0 (${k} with a failing self-test)`);
     await waitFor(() => agent.statuses().length >= n, 15_000, 'every node to say hello');
 
     const image = demoImage(argv.hw, '1.1.0', argv['image-size']);
     const bar = progressBar('release  publishing 1.1.0', { quiet: argv.json });
-    await publishRelease({ brokerUrl: broker.url, image, hw: argv.hw, version: '1.1.0', key: privateKey, onProgress: (d, t) => bar.update(d, t) });
+    await publishRelease({ brokerUrl: broker.url, ...operator, image, hw: argv.hw, version: '1.1.0', key: privateKey, onProgress: (d, t) => bar.update(d, t) });
     bar.done(`${formatBytes(image.length)} signed and published`);
 
     const tty = Boolean(out.isTTY) && !argv.json;
@@ -154,6 +167,7 @@ export const demoCommand: CommandModule<object, Args> = {
     await fleet.stop();
     await agent.stop();
     await broker.close();
+    store.close();
     if (!argv['data-dir']) fs.rmSync(dataDir, { recursive: true, force: true });
     process.exitCode = ok ? 0 : 1;
   },

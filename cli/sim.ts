@@ -9,6 +9,9 @@ import { Flash } from '../device/flash.js';
 import { DEFAULT_SLOT_SIZE, makeLayout } from '../device/layout.js';
 import { fleetIds } from '../device/fleet.js';
 import { imageStateName, SimNode, type NodeOutcome } from '../device/node.js';
+import { IdentityStore } from '../broker/identity-store.js';
+import { provision } from '../broker/provision.js';
+import { DEFAULT_DATA_DIR } from './broker.js';
 import { brokerOption, jsonOption, password, passwordOption, prefixOption, readFileOrFail, readPublicKeys, untilSignal, usernameOption } from './common.js';
 
 interface SimArgs {
@@ -29,6 +32,8 @@ interface SimArgs {
   username?: string;
   password?: string;
   credentials?: string;
+  provision: boolean;
+  'data-dir': string;
   json: boolean;
 }
 
@@ -72,6 +77,7 @@ export function checkSimArgs(a: SimArgs): string | undefined {
   if (!Number.isInteger(a['slot-size']) || a['slot-size'] <= 0 || a['slot-size'] % 65536 !== 0) return `--slot-size must be a positive multiple of 65536, got ${a['slot-size']}`;
   if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,40}$/.test(a['id-prefix'])) return `--id-prefix "${a['id-prefix']}" must be letters, digits, _ . : - (up to 41)`;
   if (a.credentials && (a.username || a.password)) return '--credentials and --username/--password are exclusive';
+  if (a.provision && (a.credentials || a.username || a.password)) return '--provision makes its own credentials: drop --credentials/--username/--password';
   return undefined;
 }
 
@@ -82,6 +88,18 @@ export function checkSimArgs(a: SimArgs): string | undefined {
 function flagError(msg: string): never {
   process.stderr.write(`ferry: ${msg}\n(run ferry --help for usage)\n`);
   process.exit(2);
+}
+
+/** Node identities for the simulated ids, written where `ferry devices add` writes them. */
+async function provisionNodes(dataDir: string, ids: string[]): Promise<Map<string, string>> {
+  const store = IdentityStore.open(dataDir);
+  try {
+    const creds = await provision(store, 'node', ids);
+    process.stderr.write(`ferry sim: provisioned ${ids.length} node identities in ${store.file}\n`);
+    return new Map([...creds].map(([id, c]) => [id, c.password]));
+  } finally {
+    store.close();
+  }
 }
 
 const STAGE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Stage).map(([k, v]) => [v, k]));
@@ -110,6 +128,12 @@ export const simCommand: CommandModule<object, SimArgs> = {
         username: usernameOption,
         password: passwordOption,
         credentials: { type: 'string', describe: 'per-device passwords: JSON {"id": "password"} or `ferry devices add --json` lines' },
+        provision: {
+          type: 'boolean',
+          default: false,
+          describe: 'provision the node identities in the broker\'s identity store (--data-dir) and connect with them; existing nodes of the same ids get new secrets',
+        },
+        'data-dir': { type: 'string', default: DEFAULT_DATA_DIR, describe: 'with --provision: the data dir of `ferry broker`/`ferry gateway` (its identities.sqlite)' },
         json: jsonOption,
       })
       .check((argv) => {
@@ -119,8 +143,8 @@ export const simCommand: CommandModule<object, SimArgs> = {
       }) as never,
   handler: async (argv) => {
     const trust = readPublicKeys(argv.trust);
-    const creds = argv.credentials ? readCredentials(argv.credentials) : undefined;
     const ids = fleetIds(argv.devices, argv['id-prefix']);
+    const creds = argv.credentials ? readCredentials(argv.credentials) : argv.provision ? await provisionNodes(argv['data-dir'], ids) : undefined;
     const failing = new Set(ids.slice(ids.length - argv['fail-selftest']));
     if (argv['fail-selftest'] === 0) failing.clear();
     const layout = makeLayout(argv['slot-size']);
