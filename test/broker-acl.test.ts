@@ -87,6 +87,12 @@ t.test('authentication refusals name what was wrong', async (t) => {
     await t.rejects(connect(closedBroker.url, { clientId: 'anon-x' }), /Not authorized/, 'anonymous refused unless allowed');
     const op = await connect(closedBroker.url, { ...creds.operator, clientId: 'op-1-c' });
     t.ok(op.connected, 'identities still get in');
+    // Outside the prefix the broker stays a plain broker for everyone who got in.
+    const got = nextMessage(op, (tp) => tp === 'plain/closed');
+    t.same(await subscribe(op, 'plain/#'), [1], 'an identity may subscribe outside the prefix without --allow-anonymous');
+    await publish(op, 'plain/closed', 'x');
+    await got;
+    t.pass('and publish there');
     await end(op);
   } finally {
     await closedBroker.close();

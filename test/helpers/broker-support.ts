@@ -175,16 +175,20 @@ export function mosquittoPasswd(bin: string, file: string, users: { username: st
 // The role × topic matrix. Written out by hand (not computed from broker/acl.ts) so the test checks
 // the ACL against the documented table instead of against itself.
 
-export type Actor = 'node1' | 'node2' | 'agentAll' | 'agentN2' | 'agentG' | 'operator' | 'anonymous';
-export const ACTORS: Actor[] = ['node1', 'node2', 'agentAll', 'agentN2', 'agentG', 'operator', 'anonymous'];
+export type Actor = 'node1' | 'node2' | 'agentAll' | 'agentN2' | 'agentG' | 'agentGlob' | 'operator' | 'anonymous';
+export const ACTORS: Actor[] = ['node1', 'node2', 'agentAll', 'agentN2', 'agentG', 'agentGlob', 'operator', 'anonymous'];
 
-/** node-1 is in group "g1"; agent-n2 serves node-2 only; agent-g serves group:g1. */
+/**
+ * node-1 is in group "g1", node-2 in "g2"; agent-n2 serves node-2 by id; agent-g serves group:g1
+ * (so node-1 and the g1 downlink); agent-glob serves the glob `*-2` (node-2, by id only: no group).
+ */
 export const IDENTITIES = {
   node1: { role: 'node', username: 'node-1', groups: ['g1'] },
-  node2: { role: 'node', username: 'node-2', groups: [] },
+  node2: { role: 'node', username: 'node-2', groups: ['g2'] },
   agentAll: { role: 'agent', username: 'agent-all', serves: ['*'] },
   agentN2: { role: 'agent', username: 'agent-n2', serves: ['node-2'] },
   agentG: { role: 'agent', username: 'agent-g', serves: ['group:g1'] },
+  agentGlob: { role: 'agent', username: 'agent-glob', serves: ['*-2'] },
   operator: { role: 'operator', username: 'op-1' },
 } as const;
 
@@ -200,17 +204,30 @@ export interface MatrixTopic {
   observer: Actor;
 }
 
+const CHUNKISH = () => Buffer.from([0xa1, 0x00, 0x13]);
+const ALL_AGENTS: Actor[] = ['agentAll', 'agentN2', 'agentG', 'agentGlob'];
+
+/**
+ * One row per topic kind the issue names, for the node that owns it and for the other one: a node's
+ * own up/dn against another node's, group downlinks for a member and a non-member, status and
+ * presence, release topics, ferry topics outside the table, and plain topics.
+ */
 export const MATRIX: MatrixTopic[] = [
   { name: 'up of node-1', topic: (p) => `${p}/d/node-1/up`, payload: () => upPayload(), pub: ['node1'], sub: ['agentAll', 'agentG'], observer: 'agentAll' },
-  { name: 'dn of node-1', topic: (p) => `${p}/d/node-1/dn`, payload: () => Buffer.from([0xa1, 0x00, 0x13]), pub: ['agentAll', 'agentG'], sub: ['node1'], observer: 'node1' },
+  { name: 'dn of node-1', topic: (p) => `${p}/d/node-1/dn`, payload: CHUNKISH, pub: ['agentAll', 'agentG'], sub: ['node1'], observer: 'node1' },
   { name: 'status of node-1', topic: (p) => `${p}/d/node-1/status`, payload: () => Buffer.from('{"id":"node-1"}'), pub: ['agentAll', 'agentG'], sub: ['agentAll', 'agentG', 'operator'], observer: 'operator' },
   { name: 'presence of node-1', topic: (p) => `${p}/d/node-1/presence`, payload: () => Buffer.from('online'), pub: [], sub: ['agentAll', 'agentG', 'operator'], observer: 'operator' },
-  { name: 'up of node-2', topic: (p) => `${p}/d/node-2/up`, payload: () => upPayload(), pub: ['node2'], sub: ['agentAll', 'agentN2'], observer: 'agentAll' },
-  { name: 'dn of node-2', topic: (p) => `${p}/d/node-2/dn`, payload: () => Buffer.from([0xa1, 0x00, 0x13]), pub: ['agentAll', 'agentN2'], sub: ['node2'], observer: 'node2' },
-  { name: 'dn of group g1', topic: (p) => `${p}/g/g1/dn`, payload: () => Buffer.from([0xa1, 0x00, 0x13]), pub: ['agentAll', 'agentG'], sub: ['node1'], observer: 'node1' },
-  { name: 'release manifest', topic: (p) => `${p}/r/hw1/1.0.0/manifest`, payload: () => Buffer.alloc(200, 1), pub: ['operator'], sub: ['agentAll', 'agentN2', 'agentG', 'operator'], observer: 'agentAll' },
-  { name: 'release part', topic: (p) => `${p}/r/hw1/1.0.0/part/0`, payload: () => Buffer.alloc(1000, 2), pub: ['operator'], sub: ['agentAll', 'agentN2', 'agentG', 'operator'], observer: 'agentAll' },
+  { name: 'up of node-2', topic: (p) => `${p}/d/node-2/up`, payload: () => upPayload(), pub: ['node2'], sub: ['agentAll', 'agentN2', 'agentGlob'], observer: 'agentAll' },
+  { name: 'dn of node-2', topic: (p) => `${p}/d/node-2/dn`, payload: CHUNKISH, pub: ['agentAll', 'agentN2', 'agentGlob'], sub: ['node2'], observer: 'node2' },
+  { name: 'status of node-2', topic: (p) => `${p}/d/node-2/status`, payload: () => Buffer.from('{"id":"node-2"}'), pub: ['agentAll', 'agentN2', 'agentGlob'], sub: ['agentAll', 'agentN2', 'agentGlob', 'operator'], observer: 'operator' },
+  { name: 'presence of node-2', topic: (p) => `${p}/d/node-2/presence`, payload: () => Buffer.from('offline'), pub: [], sub: ['agentAll', 'agentN2', 'agentGlob', 'operator'], observer: 'operator' },
+  { name: 'up of an unprovisioned id', topic: (p) => `${p}/d/node-9/up`, payload: () => upPayload(), pub: [], sub: ['agentAll'], observer: 'agentAll' },
+  { name: 'dn of group g1', topic: (p) => `${p}/g/g1/dn`, payload: CHUNKISH, pub: ['agentAll', 'agentG'], sub: ['node1'], observer: 'node1' },
+  { name: 'dn of group g2', topic: (p) => `${p}/g/g2/dn`, payload: CHUNKISH, pub: ['agentAll'], sub: ['node2'], observer: 'node2' },
+  { name: 'release manifest', topic: (p) => `${p}/r/hw1/1.0.0/manifest`, payload: () => Buffer.alloc(200, 1), pub: ['operator'], sub: [...ALL_AGENTS, 'operator'], observer: 'agentAll' },
+  { name: 'release part', topic: (p) => `${p}/r/hw1/1.0.0/part/0`, payload: () => Buffer.alloc(1000, 2), pub: ['operator'], sub: [...ALL_AGENTS, 'operator'], observer: 'agentAll' },
   { name: 'unknown ferry topic', topic: (p) => `${p}/x/y`, payload: () => Buffer.from('x'), pub: [], sub: [], observer: 'agentAll' },
+  { name: 'the prefix itself', topic: (p) => p, payload: () => Buffer.from('x'), pub: [], sub: [], observer: 'agentAll' },
   { name: 'outside the prefix', topic: () => `plain/room/temp`, payload: () => Buffer.from('21.5'), pub: ACTORS, sub: ACTORS, observer: 'operator' },
 ];
 
