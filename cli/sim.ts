@@ -9,6 +9,8 @@ import { Flash } from '../device/flash.js';
 import { DEFAULT_SLOT_SIZE, makeLayout } from '../device/layout.js';
 import { fleetIds } from '../device/fleet.js';
 import { imageStateName, SimNode, type NodeOutcome } from '../device/node.js';
+import { BOOT_PROFILES, type BootProfileName } from '../device/profiles.js';
+import { simSweepCommand } from './sim-sweep.js';
 import { IdentityStore } from '../broker/identity-store.js';
 import { provision } from '../broker/provision.js';
 import { DEFAULT_DATA_DIR } from './broker.js';
@@ -26,6 +28,7 @@ interface SimArgs {
   'max-message': number;
   window: number;
   rollback: boolean;
+  boot?: BootProfileName;
   'slot-size': number;
   'state-dir'?: string;
   prefix: string;
@@ -77,6 +80,7 @@ export function checkSimArgs(a: SimArgs): string | undefined {
   if (!Number.isInteger(a['slot-size']) || a['slot-size'] <= 0 || a['slot-size'] % 65536 !== 0) return `--slot-size must be a positive multiple of 65536, got ${a['slot-size']}`;
   if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,40}$/.test(a['id-prefix'])) return `--id-prefix "${a['id-prefix']}" must be letters, digits, _ . : - (up to 41)`;
   if (a.credentials && (a.username || a.password)) return '--credentials and --username/--password are exclusive';
+  if (a.boot && !a.rollback && a.boot !== 'esp-idf-norollback') return `--no-rollback contradicts --boot ${a.boot}`;
   if (a.provision && (a.credentials || a.username || a.password)) return '--provision makes its own credentials: drop --credentials/--username/--password';
   return undefined;
 }
@@ -110,6 +114,7 @@ export const simCommand: CommandModule<object, SimArgs> = {
   describe: 'run simulated ESP32-like nodes (flash, A/B slots, rollback bootloader) against a broker',
   builder: (y) =>
     y
+      .command(simSweepCommand as CommandModule)
       .options({
         broker: brokerOption,
         devices: { type: 'number', default: 1, describe: 'how many nodes' },
@@ -122,6 +127,7 @@ export const simCommand: CommandModule<object, SimArgs> = {
         'max-message': { type: 'number', default: 4096, describe: 'largest MQTT PUBLISH a node can receive, bytes' },
         window: { type: 'number', default: 16, describe: 'receive window in chunks' },
         rollback: { type: 'boolean', default: true, describe: 'bootloader rollback (--no-rollback: a bootloader without it)' },
+        boot: { choices: BOOT_PROFILES, describe: 'boot profile (default esp-idf; esp-idf-norollback with --no-rollback)' },
         'slot-size': { type: 'number', default: DEFAULT_SLOT_SIZE, describe: 'size of each OTA slot in bytes (multiple of 65536)' },
         'state-dir': { type: 'string', describe: 'keep each node\'s flash in a file here, so nodes survive a restart' },
         prefix: prefixOption,
@@ -174,7 +180,8 @@ export const simCommand: CommandModule<object, SimArgs> = {
         password: creds ? creds.get(id) : password(argv),
         maxMessage: argv['max-message'],
         window: argv.window,
-        rollback: argv.rollback,
+        boot: argv.boot,
+        rollback: argv.boot ? undefined : argv.rollback,
         slotSize: argv['slot-size'],
         failSelfTest: failing.has(id) ? (argv['fail-mode'] === 'watchdog' ? 'watchdog' : true) : false,
         flash,
