@@ -109,12 +109,11 @@ async function provisionNodes(dataDir: string, ids: string[]): Promise<Map<strin
 const STAGE_NAMES: Record<number, string> = Object.fromEntries(Object.entries(Stage).map(([k, v]) => [v, k]));
 
 /** `ferry sim`: N simulated ESP32-like nodes on a broker, until SIGINT/SIGTERM. */
-export const simCommand: CommandModule<object, SimArgs> = {
-  command: 'sim',
+const simRunCommand: CommandModule<object, SimArgs> = {
+  command: '$0',
   describe: 'run simulated ESP32-like nodes (flash, A/B slots, rollback bootloader) against a broker',
   builder: (y) =>
     y
-      .command(simSweepCommand as CommandModule)
       .options({
         broker: brokerOption,
         devices: { type: 'number', default: 1, describe: 'how many nodes' },
@@ -219,4 +218,12 @@ export const simCommand: CommandModule<object, SimArgs> = {
     const wear = nodes.reduce((w, n) => ({ erases: w.erases + n.flash.stats.erases, writes: w.writes + n.flash.stats.writes }), { erases: 0, writes: 0 });
     emit('sim', 'stopped', { text: `flash erases ${wear.erases}, writes ${wear.writes} across ${nodes.length} nodes`, ...wear });
   },
+};
+
+/** `ferry sim` runs the nodes (its default subcommand); `ferry sim sweep` runs the power-cut sweep (cli/sim-sweep.ts). */
+export const simCommand: CommandModule = {
+  command: 'sim',
+  describe: 'run simulated ESP32-like nodes against a broker; `ferry sim sweep`: power-cut sweep of an update',
+  builder: (y) => y.command(simSweepCommand as CommandModule).command(simRunCommand as CommandModule),
+  handler: () => {},
 };

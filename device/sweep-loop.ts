@@ -12,6 +12,7 @@ import { factoryImage } from './firmware.js';
 import type { CutMode } from './flash.js';
 import { SimNode } from './node.js';
 import { bootProfile, type BootProfileName } from './profiles.js';
+import { MAX_SWEEP_IMAGE, slotSizeFor } from './sweep.js';
 
 /**
  * The power-cut sweep with the agent in the loop: a real aedes broker (broker/server.ts), a real
@@ -74,7 +75,6 @@ export interface LoopResult {
 }
 
 const HW = 'sweep-hw';
-const SLOT_SIZE = 128 * 1024;
 
 export const ALL_MODES: CutMode[] = ['before', 'torn', 'after'];
 
@@ -107,7 +107,7 @@ export async function runAgentLoop(opts: LoopOptions): Promise<LoopResult> {
   const t0 = Date.now();
   const profile = bootProfile(opts.profile);
   const imageSize = opts.imageSize ?? 12_000;
-  if (!Number.isInteger(imageSize) || imageSize < 1 || imageSize > SLOT_SIZE - 2 * 4096) throw new RangeError(`image size ${imageSize} must be 1..${SLOT_SIZE - 2 * 4096} bytes`);
+  if (!Number.isInteger(imageSize) || imageSize < 1 || imageSize > MAX_SWEEP_IMAGE) throw new RangeError(`image size ${imageSize} must be 1..${MAX_SWEEP_IMAGE} bytes`);
   const key = generateOperatorKey();
   const broker: RunningBroker = await startBroker();
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-sweep-'));
@@ -178,7 +178,7 @@ async function runCase(c: CaseContext): Promise<LoopCase & { operations: number 
   const node = new SimNode({
     brokerUrl: c.broker.url, deviceId: c.id, hw: HW, version: '1.0.0', trust: [c.key], boot: c.opts.profile,
     initialImage: factoryImage(HW, '1.0.0', c.imageSize), failSelfTest: c.opts.failSelfTest,
-    maxMessage: 1024, window: 8, slotSize: SLOT_SIZE, saveEvery: 4, selfTestMs: 2, rebootMs: 2, reconnectPeriod: 100,
+    maxMessage: 1024, window: 8, slotSize: slotSizeFor(c.imageSize), saveEvery: 4, selfTestMs: 2, rebootMs: 2, reconnectPeriod: 100,
   });
   let base = -1;
   let fired = false;

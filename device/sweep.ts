@@ -35,9 +35,19 @@ export interface SweepOptions {
   modes?: CutMode[];
   /** Cut only these operation numbers (seeded random subsets for big images); default all. */
   points?: number[];
-  /** Slot size (multiple of 64 KiB). Default 128 KiB. */
+  /** Slot size (multiple of 64 KiB). Default: the smallest that holds the image (at least 128 KiB). */
   slotSize?: number;
+  /** Size of the factory image the update starts from. Default: imageSize. */
+  oldImageSize?: number;
 }
+
+/** The smallest slot (a multiple of 64 KiB, at least 128 KiB) whose image area holds `imageSize` bytes under any profile. */
+export function slotSizeFor(imageSize: number): number {
+  return Math.max(128 * 1024, Math.ceil((imageSize + 2 * 4096) / 65536) * 65536);
+}
+
+/** Largest image the sweeps take: an MCUboot trailer sector holds the swap status of at most ~5 MiB of slot. */
+export const MAX_SWEEP_IMAGE = 4 * 1024 * 1024;
 
 export interface SweepResult {
   profile: BootProfileName;
@@ -67,16 +77,17 @@ export function sweepUpdate(opts: SweepOptions = {}): SweepResult {
   const profile = resolveBootProfile({ boot: opts.profile, rollback: opts.rollback });
   const result: SweepResult = { profile: profile.name, operations: 0, cutPoints: 0, bootable: 0, bricked: 0, truthful: 0, rolledBackByCut: 0, outcomes: {}, failures: [] };
   const size = opts.imageSize ?? 12_000;
+  if (!Number.isInteger(size) || size < 1 || size > MAX_SWEEP_IMAGE) throw new RangeError(`image size ${size} must be 1..${MAX_SWEEP_IMAGE} bytes`);
   const chunkSize = opts.chunkSize ?? 1024;
-  const oldImage = factoryImage(HW, '1.0.0');
+  const oldImage = factoryImage(HW, '1.0.0', opts.oldImageSize ?? size);
   const newImage = factoryImage(HW, '1.1.0', size);
   const manifest = signManifest({ hw: HW, version: '1.1.0', securityVersion: 1, size, digest: sha256(newImage), created: 1_700_000_000, flags: 1 }, KEY.privateKey);
   const images = new Map([[sha256(oldImage).toString('hex'), '1.0.0'], [sha256(newImage).toString('hex'), '1.1.0']]);
-  const layout = makeLayout(opts.slotSize ?? 128 * 1024);
+  const layout = makeLayout(opts.slotSize ?? slotSizeFor(Math.max(size, opts.oldImageSize ?? size)));
 
   const fresh = () => {
     const flash = new Flash(layout.flashSize);
-    const sys = new DeviceSystem(flash, layout, { hw: HW, version: '1.0.0', profile: profile.name, saveEvery: 4 });
+    const sys = new DeviceSystem(flash, layout, { hw: HW, version: '1.0.0', initialImage: oldImage, profile: profile.name, saveEvery: 4 });
     sys.powerOn('powerOn');
     return { flash, sys };
   };
