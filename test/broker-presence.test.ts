@@ -42,7 +42,7 @@ t.test('presence follows node connections, retained, and survives a takeover', a
   t.equal((await online).payload.toString(), 'online', 'online once the node listens on its dn topic');
   // A second subscription on the same connection does not announce it again.
   const again1 = nextMessage(agent, (tp) => tp === 'plain/after-resub');
-  await subscribe(n1, 'ferry/g/+/dn');
+  await subscribe(n1, 'ferry/d/+/dn'); // covers its dn again
   await publish(n1, 'plain/after-resub', 'x');
   await again1;
   t.same(seen, ['online'], 'one announcement per connection');
