@@ -229,3 +229,63 @@ t.test('sector size is what the layout assumes', async (t) => {
   t.equal(l.slots[0].offset % 65536, 0);
   t.equal(l.slots[1].offset - l.slots[0].offset, 2 * 1024 * 1024);
 });
+
+t.test('boot counting: with 3 trial boots a hanging image gets three boots, then the bootloader aborts it', async (t) => {
+  const layout = makeLayout(SLOT);
+  const flash = new Flash(layout.flashSize);
+  const sys = new DeviceSystem(flash, layout, { hw: 'hw1', version: '1.0.0', trialBoots: 3 });
+  sys.powerOn('powerOn');
+  install(sys, '1.1.0');
+  t.equal(readOtadata(flash, layout).find((e) => e?.state === ImageState.new)?.left, 3, 'the NEW record carries the trial boots');
+  sys.powerOn('software');
+  for (let boot = 1; boot <= 3; boot++) {
+    t.equal(sys.running.version, '1.1.0', `trial boot ${boot} runs the new image`);
+    t.equal(sys.imageState, ImageState.pendingVerify);
+    t.ok(sys.trial);
+    t.equal(readOtadata(flash, layout).find((e) => e?.slot === 1)?.left, 3 - boot, `${3 - boot} trial boots left`);
+    sys.powerOn('watchdog'); // the self-test hung: a watchdog reset counts as a failed boot
+  }
+  t.equal(sys.running.version, '1.0.0', 'after the third failed boot: rolled back');
+  t.ok(readOtadata(flash, layout).some((e) => e?.slot === 1 && e.state === ImageState.aborted), 'ABORTED');
+  t.match(sys.pending, [{ stage: Stage.rolledBack, reason: Reason.watchdog, version: '1.1.0' }]);
+});
+
+t.test('boot counting: a reported self-test failure does not wait for the remaining trial boots', async (t) => {
+  const layout = makeLayout(SLOT);
+  const flash = new Flash(layout.flashSize);
+  const sys = new DeviceSystem(flash, layout, { hw: 'hw1', version: '1.0.0', trialBoots: 5 });
+  sys.powerOn('powerOn');
+  install(sys, '1.1.0');
+  sys.powerOn('software');
+  sys.powerOn('powerOn'); // one trial boot lost to a power cut
+  t.equal(sys.running.version, '1.1.0', 'a power cut during a trial boot spends one of them');
+  sys.selfTestFailed(Reason.selfTestFailed);
+  sys.powerOn('software');
+  t.equal(sys.running.version, '1.0.0');
+  t.match(sys.pending, [{ stage: Stage.rolledBack, reason: Reason.selfTestFailed }]);
+});
+
+t.test('recovery mode: three failed starts in a row (watchdog before the app is up) start the recovery app', async (t) => {
+  const { sys } = fresh(); // its first start never came up either
+  for (let i = 0; i < 2; i++) {
+    sys.powerOn('watchdog');
+    t.equal(sys.recovery, undefined, `failed start ${i + 1}: still the normal app`);
+  }
+  sys.powerOn('watchdog');
+  t.equal(sys.recovery, 'bootFailures', 'the third failed start in a row: recovery mode');
+  t.equal(sys.imageState, ImageState.recovery, 'Hello says recovery');
+  t.equal(sys.running.version, '1.0.0', 'on the image it has');
+  sys.powerOn('watchdog');
+  t.equal(sys.recovery, undefined, 'entering recovery reset the count: the next boot tries the normal app again (seed 000)');
+  sys.powerOn('watchdog');
+  sys.markHealthy();
+  sys.powerOn('watchdog'); // the app was up: a later hang is not a failed start
+  sys.powerOn('watchdog');
+  t.equal(sys.recovery, undefined, 'a start that came up breaks the streak');
+  t.equal(sys.crashStreak, 1);
+  sys.powerOn('powerOn');
+  sys.powerOn('watchdog');
+  sys.powerOn('watchdog');
+  t.equal(sys.recovery, undefined, 'a power cycle clears the count (RTC memory, not flash)');
+  t.equal(sys.crashStreak, 2);
+});
