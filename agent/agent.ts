@@ -299,8 +299,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (n.timer) clearTimeout(n.timer);
       this.persist(n);
     }
-    await this.client?.endAsync();
-    if (this.opClient !== this.client) await this.opClient?.endAsync();
+    for (const box of new Set([this.outbox, this.opOutbox])) await box?.end(1000);
     await this.patches.close();
     this.store.close();
   }
@@ -565,6 +564,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       maxMessage: h.maxMessage,
       window: h.window,
     });
+    // Stored at every Hello (rare: once per connect or boot), so that after a crash the agent still
+    // knows whom to Query, even for nodes that never had an update.
+    this.persist(n);
     n.warnings = h.caps & Capability.rollback ? [] : ['bootloader cannot roll back: a bad image would stay installed'];
     if (h.imageState === ImageState.recovery) n.warnings.push('node is in recovery mode (failed starts, or a failed image with no way back): it takes a full image of a newer release');
     n.controlTries = 0;
@@ -863,7 +865,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private onAck(n: NodeRuntime, a: Ack): void {
     const row = n.row;
     if (a.session !== row.session || !n.window || !ACTIVE.has(row.state)) {
-      this.store.event(row.id, 'stale-ack', `session ${a.session}`);
+      this.store.event(row.id, 'stale-ack', `session ${a.session}: no live transfer with it (current ${row.session ?? 'none'}, state ${row.state})`);
       return; // late or duplicate: harmless
     }
     if (a.base > row.chunkCount) {

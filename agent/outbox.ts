@@ -10,6 +10,7 @@ import type { MqttClient } from 'mqtt';
 export class Outbox {
   private inflight = 0;
   private refusing = false;
+  private onEmpty: (() => void) | undefined;
 
   constructor(
     private readonly client: MqttClient,
@@ -45,8 +46,29 @@ export class Outbox {
       if (opts.qos === 1) {
         this.inflight--;
         this.onSettled?.();
+        if (this.inflight === 0) this.onEmpty?.();
       }
     });
     return true;
+  }
+
+  /**
+   * Disconnects: politely (DISCONNECT after the QoS 1 backlog is acknowledged, waiting at most
+   * graceMs), else by closing the socket. MQTT.js's own end() would wait for that backlog forever
+   * when the link is down or stalled.
+   */
+  async end(graceMs: number): Promise<void> {
+    if (this.client.connected && this.inflight > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, graceMs);
+        this.onEmpty = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      this.onEmpty = undefined;
+    }
+    const polite = this.client.connected && this.inflight === 0;
+    await this.client.endAsync(!polite);
   }
 }

@@ -1,4 +1,5 @@
 import Database from 'better-sqlite3';
+import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -131,7 +132,15 @@ const NODE_COLUMNS: [keyof NodeRow, string][] = [
 /** Keeps at most this many event rows: the log is for diagnosis, not an archive. */
 const MAX_EVENTS = 50_000;
 
-export class AgentStore {
+export interface StoredEvent {
+  at: number;
+  node: string | null;
+  kind: string;
+  detail: string;
+}
+
+/** Emits every event row as it is written: what tests and live tools wait on instead of polling. */
+export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
   readonly db: Database.Database;
   readonly imagesDir: string;
   private readonly upsertNode: Database.Statement;
@@ -139,6 +148,7 @@ export class AgentStore {
   private eventsSinceTrim = 0;
 
   constructor(dataDir: string) {
+    super();
     fs.mkdirSync(dataDir, { recursive: true });
     this.imagesDir = path.join(dataDir, 'images');
     fs.mkdirSync(this.imagesDir, { recursive: true });
@@ -216,7 +226,9 @@ export class AgentStore {
   }
 
   event(node: string | null, kind: string, detail = ''): void {
-    this.insertEvent.run(Date.now(), node, kind, detail);
+    const at = Date.now();
+    this.insertEvent.run(at, node, kind, detail);
+    if (this.listenerCount('event') > 0) this.emit('event', { at, node, kind, detail });
     if (++this.eventsSinceTrim >= 1000) {
       this.eventsSinceTrim = 0;
       this.db.prepare('DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?').run(MAX_EVENTS);

@@ -1,26 +1,42 @@
+import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 
 /**
  * A TCP proxy between MQTT clients and the broker that injects link faults: drop every
- * connection, stall (hold bytes without closing), cut a connection after N bytes, add latency.
- * Real sockets on loopback: the clients under test see exactly what a flaky Wi-Fi link shows them.
+ * connection, stall (hold bytes without closing), cut a connection after N bytes, add latency,
+ * refuse connections. Real sockets on loopback: the clients under test see exactly what a flaky
+ * Wi-Fi link shows them.
+ *
+ * Directions: `up` is client → broker, `down` is broker → client.
  */
+export type Direction = 'up' | 'down';
+
+export interface FaultProxyEvents {
+  /** A client connection was accepted and bridged to the broker. */
+  connection: [];
+  /** A client connection was refused (refuse(true)). */
+  refused: [];
+  /** A connection was cut by cutAfter, after this many bytes in the cut direction. */
+  cut: [number];
+}
+
 export interface FaultProxy {
   port: number;
   url: string;
-  /** Bytes moved in each direction since start (client→broker, broker→client). */
+  events: EventEmitter<FaultProxyEvents>;
+  /** Bytes moved in each direction since start. */
   bytes: { up: number; down: number };
   /** Destroys every open connection now (a link drop). */
   dropAll(): void;
-  /** Holds traffic in both directions until resume() (a stalled link). */
-  stall(): void;
+  /** Holds traffic (both directions by default) until resume(): a stalled link, nothing closes. */
+  stall(dir?: Direction | 'both'): void;
   resume(): void;
-  /** The next connection(s) are cut after this many broker→client bytes. */
-  cutAfter(bytes: number): void;
+  /** The next accepted connection is cut after this many bytes in `dir` (default down). */
+  cutAfter(bytes: number, dir?: Direction): void;
   /** Adds this many ms of one-way delay to every piece of data. */
   setDelay(ms: number): void;
-  /** Refuse new connections (link down) until allowed again. */
+  /** Refuse new connections (link down) until allowed again; turning it on drops open ones. */
   refuse(on: boolean): void;
   connections(): number;
   close(): Promise<void>;
@@ -29,35 +45,39 @@ export interface FaultProxy {
 export async function startFaultProxy(target: { host?: string; port: number }): Promise<FaultProxy> {
   const pairs = new Set<{ a: net.Socket; b: net.Socket }>();
   const bytes = { up: 0, down: 0 };
-  let stalled = false;
+  const events = new EventEmitter<FaultProxyEvents>();
+  const stalled = { up: false, down: false };
   let delay = 0;
-  let cutBudget: number | undefined;
+  let nextCut: { left: number; total: number; dir: Direction } | undefined;
   let refusing = false;
-  const held: (() => void)[] = [];
+  const held: { dir: Direction; go: () => void }[] = [];
 
-  const forward = (from: net.Socket, to: net.Socket, dir: 'up' | 'down', budget: { left?: number }) => {
+  const forward = (from: net.Socket, to: net.Socket, dir: Direction, cut: { left: number; total: number; dir: Direction } | undefined) => {
     from.on('data', (chunk: Buffer) => {
       const send = () => {
         if (to.destroyed) return;
         let piece = chunk;
-        if (dir === 'down' && budget.left !== undefined) {
-          if (piece.length >= budget.left) {
-            piece = piece.subarray(0, budget.left);
-            budget.left = 0;
+        if (cut && cut.dir === dir) {
+          if (piece.length >= cut.left) {
+            // Deliver exactly up to the cut, then kill both sides: the peer sees a torn packet.
+            piece = piece.subarray(0, cut.left);
             bytes[dir] += piece.length;
+            cut.left = 0;
             to.write(piece, () => {
               to.destroy();
               from.destroy();
+              events.emit('cut', cut.total);
             });
             return;
           }
-          budget.left -= piece.length;
+          cut.left -= piece.length;
         }
         bytes[dir] += piece.length;
         to.write(piece);
       };
       const go = () => (delay > 0 ? setTimeout(send, delay) : send());
-      if (stalled) held.push(go);
+      // Order is kept per direction: while anything is held, later data queues behind it.
+      if (stalled[dir] || held.some((h) => h.dir === dir)) held.push({ dir, go });
       else go();
     });
   };
@@ -65,6 +85,7 @@ export async function startFaultProxy(target: { host?: string; port: number }): 
   const server = net.createServer((client) => {
     if (refusing) {
       client.destroy();
+      events.emit('refused');
       return;
     }
     client.setNoDelay(true);
@@ -72,10 +93,10 @@ export async function startFaultProxy(target: { host?: string; port: number }): 
     upstream.setNoDelay(true);
     const pair = { a: client, b: upstream };
     pairs.add(pair);
-    const budget = { left: cutBudget };
-    cutBudget = undefined;
-    forward(client, upstream, 'up', {});
-    forward(upstream, client, 'down', budget);
+    const cut = nextCut;
+    nextCut = undefined;
+    forward(client, upstream, 'up', cut);
+    forward(upstream, client, 'down', cut);
     const end = () => {
       client.destroy();
       upstream.destroy();
@@ -85,6 +106,7 @@ export async function startFaultProxy(target: { host?: string; port: number }): 
     upstream.on('close', end);
     client.on('error', end);
     upstream.on('error', end);
+    events.emit('connection');
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
@@ -98,17 +120,20 @@ export async function startFaultProxy(target: { host?: string; port: number }): 
   return {
     port,
     url: `mqtt://127.0.0.1:${port}`,
+    events,
     bytes,
     dropAll,
-    stall() {
-      stalled = true;
+    stall(dir = 'both') {
+      if (dir === 'both' || dir === 'up') stalled.up = true;
+      if (dir === 'both' || dir === 'down') stalled.down = true;
     },
     resume() {
-      stalled = false;
-      for (const f of held.splice(0)) f();
+      stalled.up = false;
+      stalled.down = false;
+      for (const h of held.splice(0)) h.go();
     },
-    cutAfter(n) {
-      cutBudget = n;
+    cutAfter(n, dir = 'down') {
+      nextCut = { left: n, total: n, dir };
     },
     setDelay(ms) {
       delay = ms;
