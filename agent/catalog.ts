@@ -35,14 +35,30 @@ export type IntakeResult =
 export class ReleaseCatalog {
   private readonly byId = new Map<string, Release>();
   private readonly assemblies = new Map<string, Assembly>();
+  /** Stored releases not loaded, with why: a damaged image, or a signer the agent no longer trusts. */
+  readonly skipped: string[] = [];
 
   constructor(
     private readonly store: AgentStore,
     private readonly trust: readonly KeyObject[],
   ) {
     for (const row of store.releases()) {
+      const name = `${row.hw} ${row.version}`;
       const image = store.loadImage(row);
-      if (image && sha256(image).equals(row.digest)) this.byId.set(row.id, { row, manifest: peekManifest(row.manifest), image });
+      if (!image || !sha256(image).equals(row.digest)) {
+        this.skipped.push(`${name}: stored image missing or damaged`);
+        continue;
+      }
+      // The trust list may have changed since the release was stored (a rotated operator key):
+      // offering a release nodes will refuse as unknownKey only wastes their airtime.
+      let manifest: Manifest;
+      try {
+        manifest = this.trust.length > 0 ? verifyManifest(row.manifest, this.trust) : peekManifest(row.manifest);
+      } catch (err) {
+        this.skipped.push(`${name}: ${(err as Error).message}`);
+        continue;
+      }
+      this.byId.set(row.id, { row, manifest, image });
     }
   }
 

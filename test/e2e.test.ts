@@ -134,3 +134,28 @@ t.test('a downgrade is refused: not offered by the agent, and refused by the nod
   t.equal(outcome.reason, 7, 'node reports downgrade');
   t.equal(n.runningVersion, '2.0.0');
 });
+
+t.test('after an operator key rotation, releases signed by the old key are no longer offered', async (t) => {
+  const world = await makeWorld();
+  const n1 = await node(world, 'n1');
+  t.teardown(async () => {
+    await n1.stop();
+    await world.close();
+  });
+  await world.publish({ hw: HW, version: '1.1.0' });
+  await world.until('n1', (s) => s.state === 'confirmed', 'confirmed');
+  const released = await world.publish({ hw: HW, version: '1.2.0' });
+  await new Promise<void>((resolve) => {
+    const done = () => world.agent.catalog.all().some((r) => r.row.version === '1.2.0') && resolve();
+    world.agent.on('release', done);
+    done();
+  });
+  t.equal(released.manifest.version, '1.2.0');
+
+  const rotated = generateOperatorKey();
+  const warnings: string[] = [];
+  await world.restartAgent({ trust: [rotated.publicKey], log: (level, msg) => level === 'warn' && warnings.push(msg) });
+  t.same(world.agent.catalog.all(), [], 'nothing stored is offered under the new trust list');
+  t.equal(warnings.filter((w) => w.startsWith('stored release not offered')).length, 2, 'each skipped release is logged');
+  t.ok(world.agent.store.releases().length >= 2, 'the stored releases themselves are kept');
+});
