@@ -112,6 +112,8 @@ export class SimNode extends EventEmitter {
   private bootPromise: Promise<void> | undefined;
   private resetReason: ResetReason = 'powerOn';
   private bricked: Error | undefined;
+  /** Versions whose application crashes at start-up (fault injection). */
+  private crashAtBoot: Set<string>;
   /** The download whose delta patch is being applied (the apply spans event-loop turns). */
   private applying: Download | undefined;
 
@@ -123,6 +125,7 @@ export class SimNode extends EventEmitter {
     this.maxMessage = opts.maxMessage ?? 4096;
     this.window = opts.window ?? 16;
     this.delta = opts.delta ?? true;
+    this.crashAtBoot = new Set(opts.crashAtBoot ?? []);
     if (this.maxMessage < LIMITS.maxMessage.min || this.maxMessage > LIMITS.maxMessage.max) throw new RangeError(`maxMessage ${this.maxMessage} must be ${LIMITS.maxMessage.min}..${LIMITS.maxMessage.max}`);
     if (!Number.isInteger(this.window) || this.window < 1 || this.window > LIMITS.maxWindow) throw new RangeError(`window ${this.window} must be 1..${LIMITS.maxWindow}`);
     this.layout = makeLayout(opts.slotSize ?? DEFAULT_SLOT_SIZE);
@@ -170,6 +173,11 @@ export class SimNode extends EventEmitter {
   /** Largest image this node can install. */
   get imageCapacity(): number {
     return this.sys.imageCapacity;
+  }
+
+  /** Fault injection at run time: from the next boot on, the application of these versions crashes at start-up. */
+  setCrashAtBoot(versions: string[]): void {
+    this.crashAtBoot = new Set(versions);
   }
 
   get slot(): number {
@@ -243,7 +251,7 @@ export class SimNode extends EventEmitter {
     this.bootPromise = (async () => {
       if (!this.powerOn()) return;
       if (life !== this.life) return;
-      if (!this.sys.recovery && this.opts.crashAtBoot?.includes(this.sys.running.version)) {
+      if (!this.sys.recovery && this.crashAtBoot.has(this.sys.running.version)) {
         // Fault injection: the application dies during start-up; the watchdog resets the chip.
         this.stage('crash', `${this.sys.running.version} crashed during start-up (failed starts in a row: ${this.sys.crashStreak + 1})`);
         this.rebootSoon('watchdog');
