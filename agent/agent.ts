@@ -954,10 +954,13 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.sendActivate(n);
         return;
       case Stage.busy: {
-        // At least a second between asks (a node saying retry-after 0 must not get an Activate storm),
-        // and never past the install deadline, which bounds the whole deferral.
-        const wait = Math.min(Math.max(1, r.retryAfter ?? 5) * 1000, Math.max(0, (row.stageDeadline ?? Date.now()) - Date.now()));
+        // At least a second between asks (a node saying retry-after 0 must not get an Activate storm).
+        // The install deadline bounds the whole deferral: an ask that would come at or after it is
+        // not made (that was a storm of zero-delay asks at the deadline); the deadline sweep then
+        // records timedOut, naming the stage.
+        const wait = Math.max(1, r.retryAfter ?? 5) * 1000;
         this.setState(n, 'deferred');
+        if (wait >= (row.stageDeadline ?? 0) - Date.now()) return;
         n.timer = setTimeout(() => {
           n.timer = undefined;
           if (row.state === 'deferred') {
