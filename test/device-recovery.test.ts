@@ -69,10 +69,17 @@ t.test('recovery mode: MCUboot overwrite-only with a failing image has no way ba
   t.match(s.warnings, [/cannot roll back/, /recovery mode/]);
   t.same(n.lastOutcome, { version: '1.1.0', stage: Stage.failed, reason: Reason.selfTestFailed });
   // A Hello later (a reboot) must not turn it into "confirmed: already running 1.1.0".
-  const seen = world.agent.status('rec-ovw')!.lastSeen;
-  await new Promise((resolve) => setTimeout(resolve, 5)); // lastSeen has millisecond resolution
+  const helloSeen = new Promise<void>((resolve) => {
+    const on = (e: { node: string | null; kind: string }) => {
+      if (e.node !== 'rec-ovw' || e.kind !== 'hello') return;
+      world.agent.store.off('event', on);
+      resolve();
+    };
+    world.agent.store.on('event', on);
+  });
   await n.powerCut();
-  const again = await world.until('rec-ovw', (s) => s.lastSeen !== seen, 'the Hello after the power cut');
+  await helloSeen;
+  const again = world.agent.status('rec-ovw')!;
   t.equal(again.imageState, 'recovery');
   t.equal(again.state, 'failed', 'still failed after the node came back');
   await world.publish({ hw: HW, version: '1.2.0', size: SIZE, flags: ManifestFlag.allowNoRollback });
