@@ -126,9 +126,11 @@ export async function runAgentLoop(opts: LoopOptions): Promise<LoopResult> {
       flags: profile.rollback ? 0 : ManifestFlag.allowNoRollback,
     });
     await released;
-    const tag = `${opts.profile}-${opts.failSelfTest ? 'fail' : 'pass'}`;
+    // Ids of equal length: the chunk size a node gets depends on its topic, so every case must get
+    // the probe's, or the cut points would not line up with the probe's operations.
+    const idOf = (n: number) => `c${String(n).padStart(6, '0')}`;
     const run = (id: string, plan?: LoopPoint) => runCase({ agent, broker, key: key.publicKey, id, plan, opts, imageSize });
-    const probe = await run(`probe-${tag}`);
+    const probe = await run(idOf(0));
     if (!probe.converged) throw new Error(`the uncut update did not converge: node ${probe.node}; agent ${probe.agent}`);
     result.operations = probe.operations;
     const points = opts.points ? opts.points(probe.operations) : allPoints(probe.operations);
@@ -136,8 +138,9 @@ export async function runAgentLoop(opts: LoopOptions): Promise<LoopResult> {
     let next = 0;
     const worker = async () => {
       while (next < points.length) {
-        const p = points[next++];
-        const c = await run(`${tag}-${p.mode}-${p.at}`, p);
+        const k = next++;
+        const p = points[k];
+        const c = await run(idOf(k + 1), p);
         done++;
         if (c.fired) {
           result.tried++;
