@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import type { CutMode } from '../device/flash.js';
-import { BOOT_PROFILES, type BootProfileName } from '../device/profiles.js';
+import { BOOT_PROFILES, bootProfile, type BootProfileName } from '../device/profiles.js';
 import { MAX_SWEEP_IMAGE, sweepUpdate, type SweepResult } from '../device/sweep.js';
 import { allPoints, runAgentLoop, samplePoints, type LoopPoint, type LoopResult } from '../device/sweep-loop.js';
 import { jsonOption, UsageError } from './common.js';
@@ -79,7 +79,8 @@ export const simSweepCommand: CommandModule<object, SweepArgs> = {
       const operations = sweepUpdate({ ...base, points: [] }).operations;
       const points = choosePoints(operations, argv.sample, argv.seed);
       const sampled = points.length < operations * 3;
-      if (!argv.json) out.write(`${scenario === 'update' ? 'update (self-test passes)' : 'revert (self-test fails)'}: ${operations} flash operations, ${sampled ? `a seeded sample of ${points.length} (seed ${argv.seed}) of the ${operations * 3}` : `all ${points.length}`} cut points\n`);
+      const label = scenario === 'update' ? 'update (self-test passes)' : bootProfile(argv.boot).canRevert ? 'revert (self-test fails)' : 'failing image (self-test fails, no way back)';
+      if (!argv.json) out.write(`${label}: ${operations} flash operations, ${sampled ? `a seeded sample of ${points.length} (seed ${argv.seed}) of the ${operations * 3}` : `all ${points.length}`} cut points\n`);
       const firmware = mergeFirmware((mode, at) => sweepUpdate({ ...base, modes: [mode], points: at }), points);
       const fw = { ...firmware, ms: Date.now() - t0 };
       if (!argv.json) {
