@@ -13,6 +13,8 @@ export interface AgentArgs {
   prefix: string;
   'max-concurrent': number;
   'max-chunk': number;
+  delta: boolean;
+  'delta-margin': number;
   json: boolean;
 }
 
@@ -26,12 +28,16 @@ export const agentOptions = {
   prefix: prefixOption,
   'max-concurrent': { type: 'number', default: 16, describe: 'transfers running at once' },
   'max-chunk': { type: 'number', default: 16384, describe: 'largest chunk in bytes, whatever a node could take' },
+  delta: { type: 'boolean', default: true, describe: 'send delta patches to nodes that can apply them (--no-delta: full images only)' },
+  'delta-margin': { type: 'number', default: 0.2, describe: 'send a patch only when it is at least this fraction smaller than the image (0 to below 1)' },
   json: jsonOption,
 } as const;
 
 export function validateAgentArgs(argv: AgentArgs): void {
   if (!Number.isInteger(argv['max-concurrent']) || argv['max-concurrent'] < 1) throw new UsageError(`--max-concurrent must be a positive integer, got ${argv['max-concurrent']}`);
   if (!Number.isInteger(argv['max-chunk']) || argv['max-chunk'] < 64) throw new UsageError(`--max-chunk must be an integer >= 64, got ${argv['max-chunk']}`);
+  const margin = argv['delta-margin'];
+  if (!(margin >= 0 && margin < 1)) throw new UsageError(`--delta-margin must be at least 0 and below 1, got ${margin}`);
 }
 
 export function createAgent(brokerUrl: string, argv: AgentArgs, credentials?: { username: string; password: string }): Agent {
@@ -48,6 +54,8 @@ export function createAgent(brokerUrl: string, argv: AgentArgs, credentials?: { 
     password: credentials?.password ?? password(argv),
     maxConcurrent: argv['max-concurrent'],
     maxChunk: argv['max-chunk'],
+    delta: argv.delta,
+    deltaMargin: argv['delta-margin'],
     log: makeLogger(argv.json),
   });
 }

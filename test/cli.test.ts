@@ -31,6 +31,7 @@ t.test('bad flags exit 2 and name the flag', async (t) => {
     [['demo', '--devices', '0'], /--devices must be/],
     [['demo', '--fail-selftest', '9'], /--fail-selftest must be/],
     [['agent', '--broker', 'mqtt://127.0.0.1:1', '--data-dir', dir, '--max-concurrent', '0'], /--max-concurrent must be/],
+    [['agent', '--broker', 'mqtt://127.0.0.1:1', '--data-dir', dir, '--delta-margin', '1.5'], /--delta-margin must be at least 0 and below 1/],
     [['gateway', '--port', '70000', '--data-dir', dir], /--port must be 0\.\.65535/],
     [['broker', '--tls-port', '8883'], /--tls-port needs --tls-key and --tls-cert/],
     [['diff', 'a', 'b', '-o', 'c', '--window-bits', '99'], /--window-bits must be an integer/],
