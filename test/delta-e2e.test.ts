@@ -1,7 +1,6 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Aedes } from 'aedes';
 import { Agent } from '../agent/agent.js';
 import { SimNode, type SimNodeOptions } from '../device/node.js';
@@ -9,15 +8,15 @@ import { sha256 } from '../shared/manifest.js';
 import { decodeDown, encodeMessage, Encoding, MsgType, type Offer } from '../shared/messages.js';
 import { makeWorld, type World } from './helpers/world.js';
 import { demoImage } from '../cli/demo.js';
+import { firmware } from './helpers/fixtures.js';
 
 /**
  * Delta patches through the real agent: a real broker, the agent with its SQLite store and patch
- * worker, simulated nodes that start on a real firmware image (../shared/fixtures/firmware) and
- * apply the patch from flash. Every wait is on an agent status or node event.
+ * worker, simulated nodes that start on a firmware image (test/helpers/fixtures.ts: the real pairs
+ * beside the checkout, or synthetic stand-ins) and apply the patch from flash. Every wait is on an
+ * agent status or node event.
  */
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const fixtures = process.env.FERRY_FIXTURES ?? path.resolve(repo, '../shared/fixtures/firmware');
-const fixture = (rel: string) => fs.readFileSync(path.join(fixtures, rel));
+const fixture = firmware;
 
 /** Small Cortex-M4 pair (23,504 B each; the patch is ~1.2 KB and made in a fraction of a second). */
 const PROG = { hw: 'cm4-programmer', old: fixture('programmer/0.8.0.bin'), new: fixture('programmer/0.9.0.bin'), from: '0.8.0', to: '0.9.0' };

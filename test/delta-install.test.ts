@@ -1,7 +1,4 @@
 import t from 'tap';
-import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { applyStoredDelta, applyStoredDeltaSync, DeltaInstall, type DeltaInput } from '../device/delta-install.js';
 import { Flash, PowerCut, SECTOR_SIZE } from '../device/flash.js';
 import { makeLayout } from '../device/layout.js';
@@ -10,15 +7,14 @@ import { createPatch } from '../shared/delta/index.js';
 import { ProtocolError, Reason } from '../shared/errors.js';
 import { Encoding } from '../shared/messages.js';
 import { sha256 } from '../shared/manifest.js';
+import { firmware } from './helpers/fixtures.js';
 
 /**
  * The node's side of a delta on a simulated NOR flash: running image in ota_0, the patch parked at
  * the top of ota_1, the new image written from the start of ota_1 (device/delta-install.ts).
  */
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const fixtures = process.env.FERRY_FIXTURES ?? path.resolve(repo, '../shared/fixtures/firmware');
-const OLD = fs.readFileSync(path.join(fixtures, 'shell/old'));
-const NEW = fs.readFileSync(path.join(fixtures, 'shell/new'));
+const OLD = firmware('shell/old');
+const NEW = firmware('shell/new');
 const PATCH = createPatch(OLD, NEW);
 const layout = makeLayout(512 * 1024);
 const [RUN, TARGET] = layout.slots;

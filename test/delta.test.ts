@@ -11,10 +11,10 @@ import { sha256 } from '../shared/manifest.js';
 import { applyPatch, createPatch, HEADER_SIZE, PatchApplier, readPatchHeader } from '../shared/delta/index.js';
 import { suffixArray } from '../shared/delta/suffix-array.js';
 import { NEED_INPUT, RawInflater, STREAM_END } from '../shared/delta/inflate.js';
+import { firmware, firmwareFile } from './helpers/fixtures.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '../..');
-const fixtures = process.env.FERRY_FIXTURES ?? path.resolve(repo, '../shared/fixtures/firmware');
 const PAIRS: [string, string][] = [
   ['foo/old', 'foo/new'],
   ['programmer/0.8.0.bin', 'programmer/0.9.0.bin'],
@@ -73,8 +73,8 @@ t.test('suffix array sorts suffixes', async (tt) => {
 
 for (const [oldRel, newRel] of PAIRS) {
   t.test(`round trip ${oldRel} -> ${newRel}`, async (tt) => {
-    const oldImage = fs.readFileSync(path.join(fixtures, oldRel));
-    const newImage = fs.readFileSync(path.join(fixtures, newRel));
+    const oldImage = firmware(oldRel);
+    const newImage = firmware(newRel);
     const patch = createPatch(oldImage, newImage);
     tt.ok(patch.length < newImage.length, `patch ${patch.length} B smaller than the ${newImage.length} B image`);
     const header = readPatchHeader(patch);
@@ -117,8 +117,8 @@ function demultiplex(patch: Buffer): { streams: Buffer[]; frames: { stream: numb
 
 t.test('each stream is plain raw DEFLATE within its declared window (zlib as a stand-in for uzlib)', async (tt) => {
   const [oldRel, newRel] = PAIRS[PAIRS.length - 1]; // the ESP8266 pair: pointer prediction matters there
-  const oldImage = fs.readFileSync(path.join(fixtures, oldRel));
-  const newImage = fs.readFileSync(path.join(fixtures, newRel));
+  const oldImage = firmware(oldRel);
+  const newImage = firmware(newRel);
   const patch = createPatch(oldImage, newImage);
   const header = readPatchHeader(patch);
   tt.equal(header.version, 2);
@@ -235,8 +235,8 @@ t.test('identical, empty and unrelated images', async (tt) => {
 });
 
 t.test('bad input is rejected with a clear error', async (tt) => {
-  const oldImage = fs.readFileSync(path.join(fixtures, 'programmer/0.8.0.bin'));
-  const newImage = fs.readFileSync(path.join(fixtures, 'programmer/0.9.0.bin'));
+  const oldImage = firmware('programmer/0.8.0.bin');
+  const newImage = firmware('programmer/0.9.0.bin');
   const patch = createPatch(oldImage, newImage);
   const oldCopy = Buffer.from(oldImage);
 
@@ -319,8 +319,8 @@ t.test('CLI diff -> patch round trip', async (tt) => {
   const bin = path.join(repo, 'dist/bin/ferry.js');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-delta-cli-'));
   tt.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const oldFile = path.join(fixtures, 'shell/old');
-  const newFile = path.join(fixtures, 'shell/new');
+  const oldFile = firmwareFile('shell/old');
+  const newFile = firmwareFile('shell/new');
   const patchFile = path.join(dir, 'p.fryd');
   const outFile = path.join(dir, 'out.bin');
   const run = (args: string[]) => spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8' });
