@@ -122,6 +122,8 @@ interface NodeRuntime {
   helloSinceStart: boolean;
   /** Boot count of the newest Hello: an older one is a late duplicate and is ignored. */
   bootCount?: number;
+  /** An Offer went out: the node's next Ack answers it and describes everything the node holds. */
+  offerAnswerPending: boolean;
 }
 
 export interface AgentEvents {
@@ -200,6 +202,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       online: false,
       warnings: [],
       helloSinceStart: false,
+      offerAnswerPending: false,
     };
   }
 
@@ -619,17 +622,20 @@ export class Agent extends EventEmitter<AgentEvents> {
       }
     }
 
-    // Mid-transfer: the node says what it holds; continue from there.
+    // Mid-transfer: the node says what it holds, and that is the truth (after a power cut it may hold
+    // less than it acked: chunks not yet saved). Continue from there.
     if (n.window && ACTIVE.has(row.state) && n.payload) {
-      if (h.transfer && h.transfer.digest.equals(n.payload.digest) && h.transfer.chunkSize === row.chunkSize) {
-        n.window.resync(h.transfer.bitmap);
-        if (h.transfer.session === row.session) {
-          this.setState(n, n.window.complete ? 'verifying' : 'downloading');
-          this.pump(n);
-        } else this.sendOffer(n);
-        return;
-      }
-      this.sendOffer(n); // lost its progress (or never got the offer): start over with the same session
+      const t = h.transfer;
+      const same = t !== undefined && t.digest.equals(n.payload.digest) && t.chunkSize === row.chunkSize;
+      // Chunks of this session sent since the node came back (it subscribes before its Hello) are
+      // on their way to it: those stay in flight; if they were lost after all, the RTO resends them.
+      n.window.resync(same ? t.bitmap : new Uint8Array(0), same && t.session === row.session ? Date.now() : undefined);
+      n.bitmapDirty = true;
+      if (row.state === 'verifying' && !n.window.complete) this.setState(n, 'downloading', this.deadlines.download);
+      else if (row.state !== 'offered') this.setState(n, n.window.complete ? 'verifying' : 'downloading');
+      if (same && t.session === row.session && !n.window.complete) this.pump(n);
+      // Another session, lost progress, or all stored (the Offer makes the node verify): offer again.
+      else this.sendOffer(n);
       return;
     }
     this.consider(n, h);
@@ -827,6 +833,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     const payload = n.payload;
     if (!release || !payload || row.session === null) return;
     n.release = release;
+    n.offerAnswerPending = true;
     this.send(row.id, {
       type: MsgType.offer,
       session: row.session,
@@ -878,7 +885,14 @@ export class Agent extends EventEmitter<AgentEvents> {
       clearTimeout(n.timer);
       n.timer = undefined;
     }
-    const fresh = n.window.onAck(a.base, a.bitmap, Date.now());
+    let fresh: number;
+    if (n.offerAnswerPending) {
+      // The answer to an Offer describes all the node holds: it replaces what we believed (the
+      // store's coarse bitmap after a restart, or acks of chunks a power cut has since lost).
+      n.offerAnswerPending = false;
+      n.window.resyncFromAck(a.base, a.bitmap);
+      fresh = 1;
+    } else fresh = n.window.onAck(a.base, a.bitmap, Date.now());
     if (fresh > 0) {
       n.bitmapDirty = true;
       n.statusDirty = true;

@@ -5,16 +5,20 @@ const NOT_IN_FLIGHT = -1;
 
 /**
  * Selective-repeat sender state for one transfer. It decides which chunk goes next and which are
- * overdue; it does no I/O. Chunks go out in index order; a chunk is resent only when it is both
- * missing from the node's acks and overdue (sent longer than one RTO ago), so nothing the node has
- * acked is ever sent again.
+ * lost; it does no I/O. Chunks go out in index order; a chunk is resent only when it is missing from
+ * the node's acks and the retransmission timer (the oldest chunk in flight overdue by one RTO) has
+ * declared it lost, so nothing the node has acked is ever sent again.
  *
- * Congestion window: starts at the node's receive window and halves (once per RTO) on loss, never
+ * Congestion window: starts at the node's receive window and halves on each loss event, never
  * below half the node's window: the node acks every window/2 chunks, so a smaller burst would only
  * be acked by the retransmission timer.
+ *
+ * Silence: when a loss event follows a loss event with no ack in between, the node is probably gone
+ * (link down, power cut) or the link is stalled. Then only the oldest chunk is resent, as a probe,
+ * once per (backed-off) RTO, instead of a window's worth into the void; the rest wait for an answer.
  */
 export class TransferWindow {
-  readonly acked: ChunkBitmap;
+  private ackedBits: ChunkBitmap;
   private readonly sentAt: Float64Array;
   private readonly sends: Uint8Array;
   /** Chunks in send order with their send time; entries go stale when acked or resent. */
@@ -24,7 +28,19 @@ export class TransferWindow {
   private inFlight = 0;
   private cwnd: number;
   private readonly floor: number;
-  private lastCut = -Infinity;
+  /** Loss events since the last ack: from the second one on, the window probes instead of resending. */
+  private expiriesSinceAck = 0;
+  private probing = false;
+  /** While probing: chunks the current loss event may still send (one). */
+  private probeBudget = 0;
+  private lastEvent = -Infinity;
+  /** The RTO after the last loss event's backoff: expiries sooner than that after it belong to it. */
+  private lastEventRto = 0;
+  /** Chunks declared lost and not yet sent again: they may go even when the halved window is full. */
+  private lostPending = 0;
+  /** How far beyond the window they may go: the younger chunks still in flight when they were declared lost. */
+  private lostAllowance = 0;
+
   retransmits = 0;
   sent = 0;
 
@@ -34,11 +50,16 @@ export class TransferWindow {
     private readonly rtt: RttEstimator,
     bitmap?: Uint8Array,
   ) {
-    this.acked = new ChunkBitmap(count, bitmap);
+    this.ackedBits = new ChunkBitmap(count, bitmap);
     this.sentAt = new Float64Array(count).fill(NOT_IN_FLIGHT);
     this.sends = new Uint8Array(count);
     this.cwnd = nodeWindow;
     this.floor = Math.max(1, Math.ceil(nodeWindow / 2));
+  }
+
+  /** Chunks the node holds, as far as the sender knows. */
+  get acked(): ChunkBitmap {
+    return this.ackedBits;
   }
 
   get complete(): boolean {
@@ -57,24 +78,67 @@ export class TransferWindow {
     return this.inFlight;
   }
 
-  /** The node said what it holds (Hello after a reconnect or reboot): forget what was in flight. */
-  resync(bitmap: Uint8Array): void {
-    const fresh = new ChunkBitmap(this.count, bitmap);
-    for (let i = 0; i < this.count; i++) if (fresh.has(i)) this.acked.set(i);
-    this.sentAt.fill(NOT_IN_FLIGHT);
-    this.fifo = [];
+  /**
+   * The node said everything it holds (a Hello, or its answer to an Offer): that replaces what the
+   * sender believed, since after a power cut a node may hold less than it once acked (chunks it had
+   * not yet saved). What was in flight is forgotten: it is lost or will be acked again.
+   */
+  resync(bitmap: Uint8Array, now?: number): void {
+    this.ackedBits = new ChunkBitmap(this.count, bitmap);
+    // With `now` (a Hello just arrived), chunks sent within the last RTO that the node lacks stay in
+    // flight: they were sent after it came back and are on their way. Older ones were lost with the
+    // old connection. Sending the young ones again would duplicate them on the node's link.
+    const keep: { index: number; at: number }[] = [];
+    const rto = this.rtt.rto;
+    for (let k = this.fifoHead; k < this.fifo.length; k++) {
+      const e = this.fifo[k];
+      if (this.sentAt[e.index] !== e.at) continue;
+      if (now !== undefined && !this.ackedBits.has(e.index) && now - e.at < rto) {
+        keep.push(e);
+        // Whether it crossed the outage is unknown: no RTT sample from it (Karn).
+        if (this.sends[e.index] === 1) this.sends[e.index] = 2;
+      } else this.sentAt[e.index] = NOT_IN_FLIGHT;
+    }
+    this.fifo = keep;
     this.fifoHead = 0;
-    this.inFlight = 0;
+    this.inFlight = keep.length;
     this.cursor = 0;
+    this.expiriesSinceAck = 0;
+    this.probing = false;
+    this.lostPending = 0;
+  }
+
+  /** resync() from an Ack's form: every chunk below base, plus the selective bits after it. */
+  resyncFromAck(base: number, selective: Uint8Array | undefined): void {
+    const b = new ChunkBitmap(this.count);
+    b.applyAck(base, selective);
+    this.resync(b.toBytes());
   }
 
   /** Next chunk to send now, or undefined when the window is full or nothing is left unsent. */
   next(now: number): number | undefined {
-    if (this.inFlight >= this.cwnd) return undefined;
+    // The congestion window limits what is in flight, except that chunks declared lost may go while
+    // younger ones fill the halved window (up to the node's window, the hard limit): otherwise the
+    // lost ones would wait for those to time out too.
+    if (this.probing) {
+      if (this.probeBudget === 0) return undefined;
+    } else {
+      const limit = this.lostPending > 0 ? Math.min(this.nodeWindow, this.cwnd + this.lostAllowance) : this.cwnd;
+      if (this.inFlight >= limit) return undefined;
+    }
     let i = this.acked.firstMissing(this.cursor);
     while (i < this.count && (this.acked.has(i) || this.sentAt[i] !== NOT_IN_FLIGHT)) i++;
     this.cursor = i;
-    if (i >= this.count) return undefined;
+    if (i >= this.count) {
+      this.lostPending = 0;
+      return undefined;
+    }
+    if (this.probing) this.probeBudget--;
+    else if (this.sends[i] > 0) this.lostPending = Math.max(0, this.lostPending - 1);
+    else if (this.inFlight >= this.cwnd) {
+      this.lostPending = 0; // the lowest unsent chunk is new: every lost one has gone again
+      return undefined;
+    }
     this.sentAt[i] = now;
     if (this.sends[i] > 0) this.retransmits++;
     if (this.sends[i] < 255) this.sends[i]++;
@@ -87,6 +151,8 @@ export class TransferWindow {
 
   /** Applies an Ack; returns how many chunks it newly confirmed. */
   onAck(base: number, selective: Uint8Array | undefined, now: number): number {
+    this.expiriesSinceAck = 0;
+    this.probing = false;
     const fresh = this.acked.applyAck(base, selective);
     let newestOnce: number | undefined;
     for (const i of fresh) {
@@ -102,32 +168,63 @@ export class TransferWindow {
     return fresh.length;
   }
 
-  /** Declares overdue chunks lost so next() sends them again; returns how many. */
+  /**
+   * The retransmission timer: chunks in flight longer than one RTO are declared lost and go again.
+   * Expiries closer together than the RTO are one loss event (a burst expires a few ms apart); each
+   * event halves the window and backs the RTO off once. On a repeated event with no ack in between
+   * only the oldest overdue chunk goes (a probe); the other overdue ones are given another RTO,
+   * uncounted for RTT samples (Karn: their send time is no longer known). Returns how many were
+   * declared lost.
+   */
   expire(now: number): number {
     const rto = this.rtt.rto;
-    let lost = 0;
+    const overdue: { index: number; at: number }[] = [];
     while (this.fifoHead < this.fifo.length) {
       const e = this.fifo[this.fifoHead];
-      if (this.acked.has(e.index) || this.sentAt[e.index] !== e.at) {
+      if (!this.live(e)) {
         this.fifoHead++;
         continue;
       }
       if (e.at + rto > now) break;
+      overdue.push(e);
+      this.fifoHead++;
+    }
+    if (overdue.length === 0) {
+      this.compactFifo();
+      return 0;
+    }
+    const newEvent = now - this.lastEvent >= this.lastEventRto;
+    if (newEvent) {
+      this.probing = this.expiriesSinceAck > 0;
+      this.expiriesSinceAck++;
+      this.lastEvent = now;
+      this.rtt.backoff();
+      // Chunks still in flight now expire within the backed-off RTO: they belong to this event.
+      this.lastEventRto = this.rtt.rto;
+      this.cwnd = Math.max(this.floor, Math.floor(this.cwnd / 2));
+      this.probeBudget = this.probing ? 1 : 0;
+    }
+    // Probing: the oldest overdue chunk is the probe (once per event); the others wait another RTO.
+    const lost = !this.probing ? overdue : newEvent ? overdue.slice(0, 1) : [];
+    for (const e of lost) {
       this.sentAt[e.index] = NOT_IN_FLIGHT;
       this.inFlight--;
+      if (!this.probing) this.lostPending++;
       if (e.index < this.cursor) this.cursor = e.index;
-      this.fifoHead++;
-      lost++;
     }
-    if (lost > 0) {
-      this.rtt.backoff();
-      if (now - this.lastCut >= rto) {
-        this.cwnd = Math.max(this.floor, Math.floor(this.cwnd / 2));
-        this.lastCut = now;
-      }
+    for (const e of overdue.slice(lost.length)) {
+      this.sentAt[e.index] = now;
+      if (this.sends[e.index] === 1) this.sends[e.index] = 2;
+      this.fifo.push({ index: e.index, at: now });
     }
+    if (lost.length > 0) this.lostAllowance = this.inFlight;
     this.compactFifo();
-    return lost;
+    return lost.length;
+  }
+
+  /** A fifo entry still describes a chunk in flight (not acked, not resent since). */
+  private live(e: { index: number; at: number }): boolean {
+    return !this.acked.has(e.index) && this.sentAt[e.index] === e.at;
   }
 
   /** Milliseconds until the oldest chunk in flight is overdue, or undefined when none is in flight. */
