@@ -226,6 +226,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.sweeper.unref();
     const where = upstream === client ? this.opts.brokerUrl : `${this.opts.brokerUrl} (nodes) and ${this.opts.upstreamUrl} (releases, status)`;
     this.log('info', `agent connected to ${where}, ${this.catalog.all().length} release(s), ${this.nodes.size} known node(s)`);
+    for (const why of this.catalog.skipped) this.log('warn', `stored release not offered: ${why}`);
   }
 
   private makeOutbox(client: MqttClient): Outbox {
