@@ -77,6 +77,8 @@ export interface AgentOptions {
   maxInflight?: number;
   /** How long a node the broker reports online may stay silent before the agent sends it a Query (default 1000 ms). */
   queryGraceMs?: number;
+  /** TCP_NODELAY on the broker connections (default true); false only to measure what it buys. */
+  tcpNoDelay?: boolean;
   log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
 }
 
@@ -282,6 +284,12 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
     client.on('message', (topic, payload) => this.onMessage(topic, payload));
     client.on('error', (err) => this.log('warn', `mqtt ${url}: ${err.message}`));
+    // Without TCP_NODELAY, Nagle holds a small write (a control message, the tail of a chunk burst)
+    // until the previous segment is acked, and the receiver may delay that ack: MQTT.js leaves it on.
+    client.on('connect', () => {
+      const socket = client.stream as { setNoDelay?: (on: boolean) => void };
+      socket.setNoDelay?.(this.opts.tcpNoDelay !== false);
+    });
     const backoff = new Backoff({ ...DEFAULT_RECONNECT, ...this.opts.reconnect });
     this.stopReconnecting.push(
       keepReconnecting(client, backoff, (delayMs, attempt) => {

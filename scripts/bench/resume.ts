@@ -59,9 +59,28 @@ function referee(broker: RunningBroker): Map<string, Tally> {
     if (!t) tallies.set(id, (t = { sends: new Map(), deliveries: new Map(), chunkSize: 0, dupBytes: 0, held: undefined, session: undefined, resentHeld: 0, statuses: [], trace: [] }));
     return t;
   };
-  // authorizeForward runs once per delivery to each subscriber: the node's own link.
+  // authorizeForward runs once per delivery to each subscriber: chunks on their way down the node's
+  // own link, and the node's messages on their way to the agent. Judging both at the same stage of
+  // the broker's pipeline keeps their order exactly as the agent and the node see it.
   const forward = broker.aedes.authorizeForward;
+  const judged = new WeakSet<object>();
   broker.aedes.authorizeForward = (client, packet) => {
+    const up = /\/d\/([^/]+)\/up$/.exec(packet.topic);
+    if (up && !judged.has(packet)) {
+      judged.add(packet);
+      const t = tallyOf(up[1]);
+      try {
+        const msg = decodeUp(packet.payload as Buffer);
+        if (msg.type === MsgType.hello && msg.transfer && t.held) {
+          // A Hello is the node's whole truth after a boot: what it lost from RAM is no longer held.
+          t.held = new ChunkBitmap(t.held.size, msg.transfer.bitmap);
+        } else if (msg.type === MsgType.ack && t.held) {
+          t.held.applyAck(msg.base, msg.bitmap);
+        }
+      } catch {
+        // not a message we can judge
+      }
+    }
     const m = /\/d\/([^/]+)\/dn$/.exec(packet.topic);
     if (m && client?.id === m[1]) {
       try {
@@ -108,12 +127,6 @@ function referee(broker: RunningBroker): Map<string, Tally> {
         t.trace.push(msg.type === MsgType.ack ? `A${msg.base}` : msg.type === MsgType.hello ? `HELLO(${msg.transfer?.bitmap.toString('hex') ?? '-'})` : `R${msg.stage}`);
         if (t.trace.length > 400) t.trace.splice(0, t.trace.length - 400);
         t.lastUp = msg.type === MsgType.ack ? `ack base ${msg.base} bits ${msg.bitmap?.toString('hex') ?? ''}` : msg.type === MsgType.hello ? `hello ${msg.transfer ? msg.transfer.bitmap.toString('hex') : '-'}` : `report ${msg.stage}`;
-        if (msg.type === MsgType.hello && msg.transfer && t.held) {
-          // A Hello is the node's whole truth after a boot: what it lost from RAM is no longer held.
-          t.held = new ChunkBitmap(t.held.size, msg.transfer.bitmap);
-        } else if (msg.type === MsgType.ack && t.held) {
-          t.held.applyAck(msg.base, msg.bitmap);
-        }
       }
     } catch {
       // Not ours to judge here: the agent logs bad messages.

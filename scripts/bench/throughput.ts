@@ -4,6 +4,8 @@
  * broker. Prints ferry goodput / raw goodput and MQTT wire bytes / image bytes for each, where wire
  * bytes are everything on the receiving node's own link (both directions: chunks, acks, PUBACKs).
  *
+ * Also runs the agent with TCP_NODELAY off (the MQTT.js default), to show what setting it buys.
+ *
  *   node dist/scripts/bench/throughput.js [--size BYTES] [--runs N] [--max-message B,B] [--json]
  */
 import fs from 'node:fs';
@@ -91,10 +93,10 @@ async function rawBaseline(broker: CountingBroker, image: Buffer, chunk: number)
   return { seconds, goodputMiBps: image.length / seconds / 1048576, wireRatio: wire / image.length };
 }
 
-async function ferryRun(broker: CountingBroker, image: Buffer, maxMessage: number, run: number): Promise<Result & { retransmits: number }> {
+async function ferryRun(broker: CountingBroker, image: Buffer, maxMessage: number, run: string, tcpNoDelay: boolean): Promise<Result & { retransmits: number }> {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-'));
   const { privateKey, publicKey } = generateOperatorKey();
-  const agent = new Agent({ brokerUrl: broker.url, dataDir, trust: [publicKey] });
+  const agent = new Agent({ brokerUrl: broker.url, dataDir, trust: [publicKey], tcpNoDelay });
   await agent.start();
   const id = `bench-${run}-${maxMessage}`;
   const node = new SimNode({ brokerUrl: broker.url, deviceId: id, hw: 'bench', version: '1.0.0', trust: [publicKey], maxMessage, window: 32 });
@@ -135,13 +137,20 @@ function waitStatus(agent: Agent, id: string, pred: (s: ReturnType<Agent['status
     const check = () => {
       const s = agent.status(id);
       if (s && pred(s)) {
-        clearInterval(t);
+        agent.off('status', check);
         resolve();
       }
     };
-    const t = setInterval(check, 20);
+    agent.on('status', check);
     check();
   });
+}
+
+/** First and third quartile, as text: how much the runs disagreed. */
+function spread(xs: number[]): string {
+  const s = [...xs].sort((a, b) => a - b);
+  const q = (f: number) => s[Math.min(s.length - 1, Math.floor(f * s.length))];
+  return `${q(0.25).toFixed(2)}–${q(0.75).toFixed(2)}`;
 }
 
 function median(xs: number[]): number {
@@ -156,7 +165,7 @@ async function main(): Promise<void> {
     return i >= 0 && args[i + 1] ? args[i + 1] : dflt;
   };
   const size = Number(arg('size', String(1024 * 1024)));
-  const runs = Number(arg('runs', '3'));
+  const runs = Number(arg('runs', '15'));
   const maxMessages = arg('max-message', '4096,16500').split(',').map(Number);
   const json = args.includes('--json');
   if (!Number.isInteger(size) || size < 1024 || !Number.isInteger(runs) || runs < 1 || maxMessages.some((m) => !Number.isInteger(m) || m < 256)) {
@@ -168,14 +177,23 @@ async function main(): Promise<void> {
     const broker = await countingBroker();
     const chunk = negotiateChunkSize(maxMessage, `ferry/d/bench-0-${maxMessage}/dn`, 16 * 1024);
     const ferry: (Result & { retransmits: number })[] = [];
+    const nagle: (Result & { retransmits: number })[] = [];
     const raw: Result[] = [];
-    // Interleaved runs: both sides see the same machine noise.
+    // Warm-ups (the JIT needs a few transfers before the timings settle), then interleaved runs:
+    // all variants see the same machine noise.
+    for (let w = 0; w < 3; w++) {
+      await rawBaseline(broker, image, chunk);
+      await ferryRun(broker, image, maxMessage, `warm-${w}`, true);
+      await ferryRun(broker, image, maxMessage, `warm-nagle-${w}`, false);
+    }
     for (let r = 0; r < runs; r++) {
       raw.push(await rawBaseline(broker, image, chunk));
-      ferry.push(await ferryRun(broker, image, maxMessage, r));
+      ferry.push(await ferryRun(broker, image, maxMessage, `${r}`, true));
+      nagle.push(await ferryRun(broker, image, maxMessage, `nagle-${r}`, false));
     }
     await broker.close();
     const f = median(ferry.map((x) => x.goodputMiBps));
+    const g = median(nagle.map((x) => x.goodputMiBps));
     const b = median(raw.map((x) => x.goodputMiBps));
     rows.push({
       maxMessage,
@@ -183,7 +201,12 @@ async function main(): Promise<void> {
       imageBytes: size,
       ferryMiBps: Number(f.toFixed(2)),
       rawMiBps: Number(b.toFixed(2)),
-      goodputRatio: Number((f / b).toFixed(3)),
+      // Ratios are taken per run (each ferry run against the raw run just before it), then the
+      // median: a neighbour's burst of load then hits both sides of a ratio alike.
+      goodputRatio: Number(median(ferry.map((x, i) => x.goodputMiBps / raw[i].goodputMiBps)).toFixed(3)),
+      goodputRatioRange: spread(ferry.map((x, i) => x.goodputMiBps / raw[i].goodputMiBps)),
+      nagleMiBps: Number(g.toFixed(2)),
+      nagleRatio: Number(median(nagle.map((x, i) => x.goodputMiBps / raw[i].goodputMiBps)).toFixed(3)),
       ferryWireRatio: Number(median(ferry.map((x) => x.wireRatio)).toFixed(4)),
       rawWireRatio: Number(median(raw.map((x) => x.wireRatio)).toFixed(4)),
       ferryRetransmits: median(ferry.map((x) => x.retransmits)),
@@ -195,9 +218,9 @@ async function main(): Promise<void> {
     return;
   }
   process.stdout.write(`# throughput: ${size} B image, aedes on loopback, median of ${runs} interleaved runs, ${os.cpus().length} cores\n`);
-  process.stdout.write('| node max message | chunk | ferry MiB/s | raw QoS1 MiB/s | ferry/raw goodput | ferry wire/image | raw wire/image | ferry retransmits |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n');
+  process.stdout.write('| node max message | chunk | ferry MiB/s | raw QoS1 MiB/s | ferry/raw goodput (IQR) | ferry wire/image | raw wire/image | ferry retransmits | agent without TCP_NODELAY: MiB/s (/raw) |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n');
   for (const r of rows) {
-    process.stdout.write(`| ${r.maxMessage} | ${r.chunk} | ${r.ferryMiBps} | ${r.rawMiBps} | ${r.goodputRatio} | ${r.ferryWireRatio} | ${r.rawWireRatio} | ${r.ferryRetransmits} |\n`);
+    process.stdout.write(`| ${r.maxMessage} | ${r.chunk} | ${r.ferryMiBps} | ${r.rawMiBps} | ${r.goodputRatio} (${r.goodputRatioRange}) | ${r.ferryWireRatio} | ${r.rawWireRatio} | ${r.ferryRetransmits} | ${r.nagleMiBps} (${r.nagleRatio}) |\n`);
   }
 }
 
