@@ -14,6 +14,7 @@ export const DEFAULT_RTT: RttConfig = { initialRto: 1000, minRto: 200, maxRto: 6
 
 export class RttEstimator {
   private srtt: number | undefined;
+  private minRtt: number | undefined;
   private rttvar = 0;
   private base: number;
   private backoffFactor = 1;
@@ -31,8 +32,21 @@ export class RttEstimator {
     return this.srtt;
   }
 
+  /**
+   * How long a message may plausibly still be on its way: twice the smallest round trip seen, plus
+   * 10 ms, capped by the RTO; 0 before any sample. Not the smoothed RTT: one ack that waited out a
+   * link outage inflates that for many samples (it was sent once, so Karn's rule keeps it), and a
+   * configured RTO floor (or a pinned RTO) says how long to wait before resending, not how long
+   * delivery takes.
+   */
+  get inTransit(): number {
+    if (this.minRtt === undefined) return 0;
+    return Math.min(this.rto, 2 * this.minRtt + 10);
+  }
+
   sample(ms: number): void {
     const r = Math.max(0, ms);
+    this.minRtt = this.minRtt === undefined ? r : Math.min(this.minRtt, r);
     if (this.srtt === undefined) {
       this.srtt = r;
       this.rttvar = r / 2;

@@ -21,6 +21,9 @@ export class TransferWindow {
   private ackedBits: ChunkBitmap;
   private readonly sentAt: Float64Array;
   private readonly sends: Uint8Array;
+  /** Send order of each chunk's latest copy: delivery to the node keeps this order. */
+  private readonly sentSeq: Float64Array;
+  private seq = 0;
   /** Chunks in send order with their send time; entries go stale when acked or resent. */
   private fifo: { index: number; at: number }[] = [];
   private fifoHead = 0;
@@ -53,6 +56,7 @@ export class TransferWindow {
     this.ackedBits = new ChunkBitmap(count, bitmap);
     this.sentAt = new Float64Array(count).fill(NOT_IN_FLIGHT);
     this.sends = new Uint8Array(count);
+    this.sentSeq = new Float64Array(count);
     this.cwnd = nodeWindow;
     this.floor = Math.max(1, Math.ceil(nodeWindow / 2));
   }
@@ -85,15 +89,16 @@ export class TransferWindow {
    */
   resync(bitmap: Uint8Array, now?: number): void {
     this.ackedBits = new ChunkBitmap(this.count, bitmap);
-    // With `now` (a Hello just arrived), chunks sent within the last RTO that the node lacks stay in
-    // flight: they were sent after it came back and are on their way. Older ones were lost with the
-    // old connection. Sending the young ones again would duplicate them on the node's link.
+    // With `now` (a Hello just arrived), chunks sent so recently that they may still be in transit
+    // (within about one round trip) stay in flight: they went out after the node came back and are
+    // on their way. Older ones were lost with the old connection and go again at once. Sending the
+    // young ones again would duplicate them on the node's link.
     const keep: { index: number; at: number }[] = [];
-    const rto = this.rtt.rto;
+    const young = this.rtt.inTransit;
     for (let k = this.fifoHead; k < this.fifo.length; k++) {
       const e = this.fifo[k];
       if (this.sentAt[e.index] !== e.at) continue;
-      if (now !== undefined && !this.ackedBits.has(e.index) && now - e.at < rto) {
+      if (now !== undefined && !this.ackedBits.has(e.index) && now - e.at < young) {
         keep.push(e);
         // Whether it crossed the outage is unknown: no RTT sample from it (Karn).
         if (this.sends[e.index] === 1) this.sends[e.index] = 2;
@@ -140,6 +145,7 @@ export class TransferWindow {
       return undefined;
     }
     this.sentAt[i] = now;
+    this.sentSeq[i] = ++this.seq;
     if (this.sends[i] > 0) this.retransmits++;
     if (this.sends[i] < 255) this.sends[i]++;
     this.sent++;
@@ -151,18 +157,36 @@ export class TransferWindow {
 
   /** Applies an Ack; returns how many chunks it newly confirmed. */
   onAck(base: number, selective: Uint8Array | undefined, now: number): number {
+    if (this.expiriesSinceAck > 0) this.rearm(now);
     this.expiriesSinceAck = 0;
     this.probing = false;
     const fresh = this.acked.applyAck(base, selective);
     let newestOnce: number | undefined;
+    let newestSeq = 0;
     for (const i of fresh) {
       if (this.sentAt[i] !== NOT_IN_FLIGHT) {
         this.inFlight--;
         if (this.sends[i] === 1 && (newestOnce === undefined || this.sentAt[i] > newestOnce)) newestOnce = this.sentAt[i];
+        newestSeq = Math.max(newestSeq, this.sentSeq[i]);
         this.sentAt[i] = NOT_IN_FLIGHT;
       }
     }
     if (newestOnce !== undefined) this.rtt.sample(now - newestOnce);
+    // Chunks reach the node in the order they were sent (one agent connection, one broker, one node
+    // connection). So a chunk sent before one the node now acks, which this ack describes as missing,
+    // was lost (typically sent just before the node's subscription was back): it goes again now,
+    // without waiting for the timer.
+    const described = base + (selective ? selective.length * 8 : 0);
+    if (newestSeq > 0) {
+      for (let k = this.fifoHead; k < this.fifo.length; k++) {
+        const e = this.fifo[k];
+        if (!this.live(e) || this.sentSeq[e.index] >= newestSeq || e.index >= described) continue;
+        this.sentAt[e.index] = NOT_IN_FLIGHT;
+        this.inFlight--;
+        this.lostPending++;
+        if (e.index < this.cursor) this.cursor = e.index;
+      }
+    }
     if (fresh.length > 0 && this.cwnd < this.nodeWindow) this.cwnd = Math.min(this.nodeWindow, this.cwnd + 1);
     this.compactFifo();
     return fresh.length;
@@ -220,6 +244,28 @@ export class TransferWindow {
     if (lost.length > 0) this.lostAllowance = this.inFlight;
     this.compactFifo();
     return lost.length;
+  }
+
+  /**
+   * The first ack after timeouts: the node (or the link) is back, and the acks it queued meanwhile
+   * may be right behind this one. Chunks still in flight get a fresh RTO instead of being declared
+   * lost by a timer that ran while nobody could answer (no RTT sample from them: Karn).
+   */
+  private rearm(now: number): void {
+    this.fifo = [];
+    this.fifoHead = 0;
+    this.inFlight = 0;
+    this.lostPending = 0;
+    // Everything sent and not acked counts as in flight again, including chunks a timer declared
+    // lost during the silence but that have not gone again: they may have arrived before it.
+    for (let i = this.acked.firstMissing(); i < this.count; i++) {
+      if (this.sends[i] === 0 || this.acked.has(i)) continue;
+      this.sentAt[i] = now;
+      if (this.sends[i] === 1) this.sends[i] = 2;
+      this.fifo.push({ index: i, at: now });
+      this.inFlight++;
+    }
+    this.fifo.sort((a, b) => this.sentSeq[a.index] - this.sentSeq[b.index]);
   }
 
   /** A fifo entry still describes a chunk in flight (not acked, not resent since). */
