@@ -4,7 +4,7 @@ import { SimNode, type SimNodeOptions } from '../device/node.js';
 import { Flash } from '../device/flash.js';
 import { ImageState, Stage } from '../shared/messages.js';
 import { ManifestFlag, sha256 } from '../shared/manifest.js';
-import { makeWorld, type World } from './helpers/world.js';
+import { makeWorld, quickNode, type World } from './helpers/world.js';
 import { demoImage } from '../cli/demo.js';
 
 /**
@@ -17,15 +17,7 @@ import { demoImage } from '../cli/demo.js';
 const HW = 'esp32-test';
 const SIZE = 24 * 1024;
 
-async function node(world: World, id: string, extra: Partial<SimNodeOptions> = {}): Promise<SimNode> {
-  const n = new SimNode({
-    brokerUrl: world.broker.url, deviceId: id, hw: HW, version: '1.0.0', trust: [world.key.publicKey],
-    maxMessage: 2048, selfTestMs: 5, rebootMs: 5, reconnectPeriod: 100, slotSize: 128 * 1024, ...extra,
-  });
-  await n.start();
-  await world.until(id, () => true, 'hello');
-  return n;
-}
+const node = (world: World, id: string, extra: Partial<SimNodeOptions> = {}): Promise<SimNode> => quickNode(world, HW, id, extra);
 
 function untilStage(n: SimNode, name: string): Promise<string> {
   return new Promise((resolve) => {

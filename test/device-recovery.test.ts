@@ -3,7 +3,7 @@ import { SimNode, type SimNodeOptions } from '../device/node.js';
 import { ImageState, Stage } from '../shared/messages.js';
 import { ManifestFlag } from '../shared/manifest.js';
 import { Reason } from '../shared/errors.js';
-import { makeWorld, type World } from './helpers/world.js';
+import { makeWorld, quickNode, type World } from './helpers/world.js';
 
 /**
  * Recovery (safe) mode and deferred activation, through the real agent.
@@ -11,15 +11,7 @@ import { makeWorld, type World } from './helpers/world.js';
 const HW = 'esp32-test';
 const SIZE = 20 * 1024;
 
-async function node(world: World, id: string, extra: Partial<SimNodeOptions> = {}): Promise<SimNode> {
-  const n = new SimNode({
-    brokerUrl: world.broker.url, deviceId: id, hw: HW, version: '1.0.0', trust: [world.key.publicKey],
-    maxMessage: 2048, selfTestMs: 5, rebootMs: 5, reconnectPeriod: 100, slotSize: 128 * 1024, ...extra,
-  });
-  await n.start();
-  await world.until(id, () => true, 'hello');
-  return n;
-}
+const node = (world: World, id: string, extra: Partial<SimNodeOptions> = {}): Promise<SimNode> => quickNode(world, HW, id, extra);
 
 t.test('recovery mode: both images fail to start; the node stays reachable, says so, and a newer full image repairs it', async (t) => {
   const world = await makeWorld();

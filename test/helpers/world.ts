@@ -8,6 +8,7 @@ import { startBroker, type BrokerOptions, type RunningBroker } from '../../broke
 import { generateOperatorKey } from '../../shared/manifest.js';
 import { publishRelease, type PublishOptions } from '../../operator/publish.js';
 import { demoImage } from '../../cli/demo.js';
+import { SimNode, type SimNodeOptions } from '../../device/node.js';
 
 /**
  * A small world for end-to-end tests: a real aedes broker on port 0, a real agent with its SQLite
@@ -77,4 +78,18 @@ export async function makeWorld(opts: { agent?: Partial<AgentOptions>; broker?: 
   };
   await world.agent.start();
   return world;
+}
+
+/**
+ * A SimNode on the world's broker with quick timers (self-test, reboot, reconnect) and a small slot,
+ * started and heard by the agent before it is returned.
+ */
+export async function quickNode(world: World, hw: string, id: string, extra: Partial<SimNodeOptions> = {}): Promise<SimNode> {
+  const n = new SimNode({
+    brokerUrl: world.broker.url, deviceId: id, hw, version: '1.0.0', trust: [world.key.publicKey],
+    maxMessage: 2048, selfTestMs: 5, rebootMs: 5, reconnectPeriod: 100, slotSize: 128 * 1024, ...extra,
+  });
+  await n.start();
+  await world.until(id, () => true, 'hello');
+  return n;
 }
