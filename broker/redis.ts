@@ -1,3 +1,4 @@
+import { Redis } from 'ioredis';
 import MQEmitterRedis from 'mqemitter-redis';
 import aedesPersistenceRedis from 'aedes-persistence-redis';
 import type { AedesOptions } from 'aedes';
@@ -23,10 +24,16 @@ export function redisBackends(url: string): RedisBackends {
   }
   if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') throw new Error(`--redis must use redis:// or rediss://, got "${url}"`);
   const mq = MQEmitterRedis({ connectionString: url });
-  const persistence = aedesPersistenceRedis(redisOptions(parsed));
+  // Our own connection, so close() can QUIT it gracefully: the persistence's destroy() disconnects at
+  // once and fails the commands still queued (a last retained presence write) as unhandled rejections.
+  const conn = new Redis(redisOptions(parsed));
+  const persistence = aedesPersistenceRedis({ conn });
   return {
     aedes: { mq, persistence },
-    close: () => persistence.destroy(),
+    async close() {
+      await conn.quit().catch(() => {});
+      await persistence.destroy();
+    },
   };
 }
 

@@ -100,11 +100,28 @@ export async function startBroker(opts: BrokerOptions = {}): Promise<RunningBrok
           (s) => new Promise<void>((resolve) => s.close(() => resolve())),
         ).concat([Promise.resolve().then(() => sockets.forEach((s) => s.destroy()))]),
       );
+      // Let aedes finish the disconnects (each may still publish a retained `offline`) before its
+      // backends go away; bounded, so a stuck client cannot hold the shutdown.
+      await untilNoClients(aedes, 2000);
       plugin?.close();
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       await backends?.close();
     },
   };
+}
+
+function untilNoClients(aedes: Aedes, ms: number): Promise<void> {
+  if (aedes.connectedClients === 0) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      aedes.off('clientDisconnect', check);
+      setImmediate(resolve);
+    };
+    const check = () => aedes.connectedClients === 0 && done();
+    const timer = setTimeout(done, ms);
+    aedes.on('clientDisconnect', check);
+  });
 }
 
 function listen(server: net.Server, port: number, host: string): Promise<number> {

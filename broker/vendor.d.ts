@@ -2,10 +2,10 @@
 // same adapter aedes' default in-memory persistence uses (async methods, retained messages as
 // streams), which is the shape aedes 1.x consumes. This declares the part we use.
 declare module 'aedes-persistence-redis' {
-  import type { RedisOptions } from 'ioredis';
+  import type { Redis, RedisOptions } from 'ioredis';
   interface RedisPersistence {
     setup(broker: unknown): Promise<void>;
     destroy(): Promise<void>;
   }
-  export default function aedesPersistenceRedis(opts?: RedisOptions & { maxSessionDelivery?: number }): RedisPersistence;
+  export default function aedesPersistenceRedis(opts?: RedisOptions & { conn?: Redis; maxSessionDelivery?: number }): RedisPersistence;
 }
