@@ -1,9 +1,9 @@
+import { untilStatus } from './helpers/world.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import type { MqttClient } from 'mqtt';
 import { Agent } from '../agent/agent.js';
-import type { NodeStatus } from '../agent/status.js';
 import { IdentityStore, startBroker, type Credentials, type RunningBroker } from '../broker/index.js';
 import { demoImage } from '../cli/demo.js';
 import { SimNode } from '../device/node.js';
@@ -120,18 +120,6 @@ async function rig(): Promise<Rig> {
   };
 }
 
-/** Resolves on the first agent status for `id` that satisfies `pred` (checked now and on every status). */
-function agentStatus(agent: Agent, id: string, pred: (s: NodeStatus) => boolean): Promise<NodeStatus> {
-  return new Promise((resolve) => {
-    const check = (s: NodeStatus | undefined) => {
-      if (s?.id !== id || !pred(s)) return false;
-      agent.off('status', check);
-      resolve(s);
-      return true;
-    };
-    if (!check(agent.status(id))) agent.on('status', check);
-  });
-}
 
 /** Fails the test with `what` instead of hanging until tap's timeout when nothing comes. */
 function guard<T>(p: Promise<T>, what: string, ms = 30_000): Promise<T> {
@@ -190,7 +178,7 @@ t.test('a node back online is resumed by its presence alone: no Hello, no timer'
   });
   first.publish(up, encodeMessage({ type: MsgType.ack, session: offer.session, base: 0 }), { qos: 1 });
   await guard(holding, `${HOLD} chunks`);
-  const wentOffline = agentStatus(r.agent, id, (s) => !s.online);
+  const wentOffline = untilStatus(r.agent, id, (s) => !s.online, 'offline', 120_000);
   first.stream.destroy(); // a dropped link, not a goodbye
   await guard(wentOffline, 'the agent seeing the node offline');
   const helloCount = () => r.agent.store.events(id, 1000).filter((e) => e.kind === 'hello').length;
@@ -225,7 +213,7 @@ t.test('a simulated node whose link drops mid-transfer ends confirmed without an
     await r.close();
   });
   await node.start();
-  await guard(agentStatus(r.agent, 'drop-1', () => true), 'the Hello');
+  await guard(untilStatus(r.agent, 'drop-1', () => true, 'the Hello', 120_000), 'the Hello');
   const image = demoImage(HW, '1.1.0', 160 * 1024);
   await publishRelease({ brokerUrl: r.broker.url, ...r.op, image, hw: HW, version: '1.1.0', key: r.key.privateKey });
   await guard(new Promise<void>((resolve) => {
@@ -237,7 +225,7 @@ t.test('a simulated node whose link drops mid-transfer ends confirmed without an
     node.on('chunk', on);
   }), '40% of the chunks');
   proxy.dropAll();
-  const s = await guard(agentStatus(r.agent, 'drop-1', (s) => s.state === 'confirmed'), 'a confirmed boot', 60_000);
+  const s = await guard(untilStatus(r.agent, 'drop-1', (s) => s.state === 'confirmed', 'a confirmed boot', 120_000), 'a confirmed boot', 60_000);
   t.equal(s.runningVersion, '1.1.0');
   t.ok(node.runningDigest.equals(sha256(image)), 'the node runs the published image');
   // A real node wakes the agent by whichever message comes first: the broker's `online` (published

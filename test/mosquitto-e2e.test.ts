@@ -1,9 +1,9 @@
+import { untilStatus as until } from './helpers/world.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { Agent } from '../agent/agent.js';
-import type { NodeStatus } from '../agent/status.js';
 import { IdentityStore, type Credentials } from '../broker/index.js';
 import { mosquittoAcl } from '../broker/mosquitto.js';
 import { demoImage } from '../cli/demo.js';
@@ -128,19 +128,3 @@ if (!bin || !passwdBin) {
   });
 }
 
-function until(agent: Agent, id: string, pred: (s: NodeStatus) => boolean, ms = 60_000): Promise<NodeStatus> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      agent.off('status', check);
-      reject(new Error(`timed out waiting for ${id}; last status ${JSON.stringify(agent.status(id))}`));
-    }, ms);
-    function check(s: NodeStatus | undefined): void {
-      if (s?.id !== id || !pred(s)) return;
-      clearTimeout(timer);
-      agent.off('status', check);
-      resolve(s);
-    }
-    agent.on('status', check);
-    check(agent.status(id));
-  });
-}

@@ -1,9 +1,9 @@
+import { untilStatus as until } from './helpers/world.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { Agent } from '../agent/agent.js';
-import type { NodeStatus } from '../agent/status.js';
 import { IdentityStore, startBroker } from '../broker/index.js';
 import { SimNode } from '../device/node.js';
 import { generateOperatorKey, sha256 } from '../shared/manifest.js';
@@ -16,23 +16,6 @@ import { demoImage } from '../cli/demo.js';
  */
 const HW = 'esp32-query';
 
-function until(agent: Agent, id: string, pred: (s: NodeStatus) => boolean, what: string): Promise<NodeStatus> {
-  return new Promise((resolve, reject) => {
-    const check = (s: NodeStatus | undefined) => {
-      if (s && s.id === id && pred(s)) {
-        agent.off('status', check);
-        clearTimeout(timer);
-        resolve(s);
-      }
-    };
-    const timer = setTimeout(() => {
-      agent.off('status', check);
-      reject(new Error(`timed out waiting for ${id}: ${what}; last ${JSON.stringify(agent.status(id))}`));
-    }, 60_000);
-    agent.on('status', check);
-    check(agent.status(id));
-  });
-}
 
 function tmp(name: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `ferry-${name}-`));

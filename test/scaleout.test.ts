@@ -1,8 +1,8 @@
+import { untilStatus as until } from './helpers/world.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { Agent } from '../agent/agent.js';
-import type { NodeStatus } from '../agent/status.js';
 import { IdentityStore, startBroker } from '../broker/index.js';
 import { demoImage } from '../cli/demo.js';
 import { SimNode } from '../device/node.js';
@@ -19,23 +19,6 @@ import { connect, end, findBinary, nextMessage, startRedis, subscribe, tmpDir } 
 const redisBin = findBinary('redis-server');
 const HW = 'esp32-scale';
 
-/** The agent's status for `id` once `pred` holds (checked now and on every status event). */
-function until(agent: Agent, id: string, pred: (s: NodeStatus) => boolean, what: string, ms = 60_000): Promise<NodeStatus> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      agent.off('status', check);
-      reject(new Error(`timed out waiting for ${id}: ${what}; last status ${JSON.stringify(agent.status(id))}`));
-    }, ms);
-    function check(s: NodeStatus | undefined): void {
-      if (s?.id !== id || !pred(s)) return;
-      clearTimeout(timer);
-      agent.off('status', check);
-      resolve(s);
-    }
-    agent.on('status', check);
-    check(agent.status(id));
-  });
-}
 
 if (!redisBin) {
   t.test('update across two brokers sharing Redis', { skip: 'redis-server not found: install Debian package redis-server (listed in .ci/packages.txt)' }, () => {});

@@ -43,26 +43,7 @@ export async function makeWorld(opts: { agent?: Partial<AgentOptions>; broker?: 
       return publishRelease({ brokerUrl: broker.url, key: key.privateKey, image, ...p });
     },
     until(id, pred, what = 'condition', ms = 60_000) {
-      return new Promise((resolve, reject) => {
-        const agent = world.agent;
-        const check = (s: NodeStatus | undefined) => {
-          if (s && s.id === id && pred(s)) {
-            cleanup();
-            resolve(s);
-          }
-        };
-        const onStatus = (s: NodeStatus) => check(s);
-        const timer = setTimeout(() => {
-          cleanup();
-          reject(new Error(`timed out waiting for ${id}: ${what}; last status ${JSON.stringify(agent.status(id))}`));
-        }, ms);
-        const cleanup = () => {
-          clearTimeout(timer);
-          agent.off('status', onStatus);
-        };
-        agent.on('status', onStatus);
-        check(agent.status(id));
-      });
+      return untilStatus(world.agent, id, pred, what, ms);
     },
     async restartAgent(extra) {
       await world.agent.stop();
@@ -92,4 +73,25 @@ export async function quickNode(world: World, hw: string, id: string, extra: Par
   await n.start();
   await world.until(id, () => true, 'hello');
   return n;
+}
+
+/** Resolves with the agent's status of `id` once pred holds (checked now and on every status event). */
+export function untilStatus(agent: Agent, id: string, pred: (s: NodeStatus) => boolean, what = 'condition', ms = 60_000): Promise<NodeStatus> {
+  return new Promise((resolve, reject) => {
+    const check = (s: NodeStatus | undefined) => {
+      if (s?.id !== id || !pred(s)) return;
+      cleanup();
+      resolve(s);
+    };
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`timed out waiting for ${id}: ${what}; last status ${JSON.stringify(agent.status(id))}`));
+    }, ms);
+    const cleanup = () => {
+      clearTimeout(timer);
+      agent.off('status', check);
+    };
+    agent.on('status', check);
+    check(agent.status(id));
+  });
 }
