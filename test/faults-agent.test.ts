@@ -1,8 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import mqtt from 'mqtt';
 import { Outbox } from '../agent/outbox.js';
@@ -15,6 +13,7 @@ import { demoImage } from '../cli/demo.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeWorld } from './helpers/world.js';
 import { runSeed, seeded } from './helpers/seeded.js';
+import { agentListening, startAgentProcess } from './helpers/agent-process.js';
 
 /**
  * Faults on the agent's side: killed with SIGKILL at seeded random moments of an update (a real
@@ -22,26 +21,8 @@ import { runSeed, seeded } from './helpers/seeded.js';
  * QoS 1 backlog; the message handler never waits for the network).
  */
 const HW = 'esp32-agentfault';
-const here = path.dirname(fileURLToPath(import.meta.url));
-const ferryBin = path.resolve(here, '../bin/ferry.js');
 const seed = runSeed(7031);
 t.comment(`seed ${seed} (FERRY_SEED=${seed} repeats this run)`);
-
-/** Resolves when a client subscribes to the nodes' up topics: the (re)started agent is listening. */
-function agentListening(broker: Awaited<ReturnType<typeof startBroker>>): Promise<void> {
-  return new Promise((resolve) => {
-    const on = (subs: { topic: string }[]) => {
-      if (!subs.some((s) => s.topic.endsWith('/up'))) return;
-      broker.aedes.off('subscribe', on);
-      resolve();
-    };
-    broker.aedes.on('subscribe', on);
-  });
-}
-
-function startAgentProcess(brokerUrl: string, dataDir: string, trust: string): ChildProcess {
-  return spawn(process.execPath, [ferryBin, 'agent', '--broker', brokerUrl, '--data-dir', dataDir, '--trust', trust], { stdio: ['ignore', 'ignore', 'pipe'] });
-}
 
 /** Resolves with the node's retained status once pred holds. */
 function statusUntil(brokerUrl: string, id: string, pred: (s: { state: string; runningVersion: string }) => boolean): Promise<{ state: string; runningVersion: string }> {

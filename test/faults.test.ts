@@ -8,6 +8,7 @@ import type { StoredEvent } from '../agent/store.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeWorld, type World } from './helpers/world.js';
 import { runSeed, seeded } from './helpers/seeded.js';
+import { onChunkFraction } from './helpers/agent-process.js';
 
 /**
  * Faults between the agent and its nodes (issue 3): links cut at random byte offsets, a stalled
@@ -18,18 +19,6 @@ import { runSeed, seeded } from './helpers/seeded.js';
 const HW = 'esp32-faults';
 const seed = runSeed(20250601);
 t.comment(`seed ${seed} (FERRY_SEED=${seed} repeats this run)`);
-
-function onChunkFraction(n: SimNode, fraction: number): Promise<void> {
-  return new Promise((resolve) => {
-    const on = (received: number, total: number) => {
-      if (received >= Math.max(1, Math.floor(total * fraction))) {
-        n.off('chunk', on);
-        resolve();
-      }
-    };
-    n.on('chunk', on);
-  });
-}
 
 function nextEvent(world: World, node: string | null, kind: string, pred: (e: StoredEvent) => boolean = () => true): Promise<StoredEvent> {
   return new Promise((resolve) => {

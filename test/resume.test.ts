@@ -1,8 +1,6 @@
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import mqtt from 'mqtt';
 import { SimNode } from '../device/node.js';
@@ -13,22 +11,9 @@ import { generateOperatorKey } from '../shared/manifest.js';
 import { demoImage } from '../cli/demo.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeWorld } from './helpers/world.js';
+import { onChunkFraction, startAgentProcess } from './helpers/agent-process.js';
 
 const HW = 'esp32-resume';
-const here = path.dirname(fileURLToPath(import.meta.url));
-const ferryBin = path.resolve(here, '../bin/ferry.js');
-
-function onChunkFraction(n: SimNode, fraction: number): Promise<void> {
-  return new Promise((resolve) => {
-    const on = (received: number, total: number) => {
-      if (received >= total * fraction) {
-        n.off('chunk', on);
-        resolve();
-      }
-    };
-    n.on('chunk', on);
-  });
-}
 
 t.test('three link drops mid-transfer: the node still ends updated', async (t) => {
   const world = await makeWorld();
@@ -91,10 +76,6 @@ t.test('broker restart mid-transfer: agent and node reconnect and finish', async
   const s = await world.until('br', (s) => s.state === 'confirmed', 'confirmed');
   t.equal(s.runningVersion, '1.1.0');
 });
-
-function startAgentProcess(brokerUrl: string, dataDir: string, trust: string): ChildProcess {
-  return spawn(process.execPath, [ferryBin, 'agent', '--broker', brokerUrl, '--data-dir', dataDir, '--trust', trust], { stdio: ['ignore', 'ignore', 'pipe'] });
-}
 
 t.test('agent killed with SIGKILL mid-transfer and restarted: the transfer continues', async (t) => {
   const broker = await startBroker();

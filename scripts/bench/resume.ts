@@ -11,11 +11,9 @@
  *
  *   node dist/scripts/bench/resume.js [--trials N] [--kill-trials N] [--size BYTES] [--kinds link,reboot,kill] [--seed S] [--json]
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { startBroker, type RunningBroker } from '../../broker/server.js';
 import { SimNode } from '../../device/node.js';
 import { ChunkBitmap } from '../../shared/bitmap.js';
@@ -25,11 +23,10 @@ import { publishRelease } from '../../operator/publish.js';
 import { demoImage } from '../../cli/demo.js';
 import { startFaultProxy, type FaultProxy } from '../../test/helpers/fault-proxy.js';
 import { seeded } from '../../test/helpers/seeded.js';
+import { agentListening, onChunkFraction, startAgentProcess } from '../../test/helpers/agent-process.js';
 
 type Kind = 'link' | 'reboot' | 'kill';
 const KINDS: readonly Kind[] = ['link', 'reboot', 'kill'];
-const here = path.dirname(fileURLToPath(import.meta.url));
-const ferryBin = path.resolve(here, '../../bin/ferry.js');
 const WINDOW = 16;
 const MAX_MESSAGE = 1024;
 const TRIAL_TIMEOUT_MS = 60_000;
@@ -135,22 +132,6 @@ function referee(broker: RunningBroker): Map<string, Tally> {
   return tallies;
 }
 
-function startAgent(brokerUrl: string, dataDir: string, trust: string): ChildProcess {
-  return spawn(process.execPath, [ferryBin, 'agent', '--broker', brokerUrl, '--data-dir', dataDir, '--trust', trust], { stdio: 'ignore' });
-}
-
-/** Resolves when a client subscribes to the nodes' up topics: the (re)started agent listens. */
-function agentListening(broker: RunningBroker): Promise<void> {
-  return new Promise((resolve) => {
-    const on = (subs: { topic: string }[]) => {
-      if (!subs.some((s) => s.topic.endsWith('/up'))) return;
-      broker.aedes.off('subscribe', on);
-      resolve();
-    };
-    broker.aedes.on('subscribe', on);
-  });
-}
-
 function statusReached(broker: RunningBroker, id: string, state: string): Promise<void> {
   return new Promise((resolve) => {
     const on = (packet: { topic: string; payload: unknown }) => {
@@ -164,18 +145,6 @@ function statusReached(broker: RunningBroker, id: string, state: string): Promis
       resolve();
     };
     broker.aedes.on('publish', on);
-  });
-}
-
-function onFraction(n: SimNode, f: number): Promise<void> {
-  return new Promise((resolve) => {
-    const on = (received: number, total: number) => {
-      if (received >= Math.max(1, Math.floor(total * f))) {
-        n.off('chunk', on);
-        resolve();
-      }
-    };
-    n.on('chunk', on);
   });
 }
 
@@ -226,7 +195,7 @@ async function main(): Promise<void> {
   fs.writeFileSync(pub, key.publicKey.export({ format: 'pem', type: 'spki' }));
   const agentDir = path.join(dir, 'agent');
   let listening = agentListening(broker);
-  let agent = startAgent(broker.url, agentDir, pub);
+  let agent = startAgentProcess(broker.url, agentDir, pub);
   await listening;
   await publishRelease({ brokerUrl: broker.url, image: demoImage('bench', '1.1.0', size), hw: 'bench', version: '1.1.0', key: key.privateKey });
 
@@ -244,14 +213,14 @@ async function main(): Promise<void> {
         const done = statusReached(broker, id, 'confirmed');
         const at = 0.05 + 0.9 * random();
         await node.start();
-        await within(onFraction(node, at), TRIAL_TIMEOUT_MS, diag);
+        await within(onChunkFraction(node, at), TRIAL_TIMEOUT_MS, diag);
         if (kind === 'link') proxy.dropAll();
         else if (kind === 'reboot') await node.powerCut();
         else {
           agent.kill('SIGKILL');
           await new Promise((r) => agent.once('exit', r));
           listening = agentListening(broker);
-          agent = startAgent(broker.url, agentDir, pub);
+          agent = startAgentProcess(broker.url, agentDir, pub);
         }
         await within(done, TRIAL_TIMEOUT_MS, diag);
         await node.stop();
