@@ -1,0 +1,41 @@
+import { sdiff, signExtend, u32, type InstructionCodec, type Reference } from './codec.js';
+
+/**
+ * Xtensa (ESP8266 LX106, ESP32 LX6/LX7), 24-bit little-endian instructions at any byte offset:
+ * CALL0/4/8/12 (op0 = 5), J (op0 = 6, n = 0) and L32R (op0 = 1, literal below the instruction).
+ */
+const op0 = (w: number): number => w & 0xf;
+const isCall = (w: number): boolean => op0(w) === 5;
+const isJump = (w: number): boolean => op0(w) === 6 && ((w >> 4) & 3) === 0;
+const isL32r = (w: number): boolean => op0(w) === 1;
+
+export const xtensa: InstructionCodec = {
+  align: 1,
+  decode(w: number, avail: number, at: number): Reference | undefined {
+    if (avail < 3) return undefined;
+    w &= 0xffffff;
+    if (isCall(w)) return { length: 3, target: u32((at & ~3) + signExtend(w >>> 6, 18) * 4 + 4), exact: true };
+    if (isJump(w)) return { length: 3, target: u32(at + 4 + signExtend(w >>> 6, 18)), exact: true };
+    if (isL32r(w)) return { length: 3, target: u32(((at + 3) & ~3) + ((w >>> 8) | 0xffff0000) * 4), exact: true };
+    return undefined;
+  },
+  encode(w: number, at: number, target: number): number | undefined {
+    w &= 0xffffff;
+    if (isCall(w)) {
+      const off = sdiff(target, u32((at & ~3) + 4));
+      if (off & 3 || off < -(1 << 19) || off >= 1 << 19) return undefined;
+      return (w & 0x3f) | (((off >> 2) & 0x3ffff) << 6);
+    }
+    if (isJump(w)) {
+      const off = sdiff(target, at + 4);
+      if (off < -(1 << 17) || off >= 1 << 17) return undefined;
+      return (w & 0x3f) | ((off & 0x3ffff) << 6);
+    }
+    if (isL32r(w)) {
+      const off = sdiff(target, u32((at + 3) & ~3));
+      if (off & 3 || off >= 0 || off < -(1 << 18)) return undefined;
+      return (w & 0xff) | (((off >> 2) & 0xffff) << 8);
+    }
+    return undefined;
+  },
+};
