@@ -30,7 +30,9 @@ export interface CreatePatchOptions {
   pointerPrediction?: boolean;
   /**
    * Instruction set whose PC-relative references and pointers are predicted (format version 3):
-   * `auto` (default) detects it from the images (detect.ts), `none` makes a version 2 patch.
+   * `auto` detects it from the images (detect.ts); `none` (the default, readable by every
+   * delta-capable node) makes a version 2 patch. Only name one the receiving node announces
+   * (choose.ts, deltaArchFor).
    * Every candidate the option allows is made and the smallest patch is kept, so asking for a
    * transform never makes a patch larger than leaving it out.
    */
@@ -85,7 +87,7 @@ export function candidates(oldImage: Uint8Array, newImage: Uint8Array, opts: Cre
     predictor: () => new Predictor({ espPointers: true, pointerRange: [0, 0], codec: undefined, loadAddress: 0 }),
   });
   if (esp) list.push(v2Esp());
-  const want = opts.arch ?? 'auto';
+  const want = opts.arch ?? 'none';
   if (want === 'none') return list;
   const size = Math.max(oldImage.length, newImage.length);
   const layout = want === 'auto' ? detectImage(newImage, size) : layoutFor(want, newImage, size);

@@ -27,14 +27,17 @@ const u16 = (b: Uint8Array, at: number): number => b[at] | (b[at + 1] << 8);
 const ESP_RISCV_CHIPS = new Set([5, 12, 13, 16, 18, 20, 23]);
 
 function espImage(b: Uint8Array): ImageLayout | undefined {
-  if (b.length < 24 || b[0] !== 0xe9) return undefined;
+  // Magic, 1..16 segments, a known SPI mode (0..5), an entry point in the 0x40/0x42 code regions.
+  if (b.length < 24 || b[0] !== 0xe9 || b[1] === 0 || b[1] > 16 || b[2] > 5) return undefined;
   const entry = u32(b, 4);
+  if (entry >>> 24 !== 0x40 && entry >>> 24 !== 0x42) return undefined;
   // ESP8266: no extended header; entry in IRAM 0x401xxxxx, and the irom0 text that follows the
   // IRAM segments is mapped at 0x40200000 + its flash offset.
   if (entry >>> 20 === 0x401) {
     return { arch: 'xtensa', loadAddress: 0x40200000, pointerRange: [0, 0], espPointers: true, format: 'ESP8266 image' };
   }
   const chip = u16(b, 12);
+  if (chip >= 0x40) return undefined;
   if (ESP_RISCV_CHIPS.has(chip)) return { arch: 'riscv', loadAddress: 0, pointerRange: [0x3c000000, 0x44000000], espPointers: false, format: `ESP32-family image, chip id ${chip} (RISC-V)` };
   return { arch: 'xtensa', loadAddress: 0, pointerRange: [0x3f400000, 0x40400000], espPointers: false, format: `ESP32-family image, chip id ${chip} (Xtensa)` };
 }
@@ -109,6 +112,7 @@ export function detectImage(image: Uint8Array, size = image.length): ImageLayout
 
 /** The layout to use for an explicitly chosen instruction set: detection's if it agrees, else a bare one. */
 export function layoutFor(arch: ArchName, image: Uint8Array, size = image.length): ImageLayout {
+  if (arch === 'none') return { ...NONE, format: 'not examined (arch none)' };
   const found = detectImage(image, size);
   if (found.arch === arch) return found;
   return { ...NONE, arch, format: `${arch} (forced; image looks like: ${found.format})` };
