@@ -6,13 +6,17 @@ import { NEED_INPUT, RawInflater, STREAM_END } from './inflate.js';
 
 const STREAM_NAMES = ['control', 'diff', 'extra'];
 
-/** The predictor a header asks for (docs/delta.md, "Pointer prediction", "Instruction prediction"). */
-export function predictorFor(h: PatchHeader): Predictor {
+/** The predictor a header asks for (docs/delta.md, "Prediction"); `readBaseWord` reads a u32 of the base. */
+export function predictorFor(h: PatchHeader, readBaseWord: (offset: number) => number): Predictor {
   return new Predictor({
+    table: h.version === 2 ? 'v2' : 'v3',
     espPointers: (h.transforms & Transform.pointerPrediction) !== 0,
     pointerRange: h.transforms & Transform.pointerRange ? h.pointerRange : [0, 0],
     codec: h.transforms & Transform.instructions ? codecFor(h.arch) : undefined,
+    forms: h.forms,
     loadAddress: h.loadAddress,
+    baseSize: h.baseSize,
+    readBaseWord,
   });
 }
 
@@ -185,7 +189,7 @@ export class PatchApplier {
       );
     }
     this.hdr = header;
-    if (header.transforms) this.predictor = predictorFor(header);
+    if (header.transforms) this.predictor = predictorFor(header, (offset) => this.baseWord(offset));
     this.streams = header.streamWindowBits.map((w) => new RawInflater(w, 1 << header.bufferBits));
     this.notePeak();
   }
@@ -309,6 +313,16 @@ export class PatchApplier {
 
   private tooLong(v: number): ProtocolError {
     return new ProtocolError(Reason.oversize, `patch output longer than declared: ${this.bytesProduced + v} bytes > new size ${this.hdr!.newSize}`);
+  }
+
+  /**
+   * A literal word of the base for the predictor: read directly (4 bytes from flash), leaving the
+   * sequential read buffer alone.
+   */
+  private baseWord(offset: number): number {
+    const got = this.opts.readOld(offset, 4);
+    if (got.length !== 4) throw new ProtocolError(Reason.deltaBaseMismatch, `old image read at ${offset} returned ${got.length} bytes, wanted 4: base image shorter than the patch says`);
+    return (got[0] | (got[1] << 8) | (got[2] << 16) | (got[3] << 24)) >>> 0;
   }
 
   private oldByte(pos: number): number {

@@ -2,7 +2,7 @@ import { constants, deflateRawSync } from 'node:zlib';
 import { ProtocolError, Reason } from '../errors.js';
 import { sha256 } from '../manifest.js';
 import { Arch, codecFor, Predictor, type ArchName } from './arch/index.js';
-import { ByteWriter, Coder, encodeHeader, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform } from './format.js';
+import { ByteWriter, Coder, encodeHeader, HEADER_SIZE, HEADER_SIZE_V3, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform } from './format.js';
 import { detectImage, layoutFor } from './detect.js';
 import { deflateOptimal } from './deflate.js';
 import { RawInflater, STREAM_END } from './inflate.js';
@@ -64,6 +64,7 @@ export interface Candidate {
   name: string;
   transforms: number;
   arch: number;
+  forms: number;
   loadAddress: number;
   pointerRange: [number, number];
   headerSize: number;
@@ -76,15 +77,18 @@ export interface Candidate {
  */
 export function candidates(oldImage: Uint8Array, newImage: Uint8Array, opts: CreatePatchOptions): Candidate[] {
   const esp = opts.pointerPrediction ?? true;
-  const list: Candidate[] = [{ name: 'none', transforms: 0, arch: 0, loadAddress: 0, pointerRange: [0, 0], headerSize: 88, predictor: () => undefined }];
+  const readBaseWord = (off: number): number => (oldImage[off] | (oldImage[off + 1] << 8) | (oldImage[off + 2] << 16) | (oldImage[off + 3] << 24)) >>> 0;
+  const list: Candidate[] = [{ name: 'none', transforms: 0, arch: 0, forms: 0, loadAddress: 0, pointerRange: [0, 0], headerSize: HEADER_SIZE, predictor: () => undefined }];
   const v2Esp = (): Candidate => ({
     name: 'esp8266 pointers',
     transforms: Transform.pointerPrediction,
     arch: 0,
+    forms: 0,
     loadAddress: 0,
     pointerRange: [0, 0],
-    headerSize: 88,
-    predictor: () => new Predictor({ espPointers: true, pointerRange: [0, 0], codec: undefined, loadAddress: 0 }),
+    headerSize: HEADER_SIZE,
+    predictor: () =>
+      new Predictor({ table: 'v2', espPointers: true, pointerRange: [0, 0], codec: undefined, forms: 0, loadAddress: 0, baseSize: oldImage.length, readBaseWord }),
   });
   if (esp) list.push(v2Esp());
   const want = opts.arch ?? 'none';
@@ -95,19 +99,27 @@ export function candidates(oldImage: Uint8Array, newImage: Uint8Array, opts: Cre
   const id = Arch[layout.arch];
   const ranged = layout.pointerRange[0] < layout.pointerRange[1];
   const usesEsp = esp && layout.espPointers;
-  const make = (name: string, code: boolean, pointers: boolean): Candidate => ({
-    name,
-    transforms: (code ? Transform.instructions : 0) | (pointers && ranged ? Transform.pointerRange : 0) | (pointers && usesEsp ? Transform.pointerPrediction : 0),
-    arch: code ? id : 0,
-    loadAddress: layout.loadAddress,
-    pointerRange: pointers && ranged ? layout.pointerRange : [0, 0],
-    headerSize: 100,
-    predictor: () =>
-      new Predictor({ espPointers: pointers && usesEsp, pointerRange: pointers && ranged ? layout.pointerRange : [0, 0], codec: code ? codecFor(id) : undefined, loadAddress: layout.loadAddress }),
-  });
-  list.push(make(`${layout.arch} instructions`, true, false));
-  if (ranged || usesEsp) list.push(make(`${layout.arch} instructions + pointers`, true, true));
-  if (ranged) list.push(make(`${layout.arch} pointers`, false, true));
+  const codec = codecFor(id)!;
+  const make = (forms: number, pointers: boolean): Candidate => {
+    const formNames = codec.forms.filter((_, k) => (forms >> k) & 1).join(', ');
+    const range: [number, number] = pointers && ranged ? layout.pointerRange : [0, 0];
+    return {
+      name: forms ? `${layout.arch} ${formNames}${pointers ? ' + pointers' : ''}` : `${layout.arch} pointers`,
+      transforms: (forms ? Transform.instructions : 0) | (pointers && ranged ? Transform.pointerRange : 0) | (pointers && usesEsp ? Transform.pointerPrediction : 0),
+      arch: forms ? id : 0,
+      forms,
+      loadAddress: layout.loadAddress,
+      pointerRange: range,
+      headerSize: HEADER_SIZE_V3,
+      predictor: () =>
+        new Predictor({ table: 'v3', espPointers: pointers && usesEsp, pointerRange: range, codec: forms ? codec : undefined, forms, loadAddress: layout.loadAddress, baseSize: oldImage.length, readBaseWord }),
+    };
+  };
+  // With pointers (where the image has any), every preset form mask; the first without pointers;
+  // pointers alone.
+  if (ranged || usesEsp) for (const forms of codec.presets) list.push(make(forms, true));
+  list.push(make(codec.presets[0], false));
+  if (ranged) list.push(make(0, true));
   return list;
 }
 
@@ -313,6 +325,7 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
     bufferBits: BUFFER_BITS,
     transforms: candidate.transforms,
     arch: candidate.arch,
+    forms: candidate.forms,
     loadAddress: candidate.loadAddress,
     pointerRange: candidate.pointerRange,
     baseSize: oldImage.length,

@@ -9,10 +9,10 @@ import { ProtocolError, Reason } from '../errors.js';
 export const MAGIC = Buffer.from('FRYD', 'ascii');
 /** Version this creator writes when a patch needs none of version 3's fields. */
 export const FORMAT_VERSION = 2;
-/** Version 3: version 2 plus an instruction set, a load address and a pointer range (100-byte header). */
+/** Version 3: version 2 plus an instruction set, its form mask, a load address and a pointer range (104-byte header). */
 export const FORMAT_VERSION_ARCH = 3;
 export const HEADER_SIZE = 88;
-export const HEADER_SIZE_V3 = 100;
+export const HEADER_SIZE_V3 = 104;
 /** The most header bytes an applier must hold. */
 export const MAX_HEADER_SIZE = HEADER_SIZE_V3;
 
@@ -44,6 +44,8 @@ export const Transform = {
 const KNOWN_TRANSFORMS: Record<number, number> = { 2: Transform.pointerPrediction, 3: Transform.pointerPrediction | Transform.pointerRange | Transform.instructions };
 /** Instruction sets a version 3 header may name (byte 11), see arch/index.ts. */
 const MAX_ARCH = 4;
+/** Reference forms each instruction set has (bits of header byte 96), see arch/*.ts `forms`. */
+const FORM_COUNTS = [0, 4, 3, 4, 2];
 
 export interface PatchHeader {
   version: number;
@@ -56,11 +58,12 @@ export interface PatchHeader {
   bufferBits: number;
   /** Transform flags, see `Transform`. */
   transforms: number;
-  /** Version 3 only (0 in version 2): instruction set (arch/index.ts `Arch`), load address, pointer range [lo, hi). */
+  /** Version 3 only (0 in version 2): instruction set (arch/index.ts `Arch`), its enabled forms, load address, pointer range [lo, hi). */
   arch: number;
+  forms: number;
   loadAddress: number;
   pointerRange: [number, number];
-  /** 88 (version 2) or 100 (version 3). */
+  /** 88 (version 2) or 104 (version 3). */
   headerSize: number;
   baseSize: number;
   newSize: number;
@@ -90,6 +93,7 @@ export function encodeHeader(h: Omit<PatchHeader, 'version' | 'windowBits' | 'he
     out.writeUInt32LE(h.loadAddress >>> 0, 84);
     out.writeUInt32LE(h.pointerRange[0] >>> 0, 88);
     out.writeUInt32LE(h.pointerRange[1] >>> 0, 92);
+    out[96] = h.forms;
   }
   out.writeUInt32LE(crc32(out.subarray(0, size - 4)), size - 4);
   return out;
@@ -137,6 +141,7 @@ export function readPatchHeader(bytes: Uint8Array): PatchHeader {
   let arch = 0;
   let loadAddress = 0;
   let pointerRange: [number, number] = [0, 0];
+  let forms = 0;
   if (version === FORMAT_VERSION) {
     if (b[11] !== 0) throw new ProtocolError(Reason.malformed, `reserved header byte 11 is ${b[11]}, must be 0`);
   } else {
@@ -151,10 +156,15 @@ export function readPatchHeader(bytes: Uint8Array): PatchHeader {
     if (ranged ? pointerRange[0] >= pointerRange[1] : pointerRange[0] !== 0 || pointerRange[1] !== 0) {
       throw new ProtocolError(Reason.malformed, `delta pointer range 0x${pointerRange[0].toString(16)}..0x${pointerRange[1].toString(16)} does not agree with transform flags 0x${b[6].toString(16)}`);
     }
+    forms = b[96];
+    if ((arch === 0) !== (forms === 0)) throw new ProtocolError(Reason.malformed, `delta form mask 0x${forms.toString(16)} does not agree with instruction set ${arch}`);
+    if (arch !== 0 && forms >= 1 << FORM_COUNTS[arch]) throw new ProtocolError(Reason.malformed, `delta form mask 0x${forms.toString(16)} names forms instruction set ${arch} does not have`);
+    if (b[97] !== 0 || b[98] !== 0 || b[99] !== 0) throw new ProtocolError(Reason.malformed, 'reserved header bytes 97..99 must be 0');
   }
   return {
     version,
     arch,
+    forms,
     loadAddress,
     pointerRange,
     headerSize: size,

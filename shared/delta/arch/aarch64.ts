@@ -14,12 +14,15 @@ const PAGE = 0xfff;
 
 export const aarch64: InstructionCodec = {
   align: 4,
+  forms: ['B/BL', 'ADR', 'ADRP', 'LDR (literal)'],
+  presets: [0b1111, 0b1011],
+  literalForms: 0,
   decode(w: number, avail: number, at: number): Reference | undefined {
     if (avail < 4) return undefined;
-    if (isBranch(w)) return { length: 4, target: u32(at + signExtend(w & 0x3ffffff, 26) * 4), exact: true };
-    if (isAdr(w)) return { length: 4, target: u32(at + adrImm(w)), exact: true };
-    if (isAdrp(w)) return { length: 4, target: u32((at & ~PAGE) + adrImm(w) * 4096), exact: false };
-    if (isLdrLiteral(w)) return { length: 4, target: u32(at + signExtend((w >>> 5) & 0x7ffff, 19) * 4), exact: true };
+    if (isBranch(w)) return { length: 4, target: u32(at + signExtend(w & 0x3ffffff, 26) * 4), exact: true, form: 0 };
+    if (isAdr(w)) return { length: 4, target: u32(at + adrImm(w)), exact: true, form: 1 };
+    if (isAdrp(w)) return { length: 4, target: u32((at & ~PAGE) + adrImm(w) * 4096), exact: false, form: 2 };
+    if (isLdrLiteral(w)) return { length: 4, target: u32(at + signExtend((w >>> 5) & 0x7ffff, 19) * 4), exact: true, form: 3 };
     return undefined;
   },
   encode(w: number, at: number, target: number): number | undefined {

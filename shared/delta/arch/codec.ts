@@ -13,11 +13,22 @@ export interface Reference {
   target: number;
   /** False for page-granular forms (ADRP, AUIPC): their target is not learned from. */
   exact: boolean;
+  /** Which of the codec's `forms` this is (bit `form` of the header's form mask enables it). */
+  form: number;
 }
 
 export interface InstructionCodec {
   /** Instruction alignment in bytes: references are looked for only at new-image offsets that are multiples of it. */
   readonly align: number;
+  /** Names of the reference forms, in form-mask bit order. */
+  readonly forms: readonly string[];
+  /** Form masks worth trying, best guess first (the creator makes each and keeps the smallest patch). */
+  readonly presets: readonly number[];
+  /**
+   * Forms that load a literal word at their target (Xtensa L32R): recognised only where the base
+   * word at the target is a pointer under the patch's pointer rules.
+   */
+  readonly literalForms: number;
   /**
    * The reference encoded by the first `avail` (1..4) bytes `bytes` (little-endian, bytes past
    * `avail` are 0) of an instruction at address `at`, or undefined.
@@ -28,6 +39,12 @@ export interface InstructionCodec {
    * registers), or undefined when the target is out of its range or misaligned for it.
    */
   encode(bytes: number, at: number, target: number): number | undefined;
+  /**
+   * For variable-length instruction sets: the length of the instruction whose first bytes are
+   * `bytes`, so the predictor can walk the base instruction by instruction (a linear sweep from
+   * the start of each copy) instead of trying every aligned position.
+   */
+  size?(bytes: number): number;
 }
 
 /** Two's-complement value of the low `bits` bits of `v`. */

@@ -29,5 +29,5 @@ export function codecFor(id: number): InstructionCodec | undefined {
   }
 }
 
-export { Predictor, isEspPointer, pageOf, PAGES, UNKNOWN, type PredictorConfig } from './predictor.js';
+export { Predictor, isEspPointer, TABLE, type PredictorConfig, type TableKind } from './predictor.js';
 export type { InstructionCodec, Reference } from './codec.js';

@@ -1,23 +1,20 @@
 import { u32, type InstructionCodec } from './codec.js';
 
 /**
- * The diff-byte predictor shared by patch creation and the applier (docs/delta.md, "Pointer
- * prediction" and "Instruction prediction"). At each copy byte the applier either predicts the new
- * byte from the base byte (plain bsdiff) or, where the base holds a pointer or a PC-relative
- * instruction, predicts a whole *unit* (2..4 bytes): the same word or instruction, re-aimed at
- * where its target has moved. Where targets moved is learned as the new image is produced: one
- * signed displacement per 2 KiB page of target addresses. Creator and applier run this same code,
- * so they cannot disagree.
+ * The diff-byte predictor shared by patch creation and the applier (docs/delta.md, "Prediction").
+ * At each copy byte the applier either predicts the new byte from the base byte (plain bsdiff) or,
+ * where the base holds a pointer or a PC-relative instruction, predicts a whole *unit* (2..4
+ * bytes): the same word or instruction, re-aimed at where its target has moved. Where targets moved
+ * is learned as the new image is produced: one signed displacement per page of target addresses.
+ * Creator and applier run this same code, so they cannot disagree.
  */
 
-/** Entries in the displacement table: one per 2 KiB of target address, modulo 512 KiB. */
-export const PAGES = 256;
-/** A page no reference has been seen into yet. */
-export const UNKNOWN = -0x80000000;
-
-export function pageOf(address: number): number {
-  return (address >>> 11) & (PAGES - 1);
-}
+/** Displacement table geometry: version 2 (ESP8266 pointers only) and version 3 patches. */
+export const TABLE = {
+  v2: { entries: 256, pageBits: 11, unknown: -0x80000000 },
+  v3: { entries: 1024, pageBits: 10, unknown: -0x8000 },
+} as const;
+export type TableKind = keyof typeof TABLE;
 
 /**
  * ESP8266 pointer classes (transform bit 0): flash-mapped code 0x402xxxxx, data RAM
@@ -29,14 +26,22 @@ export function isEspPointer(word: number): boolean {
 }
 
 export interface PredictorConfig {
+  /** Version 2 table (256 × int32, 2 KiB pages) or version 3 (1024 × int16, 1 KiB pages). */
+  table: TableKind;
   /** ESP8266 pointer classes (transform bit 0). */
   espPointers: boolean;
   /** Words w with lo <= w < hi (unsigned) are pointers; lo = hi = 0: none. */
   pointerRange: [number, number];
   /** Instruction codec, or undefined for none. */
   codec: InstructionCodec | undefined;
+  /** Bit k enables the codec's form k. */
+  forms: number;
   /** Address of the first byte of both images (PC-relative targets become addresses with it). */
   loadAddress: number;
+  /** Base image size (literal checks stay inside it). */
+  baseSize: number;
+  /** The little-endian u32 at a base offset (0 <= offset <= baseSize - 4); only for literal forms. */
+  readBaseWord: (offset: number) => number;
 }
 
 /** Reads base byte `oldPos + k` (k < 4, and k < the copy bytes left). */
@@ -45,58 +50,98 @@ export type OldByte = (k: number) => number;
 const Kind = { none: 0, pointer: 1, code: 2 } as const;
 
 export class Predictor {
-  private readonly table = new Int32Array(PAGES).fill(UNKNOWN);
+  private readonly table: Int32Array | Int16Array;
+  private readonly unknown: number;
+  private readonly pageBits: number;
+  private readonly pageMask: number;
+  private readonly pointers: boolean;
   private kind: number = Kind.none;
   private unitLength = 0;
   private oldWord = 0;
   private oldTarget = 0;
   private newAt = 0;
   private exact = false;
+  /** Linear sweep (codecs with size()): base bytes left in the current instruction, and the base offset expected next. */
+  private skip = 0;
+  private nextOld = -1;
   /** The predicted bytes of the unit begun last, little-endian. */
   predicted = 0;
   /** Units whose prediction differed from the base bytes (0: the predictor changed nothing). */
   changed = 0;
 
-  constructor(private readonly cfg: PredictorConfig) {}
+  constructor(private readonly cfg: PredictorConfig) {
+    const t = TABLE[cfg.table];
+    this.table = cfg.table === 'v2' ? new Int32Array(t.entries) : new Int16Array(t.entries);
+    this.table.fill(t.unknown);
+    this.unknown = t.unknown;
+    this.pageBits = t.pageBits;
+    this.pageMask = t.entries - 1;
+    this.pointers = cfg.espPointers || cfg.pointerRange[0] !== cfg.pointerRange[1];
+  }
 
-  /** Bytes a device needs for this predictor's state: the table only when something uses it. */
+  /** Bytes a device needs for this predictor's state (the table; the unit in flight is counted with the decoder state). */
   get workingMemory(): number {
-    const c = this.cfg;
-    return c.espPointers || c.codec || c.pointerRange[0] !== c.pointerRange[1] ? this.table.byteLength : 0;
+    return this.table.byteLength;
+  }
+
+  private page(address: number): number {
+    return (address >>> this.pageBits) & this.pageMask;
+  }
+
+  private learn(address: number, displacement: number): void {
+    // A version 3 entry is 16 bits: a displacement it cannot hold is forgotten rather than wrapped.
+    this.table[this.page(address)] = this.cfg.table === 'v3' && (displacement < -0x7fff || displacement > 0x7fff) ? this.unknown : displacement;
+  }
+
+  private isPointer(word: number): boolean {
+    const [lo, hi] = this.cfg.pointerRange;
+    return (this.cfg.espPointers && isEspPointer(word)) || (word >= lo && word < hi);
   }
 
   /**
    * At a copy byte that starts no unit in flight: the length of the unit that starts here (its
    * predicted bytes are then in `predicted`), or 0 when this byte is predicted from the base byte.
-   * `newPos` is the count of new-image bytes produced so far, `remaining` the copy bytes left
-   * counting this one.
+   * `oldPos` is the base offset of this byte, `newPos` the count of new-image bytes produced so
+   * far, `remaining` the copy bytes left counting this one.
    */
   begin(old: OldByte, oldPos: number, newPos: number, remaining: number): number {
     const cfg = this.cfg;
+    // A new copy (or one after extra bytes or a jump) restarts the sweep at an instruction boundary.
+    if (oldPos !== this.nextOld) this.skip = 0;
+    this.nextOld = oldPos + 1;
     const avail = remaining < 4 ? remaining : 4;
     let word = -1;
-    if (avail === 4 && newPos % 4 === 0 && (cfg.espPointers || cfg.pointerRange[0] !== cfg.pointerRange[1])) {
+    if (this.pointers && avail === 4 && newPos % 4 === 0) {
       word = u32(old(0) | (old(1) << 8) | (old(2) << 16) | (old(3) << 24));
-      const [lo, hi] = cfg.pointerRange;
-      if ((cfg.espPointers && isEspPointer(word)) || (word >= lo && word < hi)) {
-        const d = this.table[pageOf(word)];
+      if (this.isPointer(word)) {
+        const d = this.table[this.page(word)];
         this.kind = Kind.pointer;
         this.unitLength = 4;
         this.oldWord = word;
-        this.predicted = u32(word + (d === UNKNOWN ? 0 : d));
+        this.predicted = u32(word + (d === this.unknown ? 0 : d));
         if (this.predicted !== word) this.changed++;
+        this.skip = 0;
+        this.nextOld = oldPos + 4;
         return 4;
       }
     }
     const codec = cfg.codec;
-    if (!codec || newPos % codec.align !== 0) return 0;
+    if (!codec) return 0;
+    if (this.skip > 0) {
+      this.skip--;
+      return 0;
+    }
+    if (newPos % codec.align !== 0) return 0;
     let bytes = 0;
     if (word >= 0) bytes = word;
     else for (let k = 0; k < avail; k++) bytes |= old(k) << (8 * k);
     bytes = u32(bytes);
     // Both images start at loadAddress, so base and new offsets map to addresses alike.
     const ref = codec.decode(bytes, avail, u32(cfg.loadAddress + oldPos));
-    if (!ref) return 0;
+    if (!ref || !((cfg.forms >>> ref.form) & 1) || ((codec.literalForms >>> ref.form) & 1 && !this.literalIsPointer(ref.target))) {
+      if (codec.size) this.skip = codec.size(bytes) - 1;
+      return 0;
+    }
     const mask = ref.length === 4 ? 0xffffffff : (1 << (8 * ref.length)) - 1;
     this.kind = Kind.code;
     this.unitLength = ref.length;
@@ -104,25 +149,32 @@ export class Predictor {
     this.oldTarget = ref.target;
     this.exact = ref.exact;
     this.newAt = u32(cfg.loadAddress + newPos);
-    const d = this.table[pageOf(ref.target)];
-    const re = d === UNKNOWN ? undefined : codec.encode(this.oldWord, this.newAt, u32(ref.target + d));
+    this.nextOld = oldPos + ref.length;
+    const d = this.table[this.page(ref.target)];
+    const re = d === this.unknown ? undefined : codec.encode(this.oldWord, this.newAt, u32(ref.target + d));
     this.predicted = re === undefined ? this.oldWord : u32(re & mask);
     if (this.predicted !== this.oldWord) this.changed++;
     return ref.length;
+  }
+
+  /** A literal-loading form counts only where the base word it loads is a pointer. */
+  private literalIsPointer(target: number): boolean {
+    const off = u32(target - this.cfg.loadAddress);
+    return off + 4 <= this.cfg.baseSize && this.isPointer(u32(this.cfg.readBaseWord(off)));
   }
 
   /** The unit's actual new bytes (little-endian): learn where its target went. */
   end(actual: number): void {
     actual = u32(actual);
     if (this.kind === Kind.pointer) {
-      this.table[pageOf(this.oldWord)] = (actual - this.oldWord) | 0;
+      this.learn(this.oldWord, (actual - this.oldWord) | 0);
     } else if (this.kind === Kind.code && this.exact) {
       const codec = this.cfg.codec!;
       const ref = codec.decode(actual, this.unitLength, this.newAt);
       // Learn only from the same instruction re-aimed (same opcode and registers), not from
       // whatever else the new image holds here.
       if (ref && ref.length === this.unitLength && codec.encode(this.oldWord, this.newAt, ref.target) === actual) {
-        this.table[pageOf(this.oldTarget)] = (ref.target - this.oldTarget) | 0;
+        this.learn(this.oldTarget, (ref.target - this.oldTarget) | 0);
       }
     }
     this.kind = Kind.none;

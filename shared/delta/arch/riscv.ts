@@ -14,10 +14,15 @@ function jalOffset(w: number): number {
 
 export const riscv: InstructionCodec = {
   align: 2,
+  forms: ['JAL', 'AUIPC'],
+  presets: [0b11, 0b01],
+  literalForms: 0,
+  // Compressed (C extension) instructions are those whose two low bits are not 0b11.
+  size: (w: number): number => ((w & 3) === 3 ? 4 : 2),
   decode(w: number, avail: number, at: number): Reference | undefined {
     if (avail < 4) return undefined;
-    if (isJal(w)) return { length: 4, target: u32(at + jalOffset(w)), exact: true };
-    if (isAuipc(w)) return { length: 4, target: u32(at + (w & 0xfffff000)), exact: false };
+    if (isJal(w)) return { length: 4, target: u32(at + jalOffset(w)), exact: true, form: 0 };
+    if (isAuipc(w)) return { length: 4, target: u32(at + (w & 0xfffff000)), exact: false, form: 1 };
     return undefined;
   },
   encode(w: number, at: number, target: number): number | undefined {

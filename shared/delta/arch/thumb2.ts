@@ -11,6 +11,11 @@ const literalBase = (at: number): number => u32((at + 4) & ~3);
 
 export const thumb2: InstructionCodec = {
   align: 2,
+  forms: ['BL/B.W', 'LDR (literal)', 'LDR.W (literal)'],
+  presets: [0b111],
+  literalForms: 0,
+  // 32-bit instructions start with 0b11101, 0b11110 or 0b11111.
+  size: (w: number): number => ((w & 0xffff) >>> 11 >= 0x1d ? 4 : 2),
   decode(bytes: number, avail: number, at: number): Reference | undefined {
     const h1 = bytes & 0xffff;
     const h2 = bytes >>> 16;
@@ -19,12 +24,12 @@ export const thumb2: InstructionCodec = {
       const i1 = ~((h2 >> 13) ^ s) & 1;
       const i2 = ~((h2 >> 11) ^ s) & 1;
       const off = signExtend((s << 24) | (i1 << 23) | (i2 << 22) | ((h1 & 0x3ff) << 12) | ((h2 & 0x7ff) << 1), 25);
-      return { length: 4, target: u32(at + 4 + off), exact: true };
+      return { length: 4, target: u32(at + 4 + off), exact: true, form: 0 };
     }
-    if (avail >= 2 && (h1 & 0xf800) === 0x4800) return { length: 2, target: u32(literalBase(at) + (h1 & 0xff) * 4), exact: true };
+    if (avail >= 2 && (h1 & 0xf800) === 0x4800) return { length: 2, target: u32(literalBase(at) + (h1 & 0xff) * 4), exact: true, form: 1 };
     if (avail >= 4 && isLdrW(h1)) {
       const imm = h2 & 0xfff;
-      return { length: 4, target: u32(literalBase(at) + (h1 === 0xf8df ? imm : -imm)), exact: true };
+      return { length: 4, target: u32(literalBase(at) + (h1 === 0xf8df ? imm : -imm)), exact: true, form: 2 };
     }
     return undefined;
   },
