@@ -14,6 +14,7 @@ export function predictorFor(h: PatchHeader, readBaseWord: (offset: number) => n
     pointerRange: h.transforms & Transform.pointerRange ? h.pointerRange : [0, 0],
     codec: h.transforms & Transform.instructions ? codecFor(h.arch) : undefined,
     forms: h.forms,
+    fallback: h.fallback,
     loadAddress: h.loadAddress,
     baseSize: h.baseSize,
     readBaseWord,

@@ -61,6 +61,8 @@ export interface PatchHeader {
   /** Version 3 only (0 in version 2): instruction set (arch/index.ts `Arch`), its enabled forms, load address, pointer range [lo, hi). */
   arch: number;
   forms: number;
+  /** Version 3 only: fallback bits (arch/predictor.ts `Fallback`). */
+  fallback: number;
   loadAddress: number;
   pointerRange: [number, number];
   /** 88 (version 2) or 104 (version 3). */
@@ -94,6 +96,7 @@ export function encodeHeader(h: Omit<PatchHeader, 'version' | 'windowBits' | 'he
     out.writeUInt32LE(h.pointerRange[0] >>> 0, 88);
     out.writeUInt32LE(h.pointerRange[1] >>> 0, 92);
     out[96] = h.forms;
+    out[97] = h.fallback;
   }
   out.writeUInt32LE(crc32(out.subarray(0, size - 4)), size - 4);
   return out;
@@ -142,6 +145,7 @@ export function readPatchHeader(bytes: Uint8Array): PatchHeader {
   let loadAddress = 0;
   let pointerRange: [number, number] = [0, 0];
   let forms = 0;
+  let fallback = 0;
   if (version === FORMAT_VERSION) {
     if (b[11] !== 0) throw new ProtocolError(Reason.malformed, `reserved header byte 11 is ${b[11]}, must be 0`);
   } else {
@@ -159,12 +163,15 @@ export function readPatchHeader(bytes: Uint8Array): PatchHeader {
     forms = b[96];
     if ((arch === 0) !== (forms === 0)) throw new ProtocolError(Reason.malformed, `delta form mask 0x${forms.toString(16)} does not agree with instruction set ${arch}`);
     if (arch !== 0 && forms >= 1 << FORM_COUNTS[arch]) throw new ProtocolError(Reason.malformed, `delta form mask 0x${forms.toString(16)} names forms instruction set ${arch} does not have`);
-    if (b[97] !== 0 || b[98] !== 0 || b[99] !== 0) throw new ProtocolError(Reason.malformed, 'reserved header bytes 97..99 must be 0');
+    fallback = b[97];
+    if (fallback > 3) throw new ProtocolError(Reason.malformed, `unknown delta fallback flags 0x${fallback.toString(16)}`);
+    if (b[98] !== 0 || b[99] !== 0) throw new ProtocolError(Reason.malformed, 'reserved header bytes 98..99 must be 0');
   }
   return {
     version,
     arch,
     forms,
+    fallback,
     loadAddress,
     pointerRange,
     headerSize: size,

@@ -15,7 +15,7 @@ const PAGE = 0xfff;
 export const aarch64: InstructionCodec = {
   align: 4,
   forms: ['B/BL', 'ADR', 'ADRP', 'LDR (literal)'],
-  presets: [0b1111, 0b1011],
+  presets: [{ forms: 0b1111, fallback: 3 }, { forms: 0b1011, fallback: 3 }],
   literalForms: 0,
   decode(w: number, avail: number, at: number): Reference | undefined {
     if (avail < 4) return undefined;

@@ -22,8 +22,11 @@ export interface InstructionCodec {
   readonly align: number;
   /** Names of the reference forms, in form-mask bit order. */
   readonly forms: readonly string[];
-  /** Form masks worth trying, best guess first (the creator makes each and keeps the smallest patch). */
-  readonly presets: readonly number[];
+  /**
+   * Settings worth trying, best guess first (the creator makes each and keeps the smallest patch):
+   * form mask (header byte 96) and fallback bits (header byte 97).
+   */
+  readonly presets: readonly { forms: number; fallback: number }[];
   /**
    * Forms that load a literal word at their target (Xtensa L32R): recognised only where the base
    * word at the target is a pointer under the patch's pointer rules.

@@ -29,5 +29,5 @@ export function codecFor(id: number): InstructionCodec | undefined {
   }
 }
 
-export { Predictor, isEspPointer, TABLE, type PredictorConfig, type TableKind } from './predictor.js';
+export { Fallback, FALLBACK_PAGES, Predictor, isEspPointer, TABLE, type PredictorConfig, type TableKind } from './predictor.js';
 export type { InstructionCodec, Reference } from './codec.js';

@@ -9,10 +9,14 @@ import { u32, type InstructionCodec } from './codec.js';
  * Creator and applier run this same code, so they cannot disagree.
  */
 
-/** Displacement table geometry: version 2 (ESP8266 pointers only) and version 3 patches. */
+/**
+ * Displacement table geometry: version 2 (ESP8266 pointers only: 256 × int32, 2 KiB pages) and
+ * version 3 (2048 × int16, 512-byte pages: finer pages predict better, and 16-bit entries keep it at
+ * 4 KiB).
+ */
 export const TABLE = {
   v2: { entries: 256, pageBits: 11, unknown: -0x80000000 },
-  v3: { entries: 1024, pageBits: 10, unknown: -0x8000 },
+  v3: { entries: 2048, pageBits: 9, unknown: -0x8000 },
 } as const;
 export type TableKind = keyof typeof TABLE;
 
@@ -36,6 +40,8 @@ export interface PredictorConfig {
   codec: InstructionCodec | undefined;
   /** Bit k enables the codec's form k. */
   forms: number;
+  /** Version 3: `Fallback` bits, which units look at neighbouring pages when theirs is unknown. */
+  fallback: number;
   /** Address of the first byte of both images (PC-relative targets become addresses with it). */
   loadAddress: number;
   /** Base image size (literal checks stay inside it). */
@@ -43,6 +49,10 @@ export interface PredictorConfig {
   /** The little-endian u32 at a base offset (0 <= offset <= baseSize - 4); only for literal forms. */
   readBaseWord: (offset: number) => number;
 }
+
+/** Version 3 fallback (header byte 97): where a page is unknown, the nearest known page within this many. */
+export const FALLBACK_PAGES = 16;
+export const Fallback = { pointers: 1, instructions: 2 } as const;
 
 /** Reads base byte `oldPos + k` (k < 4, and k < the copy bytes left). */
 export type OldByte = (k: number) => number;
@@ -88,6 +98,23 @@ export class Predictor {
     return (address >>> this.pageBits) & this.pageMask;
   }
 
+  /**
+   * The displacement for a target: its page's, or (with fallback) that of the nearest known page,
+   * looking 1, 2, .. FALLBACK_PAGES pages below then above; `unknown` if none.
+   */
+  private displacement(address: number, fallback: boolean): number {
+    const p = this.page(address);
+    const d = this.table[p];
+    if (d !== this.unknown || !fallback) return d;
+    for (let k = 1; k <= FALLBACK_PAGES; k++) {
+      const below = this.table[(p - k) & this.pageMask];
+      if (below !== this.unknown) return below;
+      const above = this.table[(p + k) & this.pageMask];
+      if (above !== this.unknown) return above;
+    }
+    return this.unknown;
+  }
+
   private learn(address: number, displacement: number): void {
     // A version 3 entry is 16 bits: a displacement it cannot hold is forgotten rather than wrapped.
     this.table[this.page(address)] = this.cfg.table === 'v3' && (displacement < -0x7fff || displacement > 0x7fff) ? this.unknown : displacement;
@@ -114,7 +141,7 @@ export class Predictor {
     if (this.pointers && avail === 4 && newPos % 4 === 0) {
       word = u32(old(0) | (old(1) << 8) | (old(2) << 16) | (old(3) << 24));
       if (this.isPointer(word)) {
-        const d = this.table[this.page(word)];
+        const d = this.displacement(word, (cfg.fallback & Fallback.pointers) !== 0);
         this.kind = Kind.pointer;
         this.unitLength = 4;
         this.oldWord = word;
@@ -138,7 +165,8 @@ export class Predictor {
     bytes = u32(bytes);
     // Both images start at loadAddress, so base and new offsets map to addresses alike.
     const ref = codec.decode(bytes, avail, u32(cfg.loadAddress + oldPos));
-    if (!ref || !((cfg.forms >>> ref.form) & 1) || ((codec.literalForms >>> ref.form) & 1 && !this.literalIsPointer(ref.target))) {
+    // Version 3 takes only references into the image (0 <= target - loadAddress < base size).
+    if (!ref || !((cfg.forms >>> ref.form) & 1) || (cfg.table === 'v3' && u32(ref.target - cfg.loadAddress) >= cfg.baseSize) || ((codec.literalForms >>> ref.form) & 1 && !this.literalIsPointer(ref.target))) {
       if (codec.size) this.skip = codec.size(bytes) - 1;
       return 0;
     }
@@ -150,7 +178,7 @@ export class Predictor {
     this.exact = ref.exact;
     this.newAt = u32(cfg.loadAddress + newPos);
     this.nextOld = oldPos + ref.length;
-    const d = this.table[this.page(ref.target)];
+    const d = this.displacement(ref.target, (cfg.fallback & Fallback.instructions) !== 0);
     const re = d === this.unknown ? undefined : codec.encode(this.oldWord, this.newAt, u32(ref.target + d));
     this.predicted = re === undefined ? this.oldWord : u32(re & mask);
     if (this.predicted !== this.oldWord) this.changed++;

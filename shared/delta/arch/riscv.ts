@@ -15,7 +15,7 @@ function jalOffset(w: number): number {
 export const riscv: InstructionCodec = {
   align: 2,
   forms: ['JAL', 'AUIPC'],
-  presets: [0b11, 0b01],
+  presets: [{ forms: 0b11, fallback: 3 }, { forms: 0b01, fallback: 3 }],
   literalForms: 0,
   // Compressed (C extension) instructions are those whose two low bits are not 0b11.
   size: (w: number): number => ((w & 3) === 3 ? 4 : 2),

@@ -12,7 +12,7 @@ const literalBase = (at: number): number => u32((at + 4) & ~3);
 export const thumb2: InstructionCodec = {
   align: 2,
   forms: ['BL/B.W', 'LDR (literal)', 'LDR.W (literal)'],
-  presets: [0b111],
+  presets: [{ forms: 0b111, fallback: 3 }],
   literalForms: 0,
   // 32-bit instructions start with 0b11101, 0b11110 or 0b11111.
   size: (w: number): number => ((w & 0xffff) >>> 11 >= 0x1d ? 4 : 2),

@@ -16,7 +16,7 @@ export const xtensa: InstructionCodec = {
   forms: ['CALL0', 'CALL4/8/12', 'J', 'L32R'],
   // ESP8266 code uses the CALL0 ABI: CALL4/8/12 patterns there are false references. ESP32 code
   // (windowed ABI) calls with CALL8. J targets are local and rarely move on their own.
-  presets: [0b1001, 0b1011, 0b0001],
+  presets: [{ forms: 0b1001, fallback: 1 }, { forms: 0b1011, fallback: 1 }, { forms: 0b0001, fallback: 1 }],
   literalForms: 0b1000,
   // op0 8..13 are the 16-bit "narrow" instructions (code density option); the rest are 24-bit.
   size: (w: number): number => (op0(w) >= 8 && op0(w) <= 13 ? 2 : 3),
