@@ -1,25 +1,10 @@
 import { createHash, type Hash } from 'node:crypto';
 import { ProtocolError, Reason } from '../errors.js';
-import { codecFor, Predictor } from './arch/index.js';
-import { headerSizeOf, MAX_HEADER_SIZE, readPatchHeader, STREAM_COUNT, Transform, type PatchHeader } from './format.js';
+import { predictorFor, type Predictor } from './arch/index.js';
+import { headerSizeOf, MAX_HEADER_SIZE, readPatchHeader, STREAM_COUNT, type PatchHeader } from './format.js';
 import { NEED_INPUT, RawInflater, STREAM_END } from './inflate.js';
 
 const STREAM_NAMES = ['control', 'diff', 'extra'];
-
-/** The predictor a header asks for (docs/delta.md, "Prediction"); `readBaseWord` reads a u32 of the base. */
-export function predictorFor(h: PatchHeader, readBaseWord: (offset: number) => number): Predictor {
-  return new Predictor({
-    table: h.version === 2 ? 'v2' : 'v3',
-    espPointers: (h.transforms & Transform.pointerPrediction) !== 0,
-    pointerRange: h.transforms & Transform.pointerRange ? h.pointerRange : [0, 0],
-    codec: h.transforms & Transform.instructions ? codecFor(h.arch) : undefined,
-    forms: h.forms,
-    fallback: h.fallback,
-    loadAddress: h.loadAddress,
-    baseSize: h.baseSize,
-    readBaseWord,
-  });
-}
 
 /** Old-image bytes read per flash access: small, and diff bytes walk the old image sequentially. */
 export const OLD_BUFFER_BYTES = 256;

@@ -1,8 +1,10 @@
+import { Transform, type PatchHeader } from '../format.js';
 import { aarch64 } from './aarch64.js';
 import type { InstructionCodec } from './codec.js';
 import { riscv } from './riscv.js';
 import { thumb2 } from './thumb2.js';
 import { xtensa } from './xtensa.js';
+import { Predictor } from './predictor.js';
 
 /** Instruction sets a patch can predict (header byte 11 of a version 3 patch). */
 export const Arch = { none: 0, xtensa: 1, thumb2: 2, aarch64: 3, riscv: 4 } as const;
@@ -31,3 +33,18 @@ export function codecFor(id: number): InstructionCodec | undefined {
 
 export { Fallback, FALLBACK_PAGES, Predictor, isEspPointer, TABLE, type PredictorConfig, type TableKind } from './predictor.js';
 export type { InstructionCodec, Reference } from './codec.js';
+
+/** The predictor a header asks for (docs/delta.md, "Prediction"); `readBaseWord` reads a u32 of the base. */
+export function predictorFor(h: PatchHeader, readBaseWord: (offset: number) => number): Predictor {
+  return new Predictor({
+    table: h.version === 2 ? 'v2' : 'v3',
+    espPointers: (h.transforms & Transform.pointerPrediction) !== 0,
+    pointerRange: h.transforms & Transform.pointerRange ? h.pointerRange : [0, 0],
+    codec: h.transforms & Transform.instructions ? codecFor(h.arch) : undefined,
+    forms: h.forms,
+    fallback: h.fallback,
+    loadAddress: h.loadAddress,
+    baseSize: h.baseSize,
+    readBaseWord,
+  });
+}
