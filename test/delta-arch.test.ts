@@ -294,6 +294,15 @@ t.test('detectImage recognises ESP, ELF, Cortex-M and arm64 images and falls bac
   const arm64 = Buffer.alloc(128);
   arm64.write('ARM\x64', 0x38, 'latin1');
   t.equal(detectImage(arm64).arch, 'aarch64', 'arm64 Image header');
+  const stm32 = Buffer.alloc(256);
+  stm32.writeUInt32LE(0x20005000, 0);
+  for (let i = 1; i < 16; i++) stm32.writeUInt32LE(0x08000101 + i * 8, i * 4);
+  const cm = detectImage(stm32);
+  t.equal(cm.arch, 'thumb2', 'Cortex-M vector table: thumb2');
+  t.equal(cm.loadAddress, 0x08000000, 'flash base from the handlers');
+  t.same(cm.pointerRange, [0x08000000, 0x08010000], 'pointer range: the image, rounded up to 64 KiB');
+  stm32.writeUInt32LE(0x08000100, 4);
+  t.equal(detectImage(stm32).arch, 'none', 'an even (non-Thumb) reset vector is not a Cortex-M table');
   t.equal(detectImage(Buffer.alloc(4096)).arch, 'none', 'zeros: none');
   t.equal(detectImage(Buffer.alloc(3)).arch, 'none', 'three bytes: none');
 });
