@@ -1,10 +1,10 @@
 import { ProtocolError, Reason } from '../errors.js';
 
 /**
- * ferry delta format v2: fixed 88-byte header, then a body of frames that multiplex three raw
- * DEFLATE streams (docs/delta.md has the byte-by-byte layout). A fixed little-endian layout rather
- * than CBOR because the one consumer that matters is a C or MicroPython applier with a few KiB of
- * RAM: it reads 88 bytes into a struct.
+ * ferry delta format v2 and v3: a fixed 88-byte (v3: 104-byte) header, then a body of frames that
+ * multiplex three raw DEFLATE streams (docs/delta.md has the byte-by-byte layout). A fixed
+ * little-endian layout rather than CBOR because the one consumer that matters is a C or
+ * MicroPython applier with a few KiB of RAM: it reads the header into a struct.
  */
 export const MAGIC = Buffer.from('FRYD', 'ascii');
 /** Version this creator writes when a patch needs none of version 3's fields. */
