@@ -1,12 +1,12 @@
 import { parentPort } from 'node:worker_threads';
-import { applyPatch, createPatch } from '../shared/delta/index.js';
+import { applyPatch, createPatch, type ArchName } from '../shared/delta/index.js';
 
 /**
  * Runs patch creation off the agent's event loop: suffix sorting and the optimal-parse encoder take
  * seconds on a 600 KB image. Reports progress (at most every 5 %), then applies the new patch once:
  * a patch that does not rebuild the target exactly is an error, never a result.
  */
-parentPort?.on('message', (job: { id: number; base: Uint8Array; target: Uint8Array }) => {
+parentPort?.on('message', (job: { id: number; base: Uint8Array; target: Uint8Array; arch?: ArchName }) => {
   const port = parentPort!;
   const started = performance.now();
   let last = '';
@@ -17,7 +17,7 @@ parentPort?.on('message', (job: { id: number; base: Uint8Array; target: Uint8Arr
     port.postMessage({ id: job.id, progress: { phase, done, total } });
   };
   try {
-    const patch = createPatch(job.base, job.target, { onProgress: (done, total, phase) => progress(phase, done, total) });
+    const patch = createPatch(job.base, job.target, { arch: job.arch ?? 'none', onProgress: (done, total, phase) => progress(phase, done, total) });
     progress('verify', 0, 1);
     const { image } = applyPatch(job.base, patch);
     if (!Buffer.from(image.buffer, image.byteOffset, image.byteLength).equals(job.target)) {

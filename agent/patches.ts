@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { readPatchHeader } from '../shared/delta/index.js';
+import { ARCH_NAMES, readPatchHeader, type ArchName } from '../shared/delta/index.js';
 
 /** An image the cache makes patches from or to: its bytes and their SHA-256 (the catalog has both). */
 export interface PatchEnd {
@@ -51,8 +51,10 @@ export class PatchCache {
     fs.mkdirSync(this.dir, { recursive: true });
   }
 
-  private key(base: Buffer, target: Buffer): string {
-    return `${base.toString('hex').slice(0, 32)}-${target.toString('hex').slice(0, 32)}`;
+  /** One patch per pair and instruction set (`none`: version 2, which every delta node reads). */
+  private key(base: Buffer, target: Buffer, arch: ArchName): string {
+    const pair = `${base.toString('hex').slice(0, 32)}-${target.toString('hex').slice(0, 32)}`;
+    return arch === 'none' ? pair : `${pair}-${arch}`;
   }
 
   private file(key: string): string {
@@ -68,8 +70,8 @@ export class PatchCache {
    * The patch from `base` to `target` if it is already made (RAM, or disk checked against its
    * header), without starting a job.
    */
-  cached(baseDigest: Buffer, targetDigest: Buffer): Buffer | undefined {
-    const key = this.key(baseDigest, targetDigest);
+  cached(baseDigest: Buffer, targetDigest: Buffer, arch: ArchName = 'none'): Buffer | undefined {
+    const key = this.key(baseDigest, targetDigest, arch);
     const hit = this.memory.get(key);
     if (hit) return hit;
     const file = this.file(key);
@@ -92,16 +94,19 @@ export class PatchCache {
     return bytes;
   }
 
-  /** The patch from `base` to `target`, made once (in the worker) if it is not cached. */
-  get(base: PatchEnd, target: PatchEnd, onProgress?: PatchProgress): Promise<Buffer> {
-    const hit = this.cached(base.digest, target.digest);
+  /**
+   * The patch from `base` to `target`, made once (in the worker) if it is not cached. `arch` is the
+   * instruction set the receiving node predicts: `deltaArchFor(node caps, target image)`.
+   */
+  get(base: PatchEnd, target: PatchEnd, onProgress?: PatchProgress, arch: ArchName = 'none'): Promise<Buffer> {
+    const hit = this.cached(base.digest, target.digest, arch);
     if (hit) return Promise.resolve(hit);
-    const key = this.key(base.digest, target.digest);
+    const key = this.key(base.digest, target.digest, arch);
     const failure = this.failed.get(key);
     if (failure) return Promise.reject(new Error(failure));
     let p = this.inFlight.get(key);
     if (!p) {
-      p = this.create(base.image, target.image, onProgress).then(
+      p = this.create(base.image, target.image, arch, onProgress).then(
         ({ patch, seconds }) => {
           const file = this.file(key);
           const tmp = `${file}.${process.pid}.tmp`;
@@ -123,12 +128,14 @@ export class PatchCache {
     return p;
   }
 
-  /** Drops a patch a node could not apply, so the next node gets a freshly made one. */
+  /** Drops a patch a node could not apply (every instruction-set variant), so the next node gets a freshly made one. */
   forget(baseDigest: Buffer, targetDigest: Buffer): void {
-    const key = this.key(baseDigest, targetDigest);
-    this.memory.delete(key);
-    this.failed.delete(key);
-    fs.rmSync(this.file(key), { force: true });
+    for (const arch of ARCH_NAMES) {
+      const key = this.key(baseDigest, targetDigest, arch);
+      this.memory.delete(key);
+      this.failed.delete(key);
+      fs.rmSync(this.file(key), { force: true });
+    }
   }
 
   private remember(key: string, patch: Buffer): void {
@@ -137,12 +144,12 @@ export class PatchCache {
     if (this.memory.size > MEMORY_ENTRIES) this.memory.delete(this.memory.keys().next().value!);
   }
 
-  private create(base: Buffer, target: Buffer, onProgress?: PatchProgress): Promise<{ patch: Buffer; seconds: number }> {
+  private create(base: Buffer, target: Buffer, arch: ArchName, onProgress?: PatchProgress): Promise<{ patch: Buffer; seconds: number }> {
     const worker = this.worker ?? this.startWorker();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.jobs.set(id, { resolve, reject, onProgress });
-      worker.postMessage({ id, base, target });
+      worker.postMessage({ id, base, target, arch });
     });
   }
 

@@ -1,6 +1,8 @@
 import type { CommandModule } from 'yargs';
 import { applyPatch } from '../shared/delta/apply.js';
 import { createPatchWithStats, DEFAULT_WINDOW_BITS } from '../shared/delta/create.js';
+import { ARCH_NAMES, type ArchName } from '../shared/delta/arch/index.js';
+import { detectImage, layoutFor } from '../shared/delta/detect.js';
 import { MAX_WINDOW_BITS, MIN_WINDOW_BITS } from '../shared/delta/format.js';
 import { AtomicFile, sameFile } from './atomic-file.js';
 import { jsonOption, readFileOrFail, UsageError } from './common.js';
@@ -11,6 +13,7 @@ interface Args {
   new: string;
   out: string;
   'window-bits': number;
+  arch: ArchName | 'auto';
   json: boolean;
 }
 
@@ -28,6 +31,11 @@ export const diffCommand: CommandModule<object, Args> = {
         default: DEFAULT_WINDOW_BITS,
         describe: `DEFLATE window 2^N the node must hold (${MIN_WINDOW_BITS}..${MAX_WINDOW_BITS})`,
       })
+      .option('arch', {
+        choices: ['auto', ...ARCH_NAMES] as const,
+        default: 'auto' as const,
+        describe: 'instruction set to predict branches and pointers of (format version 3; the node must support it); auto detects ESP, ELF, Cortex-M and arm64 images, none makes a version 2 patch',
+      })
       .option('json', jsonOption)
       .check((argv) => {
         const wb = argv['window-bits'];
@@ -42,8 +50,11 @@ export const diffCommand: CommandModule<object, Args> = {
     const newImage = readFileOrFail(argv.new, 'new image');
     const started = performance.now();
     const bar = progressBar('diff', { quiet: argv.json });
+    const size = Math.max(oldImage.length, newImage.length);
+    const layout = argv.arch === 'auto' ? detectImage(newImage, size) : layoutFor(argv.arch, newImage, size);
     const { patch, stats } = createPatchWithStats(oldImage, newImage, {
       windowBits: argv['window-bits'],
+      arch: argv.arch,
       onProgress: (done, total, phase) => {
         if (phase === 'match') bar.update(done, total);
       },
@@ -70,6 +81,10 @@ export const diffCommand: CommandModule<object, Args> = {
       ratio: newImage.length ? patch.length / newImage.length : 0,
       seconds: Number(seconds.toFixed(3)),
       windowBits: argv['window-bits'],
+      arch: layout.arch,
+      image: layout.format,
+      transform: stats.transform,
+      formatVersion: check.result.header.version,
       peakApplyMemory: check.result.peakWorkingMemory,
       steps: stats.steps,
       copyBytes: stats.copyBytes,
@@ -80,6 +95,7 @@ export const diffCommand: CommandModule<object, Args> = {
     else {
       process.stdout.write(
         `patch ${argv.out}: ${patch.length} bytes, ${(summary.ratio * 100).toFixed(2)}% of the ${newImage.length}-byte new image; ` +
+          `image: ${layout.format}; transform: ${stats.transform} (format v${summary.formatVersion}); ` +
           `made in ${summary.seconds}s; applies in ${summary.peakApplyMemory} bytes of working memory\n`,
       );
     }

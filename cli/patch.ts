@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import type { CommandModule } from 'yargs';
 import { checkBase, PatchApplier } from '../shared/delta/apply.js';
-import { HEADER_SIZE, readPatchHeader } from '../shared/delta/format.js';
+import { MAX_HEADER_SIZE, readPatchHeader } from '../shared/delta/format.js';
 import { AtomicFile, sameFile } from './atomic-file.js';
 import { jsonOption, readFileOrFail } from './common.js';
 import { progressBar } from './progress.js';
@@ -41,8 +41,8 @@ export const patchCommand: CommandModule<object, Args> = {
     let file: AtomicFile | undefined;
     try {
       // The header alone says whether this patch fits OLD: check before writing anything.
-      const head = Buffer.alloc(HEADER_SIZE);
-      const got = fs.readSync(fd, head, 0, HEADER_SIZE, 0);
+      const head = Buffer.alloc(MAX_HEADER_SIZE);
+      const got = fs.readSync(fd, head, 0, MAX_HEADER_SIZE, 0);
       const header = readPatchHeader(head.subarray(0, got));
       checkBase(header, oldImage);
       file = new AtomicFile(argv.out);

@@ -1,6 +1,6 @@
 import { createHash, type Hash } from 'node:crypto';
 import { ProtocolError, Reason } from '../shared/errors.js';
-import { HEADER_SIZE, PatchApplier, readPatchHeader } from '../shared/delta/index.js';
+import { MAX_HEADER_SIZE, PatchApplier, readPatchHeader } from '../shared/delta/index.js';
 import { PowerCut, SECTOR_SIZE, type Flash } from './flash.js';
 import type { Partition } from './layout.js';
 
@@ -70,7 +70,7 @@ export class DeltaInstall {
     if (d.expectedSize > d.patchOffset) throw new ProtocolError(Reason.noSpace, `new image (${d.expectedSize} B) would overwrite the patch parked at ${d.patchOffset}`);
     let header;
     try {
-      header = readPatchHeader(d.flash.read(d.target.offset + d.patchOffset, Math.min(HEADER_SIZE, d.patchSize)));
+      header = readPatchHeader(d.flash.read(d.target.offset + d.patchOffset, Math.min(MAX_HEADER_SIZE, d.patchSize)));
     } catch (err) {
       if (err instanceof PowerCut) throw err;
       throw new ProtocolError(Reason.deltaFailed, (err as Error).message);

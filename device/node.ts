@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { KeyObject } from 'node:crypto';
 import mqtt, { type MqttClient } from 'mqtt';
+import { ALL_ARCH_CAPABILITIES } from '../shared/delta/choose.js';
 import { ProtocolError, Reason, reasonName } from '../shared/errors.js';
 import { verifyManifest, ManifestFlag, type Manifest } from '../shared/manifest.js';
 import {
@@ -205,7 +206,8 @@ export class SimNode extends EventEmitter {
   get capabilities(): number {
     // Recovery mode takes full images only: the running image is not a base to patch from.
     const delta = this.delta && !this.sys.recovery;
-    return (delta ? Capability.delta : 0) | (this.rollback ? Capability.rollback : 0) | Capability.antiRollback | (this.opts.deferActivation ? Capability.deferActivation : 0);
+    // The simulated node runs shared/delta's applier, which predicts every instruction set.
+    return (delta ? Capability.delta | ALL_ARCH_CAPABILITIES : 0) | (this.rollback ? Capability.rollback : 0) | Capability.antiRollback | (this.opts.deferActivation ? Capability.deferActivation : 0);
   }
 
   /** Boots from flash and connects. Resolves once the first Hello is out (or after 5 s of trying). */

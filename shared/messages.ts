@@ -57,6 +57,14 @@ export const Capability = {
   antiRollback: 4,
   /** Node may answer Activate with Report(stage=busy, retryAfter). */
   deferActivation: 8,
+  /**
+   * Delta format version 3 with instruction prediction for one instruction set (docs/delta.md,
+   * "Instruction prediction"), and its pointer ranges. Each implies `delta`.
+   */
+  deltaThumb2: 16,
+  deltaAarch64: 32,
+  deltaRiscv: 64,
+  deltaXtensa: 128,
 } as const;
 
 /** Stages a node reports. */

@@ -1,10 +1,13 @@
 /**
- * Delta patches on every firmware pair in the shared fixtures, in one run: ferry's patch size, % of
- * the new image, creation seconds and applier peak working memory, beside bsdiff, xdelta3 and
- * zstd --patch-from measured now (Debian tools, same flags as shared/bench/delta-measure.sh) and
- * detools' published figures for the ESP8266 pair.
+ * Delta patches on every firmware pair in the shared fixtures, in one run: ferry's patch size for
+ * each transform that applies to the pair (none, ESP8266 pointers, instruction prediction with and
+ * without pointers) and the one ferry picks (the smallest, and the smallest a version-2-only node
+ * can take), with % of the new image, creation seconds and applier peak working memory, beside
+ * bsdiff, xdelta3 and zstd --patch-from measured now (Debian tools, same flags as
+ * shared/bench/delta-measure.sh) and detools' published figures. The last column says whether
+ * ferry's pick is at most bsdiff's size.
  *
- *   node dist/scripts/bench/delta.js [--fixtures DIR] [--json]      (or FERRY_FIXTURES=DIR)
+ *   node dist/scripts/bench/delta.js [--fixtures DIR] [--pairs REGEX] [--json]      (or FERRY_FIXTURES=DIR)
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -12,7 +15,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { applyPatch } from '../../shared/delta/apply.js';
-import { createPatch } from '../../shared/delta/create.js';
+import { candidates, createPatchWithStats } from '../../shared/delta/create.js';
+import { detectImage } from '../../shared/delta/detect.js';
 
 interface Pair {
   name: string;
@@ -30,13 +34,36 @@ const PAIRS: Pair[] = [
   { name: 'foo old->new', old: 'foo/old', new: 'foo/new' },
 ];
 
-/** detools' published sizes for the ESP8266 pair (fixtures README and issue 5); not re-measured here. */
-const PUBLISHED = [
-  { method: 'detools esp_delta_ota (bsdiff+heatshrink) [published]', bytes: 96957, applyMemory: '720 B state' },
-  { method: 'detools bsdiff+lzma [published]', bytes: 71803, applyMemory: '~8 MiB' },
-  { method: 'HDiffPatch lzma [published]', bytes: 67432, applyMemory: '~100 KB' },
-  { method: 'detools hdiffpatch+lzma [published]', bytes: 65927, applyMemory: 'no device applier' },
-];
+/**
+ * Published or reference-measured figures (../shared/reference/delta.md; issue 15 for detools'
+ * data-format-aware figures); not re-measured here.
+ */
+const PUBLISHED: Record<string, { method: string; bytes: number; applyMemory: string }[]> = {
+  'mpy-esp8266': [
+    { method: 'detools esp_delta_ota (bsdiff+heatshrink) [published]', bytes: 96957, applyMemory: '720 B state' },
+    { method: 'detools bsdiff+lzma [published]', bytes: 71803, applyMemory: '~8 MiB' },
+    { method: 'detools bsdiff+lzma, xtensa-lx106 data format [published]', bytes: 71237, applyMemory: '~8 MiB' },
+    { method: 'HDiffPatch lzma [published]', bytes: 67432, applyMemory: '~100 KB' },
+    { method: 'detools hdiffpatch+lzma [published]', bytes: 65927, applyMemory: 'no device applier' },
+  ],
+  'synthesizer 1->2': [{ method: 'detools bsdiff+lzma [reference]', bytes: 1121, applyMemory: '~8 MiB' }],
+  shell: [
+    { method: 'detools bsdiff+lzma [reference]', bytes: 1742, applyMemory: '~8 MiB' },
+    { method: 'detools shell pair, plain [published, issue 15]', bytes: 1412, applyMemory: '~8 MiB' },
+    { method: 'detools shell pair, data format aware [published, issue 15]', bytes: 619, applyMemory: '~8 MiB' },
+  ],
+  programmer: [{ method: 'detools bsdiff+lzma [reference]', bytes: 1341, applyMemory: '~8 MiB' }],
+};
+
+/**
+ * What the Debian tools need to apply, from ../shared/reference/delta.md §4 (valgrind-measured on
+ * the ESP8266 pair; not re-measured here): none of them streams in bounded memory.
+ */
+const EXTERNAL_APPLY_MEMORY: Record<string, string> = {
+  'bsdiff (bzip2)': 'old+new + 3 bzip2 (12 MB) [ref]',
+  'xdelta3 -9 -S djw': '64 MiB window (68 MB) [ref]',
+  'zstd -19 --patch-from': 'whole old image (4.4 MB) [ref]',
+};
 
 interface Row {
   pair: string;
@@ -48,21 +75,23 @@ interface Row {
   ok: string;
 }
 
-function args(): { fixtures: string; json: boolean } {
+function args(): { fixtures: string; json: boolean; pairs: RegExp } {
   const argv = process.argv.slice(2);
   const here = path.dirname(fileURLToPath(import.meta.url));
   // dist/scripts/bench -> repo root -> ../shared/fixtures/firmware
   let fixtures = process.env.FERRY_FIXTURES ?? path.resolve(here, '../../../../shared/fixtures/firmware');
   let json = false;
+  let pairs = /./;
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--json') json = true;
+    else if (argv[i] === '--pairs' && argv[i + 1]) pairs = new RegExp(argv[++i]);
     else if (argv[i] === '--fixtures' && argv[i + 1]) fixtures = path.resolve(argv[++i]);
     else {
-      process.stderr.write(`delta bench: unknown argument ${argv[i]} (use --fixtures DIR, --json)\n`);
+      process.stderr.write(`delta bench: unknown argument ${argv[i]} (use --fixtures DIR, --pairs REGEX, --json)\n`);
       process.exit(2);
     }
   }
-  return { fixtures, json };
+  return { fixtures, json, pairs };
 }
 
 function have(tool: string): boolean {
@@ -81,12 +110,12 @@ function external(tool: string, create: string[], apply: string[], patch: string
 }
 
 function main(): void {
-  const { fixtures, json } = args();
+  const { fixtures, json, pairs } = args();
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-delta-bench-'));
   const rows: Row[] = [];
   const tools = { bsdiff: have('bsdiff') && have('bspatch'), xdelta3: have('xdelta3'), zstd: have('zstd') };
   try {
-    for (const pair of PAIRS) {
+    for (const pair of PAIRS.filter((p) => pairs.test(p.name))) {
       const oldFile = path.join(fixtures, pair.old);
       const newFile = path.join(fixtures, pair.new);
       if (!fs.existsSync(oldFile) || !fs.existsSync(newFile)) {
@@ -96,20 +125,34 @@ function main(): void {
       const oldImage = fs.readFileSync(oldFile);
       const newImage = fs.readFileSync(newFile);
       const pct = (n: number) => Number(((100 * n) / newImage.length).toFixed(2));
-      const t0 = performance.now();
-      const patch = createPatch(oldImage, newImage);
-      const createSeconds = (performance.now() - t0) / 1000;
-      // Applied in 1 KiB pieces through the streaming applier, as a node receiving chunks would.
-      const { image, result } = applyPatch(oldImage, patch, { pieceSize: 1024 });
-      rows.push({
-        pair: pair.name,
-        method: 'ferry v2 (3 raw DEFLATE streams, 2^9+2^12+2^12)',
-        bytes: patch.length,
-        pctNew: pct(patch.length),
-        createSeconds: Number(createSeconds.toFixed(3)),
-        applyMemory: `${result.peakWorkingMemory} B`,
-        ok: image.equals(newImage) ? 'yes' : 'NO',
-      });
+      const layout = detectImage(newImage, Math.max(oldImage.length, newImage.length));
+      // One patch per transform that applies (each made alone), then ferry's picks are the smallest.
+      const made: { name: string; bytes: number; version: number }[] = [];
+      for (const c of candidates(oldImage, newImage, { arch: 'auto' })) {
+        const t0 = performance.now();
+        const { patch } = createPatchWithStats(oldImage, newImage, { arch: 'auto', only: c.name });
+        const createSeconds = (performance.now() - t0) / 1000;
+        // Applied in 1 KiB pieces through the streaming applier, as a node receiving chunks would.
+        const { image, result } = applyPatch(oldImage, patch, { pieceSize: 1024 });
+        made.push({ name: c.name, bytes: patch.length, version: result.header.version });
+        rows.push({
+          pair: pair.name,
+          method: `ferry, transform: ${c.name} (v${result.header.version})`,
+          bytes: patch.length,
+          pctNew: pct(patch.length),
+          createSeconds: Number(createSeconds.toFixed(3)),
+          applyMemory: `${result.peakWorkingMemory} B`,
+          ok: image.equals(newImage) ? 'yes' : 'NO',
+        });
+      }
+      const pick = (list: typeof made) => list.reduce((a, b) => (b.bytes < a.bytes ? b : a));
+      const best = pick(made);
+      const v2 = pick(made.filter((m) => m.version === 2));
+      rows.push({ pair: pair.name, method: `ferry pick, node with capability 1 only: ${v2.name}`, bytes: v2.bytes, pctNew: pct(v2.bytes), createSeconds: null, applyMemory: '', ok: '' });
+      const v2Row = rows[rows.length - 1];
+      const who = layout.arch === 'none' ? 'no instruction set detected' : `node with the ${layout.arch} capability`;
+      rows.push({ pair: pair.name, method: `ferry pick, ${who}: ${best.name} [${layout.format}]`, bytes: best.bytes, pctNew: pct(best.bytes), createSeconds: null, applyMemory: '', ok: '' });
+      const bestRow = rows[rows.length - 1];
       const p = path.join(work, 'patch');
       const o = path.join(work, 'out');
       const measured: [string, boolean, () => ReturnType<typeof external>][] = [
@@ -123,12 +166,13 @@ function main(): void {
           continue;
         }
         const r = run();
-        rows.push({ pair: pair.name, method, bytes: r.bytes, pctNew: pct(r.bytes), createSeconds: Number(r.seconds.toFixed(3)), applyMemory: 'not measured', ok: r.ok ? 'yes' : 'NO' });
-      }
-      if (pair.name.startsWith('mpy-esp8266')) {
-        for (const pub of PUBLISHED) {
-          rows.push({ pair: pair.name, method: pub.method, bytes: pub.bytes, pctNew: pct(pub.bytes), createSeconds: null, applyMemory: pub.applyMemory, ok: '' });
+        rows.push({ pair: pair.name, method, bytes: r.bytes, pctNew: pct(r.bytes), createSeconds: Number(r.seconds.toFixed(3)), applyMemory: EXTERNAL_APPLY_MEMORY[method] ?? '-', ok: r.ok ? 'yes' : 'NO' });
+        if (method.startsWith('bsdiff')) {
+          for (const [row, bytes] of [[bestRow, best.bytes], [v2Row, v2.bytes]] as const) row.ok = bytes <= r.bytes ? `<= bsdiff (${r.bytes})` : `LARGER than bsdiff (${r.bytes})`;
         }
+      }
+      for (const pub of PUBLISHED[pair.name] ?? PUBLISHED[pair.name.split(' ')[0]] ?? []) {
+        rows.push({ pair: pair.name, method: pub.method, bytes: pub.bytes, pctNew: pct(pub.bytes), createSeconds: null, applyMemory: pub.applyMemory, ok: '' });
       }
     }
   } finally {

@@ -1,24 +1,10 @@
 import { createHash, type Hash } from 'node:crypto';
 import { ProtocolError, Reason } from '../errors.js';
-import { HEADER_SIZE, readPatchHeader, STREAM_COUNT, Transform, type PatchHeader } from './format.js';
+import { predictorFor, type Predictor } from './arch/index.js';
+import { headerSizeOf, MAX_HEADER_SIZE, readPatchHeader, STREAM_COUNT, type PatchHeader } from './format.js';
 import { NEED_INPUT, RawInflater, STREAM_END } from './inflate.js';
 
 const STREAM_NAMES = ['control', 'diff', 'extra'];
-
-/**
- * Words pointer prediction treats as pointers (docs/delta.md): ESP8266 flash-mapped code
- * 0x402xxxxx, data RAM 0x3FFExxxx..0x3FFFxxxx, instruction RAM 0x4010xxxx.
- */
-export function isPointer(word: number): boolean {
-  const hi = word >>> 16;
-  return word >>> 20 === 0x402 || hi === 0x3ffe || hi === 0x3fff || hi === 0x4010;
-}
-
-/** Pages of the displacement table: 256 entries, one per 2 KiB of target address (mod 512 KiB). */
-export const PREDICTION_PAGES = 256;
-export function predictionSlot(word: number): number {
-  return (word >>> 11) & (PREDICTION_PAGES - 1);
-}
 
 /** Old-image bytes read per flash access: small, and diff bytes walk the old image sequentially. */
 export const OLD_BUFFER_BYTES = 256;
@@ -60,8 +46,10 @@ const FRAME_STATE_BYTES = 16;
  */
 export class PatchApplier {
   private readonly opts: PatchApplierOptions;
-  private readonly headerBuf = new Uint8Array(HEADER_SIZE);
+  private readonly headerBuf = new Uint8Array(MAX_HEADER_SIZE);
   private headerFill = 0;
+  /** Header bytes this patch has (known once its version byte has arrived). */
+  private headerSize = MAX_HEADER_SIZE;
   private hdr: PatchHeader | undefined;
   private streams: RawInflater[] = [];
   private readonly oldBuf = new Uint8Array(OLD_BUFFER_BYTES);
@@ -83,16 +71,12 @@ export class PatchApplier {
   private frameShift = 0;
   private frameStream = 0;
   private frameLeft = 0;
-  /**
-   * Pointer prediction (transform 1): the last displacement seen for pointers into each 2 KiB page
-   * (old target >> 11, modulo 256), and the word in flight.
-   */
-  private readonly pageDelta = new Int32Array(PREDICTION_PAGES);
-  private predicted = 0;
+  /** Pointer and instruction prediction: the unit in flight (its length, bytes left, new bytes so far). */
+  private predictor: Predictor | undefined;
+  private unitLength = 0;
   private predictedLeft = 0;
-  private predictedSlot = 0;
-  private oldWord = 0;
   private newWord = 0;
+  private readonly peekOld = (k: number): number => this.oldByte(this.oldPos + k);
   private failure: Error | undefined;
   private finished = false;
   private peak = 0;
@@ -123,7 +107,7 @@ export class PatchApplier {
   }
 
   private notePeak(): void {
-    const table = this.hdr && this.hdr.transforms & Transform.pointerPrediction ? this.pageDelta.byteLength : 0;
+    const table = this.predictor?.workingMemory ?? 0;
     let now = table + this.headerBuf.byteLength + this.oldBuf.byteLength + this.outBuf.byteLength + SHA256_CONTEXT_BYTES + DECODER_STATE_BYTES + FRAME_STATE_BYTES;
     for (const s of this.streams) now += s.workingMemory;
     if (now > this.peak) this.peak = now;
@@ -134,14 +118,17 @@ export class PatchApplier {
     if (this.finished) throw new ProtocolError(Reason.deltaFailed, 'patch bytes pushed after finish()');
     try {
       let rest = piece;
-      if (!this.hdr) {
-        const take = Math.min(HEADER_SIZE - this.headerFill, rest.length);
+      while (!this.hdr && rest.length > 0) {
+        // Up to the version byte first: it says how long the header is.
+        const want = this.headerFill < 5 ? 5 : this.headerSize;
+        const take = Math.min(want - this.headerFill, rest.length);
         this.headerBuf.set(rest.subarray(0, take), this.headerFill);
         this.headerFill += take;
         rest = rest.subarray(take);
-        if (this.headerFill < HEADER_SIZE) return;
-        this.start(readPatchHeader(this.headerBuf));
+        if (this.headerFill === 5) this.headerSize = headerSizeOf(this.headerBuf);
+        if (this.headerFill === this.headerSize) this.start(readPatchHeader(this.headerBuf.subarray(0, this.headerSize)));
       }
+      if (!this.hdr) return;
       let i = 0;
       while (i < rest.length) {
         if (this.phase === Phase.done) throw new ProtocolError(Reason.deltaFailed, `corrupted patch: ${rest.length - i} bytes after the end of the DEFLATE streams`);
@@ -188,6 +175,7 @@ export class PatchApplier {
       );
     }
     this.hdr = header;
+    if (header.transforms) this.predictor = predictorFor(header, (offset) => this.baseWord(offset));
     this.streams = header.streamWindowBits.map((w) => new RawInflater(w, 1 << header.bufferBits));
     this.notePeak();
   }
@@ -247,25 +235,19 @@ export class PatchApplier {
   }
 
   /**
-   * The byte added to the diff byte for new-image byte `pos - oldPos + ...`: the old byte, or with
-   * pointer prediction on, the matching byte of (old word + last displacement of its class) for
-   * aligned words that look like Xtensa pointers (docs/delta.md, "Pointer prediction").
+   * The byte the diff byte is added to: the base byte, or with a predictor, the matching byte of the
+   * unit (pointer or instruction) that starts here or is in flight (docs/delta.md).
    */
   private predict(oldPos: number): number {
-    if (this.predictedLeft > 0) {
-      const k = 4 - this.predictedLeft;
-      return (this.predicted >>> (8 * k)) & 0xff;
-    }
-    const o = this.oldByte(oldPos);
-    if (!(this.hdr!.transforms & Transform.pointerPrediction) || this.bytesProduced % 4 !== 0 || this.remaining < 4) return o;
-    const word = (o | (this.oldByte(oldPos + 1) << 8) | (this.oldByte(oldPos + 2) << 16) | (this.oldByte(oldPos + 3) << 24)) >>> 0;
-    if (!isPointer(word)) return o;
-    this.predictedSlot = predictionSlot(word);
-    this.oldWord = word;
+    const p = this.predictor;
+    if (!p) return this.oldByte(oldPos);
+    if (this.predictedLeft > 0) return (p.predicted >>> (8 * (this.unitLength - this.predictedLeft))) & 0xff;
+    const n = p.begin(this.peekOld, oldPos, this.bytesProduced, this.remaining);
+    if (n === 0) return this.oldByte(oldPos);
+    this.unitLength = n;
+    this.predictedLeft = n;
     this.newWord = 0;
-    this.predicted = (word + this.pageDelta[this.predictedSlot]) >>> 0;
-    this.predictedLeft = 4;
-    return this.predicted & 0xff;
+    return p.predicted & 0xff;
   }
 
   private varint(b: number): void {
@@ -319,6 +301,16 @@ export class PatchApplier {
     return new ProtocolError(Reason.oversize, `patch output longer than declared: ${this.bytesProduced + v} bytes > new size ${this.hdr!.newSize}`);
   }
 
+  /**
+   * A literal word of the base for the predictor: read directly (4 bytes from flash), leaving the
+   * sequential read buffer alone.
+   */
+  private baseWord(offset: number): number {
+    const got = this.opts.readOld(offset, 4);
+    if (got.length !== 4) throw new ProtocolError(Reason.deltaBaseMismatch, `old image read at ${offset} returned ${got.length} bytes, wanted 4: base image shorter than the patch says`);
+    return (got[0] | (got[1] << 8) | (got[2] << 16) | (got[3] << 24)) >>> 0;
+  }
+
   private oldByte(pos: number): number {
     if (pos < this.oldBufStart || pos >= this.oldBufStart + this.oldBufLen) {
       const len = Math.min(this.oldBuf.length, this.hdr!.baseSize - pos);
@@ -333,8 +325,8 @@ export class PatchApplier {
 
   private out(b: number): void {
     if (this.predictedLeft > 0) {
-      this.newWord = (this.newWord | (b << (8 * (4 - this.predictedLeft)))) >>> 0;
-      if (--this.predictedLeft === 0) this.pageDelta[this.predictedSlot] = (this.newWord - this.oldWord) | 0;
+      this.newWord = (this.newWord | (b << (8 * (this.unitLength - this.predictedLeft)))) >>> 0;
+      if (--this.predictedLeft === 0) this.predictor!.end(this.newWord);
     }
     this.outBuf[this.outFill++] = b;
     if (this.outFill === this.outBuf.length) this.flush();
@@ -355,7 +347,7 @@ export class PatchApplier {
     if (this.finished) throw new ProtocolError(Reason.deltaFailed, 'finish() called twice');
     try {
       const header = this.hdr;
-      if (!header) throw new ProtocolError(Reason.deltaFailed, `truncated patch: only ${this.headerFill} of ${HEADER_SIZE} header bytes`);
+      if (!header) throw new ProtocolError(Reason.deltaFailed, `truncated patch: only ${this.headerFill} of ${this.headerSize} header bytes`);
       if (this.phase !== Phase.done) {
         throw new ProtocolError(Reason.deltaFailed, `truncated patch: compressed streams end early (${this.bytesProduced} of ${header.newSize} output bytes)`);
       }

@@ -1,8 +1,9 @@
 import { constants, deflateRawSync } from 'node:zlib';
 import { ProtocolError, Reason } from '../errors.js';
 import { sha256 } from '../manifest.js';
-import { isPointer, PREDICTION_PAGES, predictionSlot } from './apply.js';
-import { ByteWriter, Coder, encodeHeader, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform } from './format.js';
+import { Arch, codecFor, Fallback, Predictor, type ArchName } from './arch/index.js';
+import { ByteWriter, Coder, encodeHeader, HEADER_SIZE, HEADER_SIZE_V3, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform } from './format.js';
+import { detectImage, layoutFor } from './detect.js';
 import { deflateOptimal } from './deflate.js';
 import { RawInflater, STREAM_END } from './inflate.js';
 import { findSteps, type Step } from './match.js';
@@ -16,6 +17,11 @@ import { findSteps, type Step } from './match.js';
 export const DEFAULT_WINDOW_BITS = 13;
 /** Preferred window bits of the control, diff and extra streams. */
 const STREAM_WINDOW_BITS: [number, number, number] = [9, 12, 12];
+/**
+ * Version 3 patches: the extra stream's window drops to 2^11 so that the applier's 4 KiB
+ * displacement table fits the same 16 KiB (measured: +62 B on the ESP8266 pair's extra stream).
+ */
+const STREAM_WINDOW_BITS_V3: [number, number, number] = [9, 12, 11];
 /** Each stream's input buffer: 2^9 bytes. */
 const BUFFER_BITS = 9;
 
@@ -23,10 +29,21 @@ export interface CreatePatchOptions {
   /** Largest DEFLATE window (bits) any stream may use; default 13. */
   windowBits?: number;
   /**
-   * Xtensa pointer prediction on diff bytes; default on, and dropped by itself when it would change
-   * nothing (images without ESP8266-looking pointers), which spares the applier its 1 KiB table.
+   * ESP8266 pointer prediction on diff bytes (format version 2, transform bit 0); default on, and
+   * dropped by itself when it would change nothing, which spares the applier its 1 KiB table.
    */
   pointerPrediction?: boolean;
+  /**
+   * Instruction set whose PC-relative references and pointers are predicted (format version 3):
+   * `auto` detects it from the images (detect.ts); `none` (the default, readable by every
+   * delta-capable node) makes a version 2 patch. Only name one the receiving node announces
+   * (choose.ts, deltaArchFor).
+   * Every candidate the option allows is made and the smallest patch is kept, so asking for a
+   * transform never makes a patch larger than leaving it out.
+   */
+  arch?: ArchName | 'auto';
+  /** Make only the candidate transform with this name (stats.transform), for benchmarks; default: the smallest. */
+  only?: string;
   /** Called with bytes of the new image matched so far, then with the compression phase. */
   onProgress?: (done: number, total: number, phase: 'match' | 'compress') => void;
 }
@@ -43,6 +60,76 @@ export interface PatchStats {
   extraStreamBytes: number;
   frameHeaderBytes: number;
   frames: number;
+  /** The transform the patch uses, e.g. `none`, `esp8266 pointers`, `thumb2 + pointers`. */
+  transform: string;
+}
+
+/** One way of predicting the diff bytes, as the header will describe it. */
+export interface Candidate {
+  name: string;
+  transforms: number;
+  arch: number;
+  forms: number;
+  fallback: number;
+  loadAddress: number;
+  pointerRange: [number, number];
+  headerSize: number;
+  predictor: () => Predictor | undefined;
+}
+
+/**
+ * The transforms worth trying for this pair under `opts`: none, ESP8266 pointer prediction
+ * (version 2), and for an instruction set its instruction prediction with and without pointers.
+ */
+export function candidates(oldImage: Uint8Array, newImage: Uint8Array, opts: CreatePatchOptions): Candidate[] {
+  const esp = opts.pointerPrediction ?? true;
+  const readBaseWord = (off: number): number => (oldImage[off] | (oldImage[off + 1] << 8) | (oldImage[off + 2] << 16) | (oldImage[off + 3] << 24)) >>> 0;
+  const list: Candidate[] = [{ name: 'none', transforms: 0, arch: 0, forms: 0, fallback: 0, loadAddress: 0, pointerRange: [0, 0], headerSize: HEADER_SIZE, predictor: () => undefined }];
+  const v2Esp = (): Candidate => ({
+    name: 'esp8266 pointers',
+    transforms: Transform.pointerPrediction,
+    arch: 0,
+    forms: 0,
+    fallback: 0,
+    loadAddress: 0,
+    pointerRange: [0, 0],
+    headerSize: HEADER_SIZE,
+    predictor: () =>
+      new Predictor({ table: 'v2', espPointers: true, pointerRange: [0, 0], codec: undefined, forms: 0, fallback: 0, loadAddress: 0, baseSize: oldImage.length, readBaseWord }),
+  });
+  if (esp) list.push(v2Esp());
+  const want = opts.arch ?? 'none';
+  if (want === 'none') return list;
+  const size = Math.max(oldImage.length, newImage.length);
+  const layout = want === 'auto' ? detectImage(newImage, size) : layoutFor(want, newImage, size);
+  if (layout.arch === 'none') return list;
+  const id = Arch[layout.arch];
+  const ranged = layout.pointerRange[0] < layout.pointerRange[1];
+  const usesEsp = esp && layout.espPointers;
+  const codec = codecFor(id)!;
+  const make = (forms: number, fallback: number, pointers: boolean): Candidate => {
+    const formNames = codec.forms.filter((_, k) => (forms >> k) & 1).join(', ');
+    const range: [number, number] = pointers && ranged ? layout.pointerRange : [0, 0];
+    if (!pointers) fallback &= ~Fallback.pointers;
+    return {
+      name: forms ? `${layout.arch} ${formNames}${pointers ? ' + pointers' : ''}` : `${layout.arch} pointers`,
+      transforms: (forms ? Transform.instructions : 0) | (pointers && ranged ? Transform.pointerRange : 0) | (pointers && usesEsp ? Transform.pointerPrediction : 0),
+      arch: forms ? id : 0,
+      forms,
+      fallback,
+      loadAddress: layout.loadAddress,
+      pointerRange: range,
+      headerSize: HEADER_SIZE_V3,
+      predictor: () =>
+        new Predictor({ table: 'v3', espPointers: pointers && usesEsp, pointerRange: range, codec: forms ? codec : undefined, forms, fallback, loadAddress: layout.loadAddress, baseSize: oldImage.length, readBaseWord }),
+    };
+  };
+  // With pointers (where the image has any), every preset; the first without pointers; pointers alone.
+  const first = codec.presets[0];
+  if (ranged || usesEsp) for (const p of codec.presets) list.push(make(p.forms, p.fallback, true));
+  list.push(make(first.forms, first.fallback, false));
+  if (ranged) list.push(make(0, Fallback.pointers, true));
+  return list;
 }
 
 /** The three uncompressed streams of a patch (docs/delta.md, "Instructions"). */
@@ -50,37 +137,39 @@ export interface Streams {
   control: Buffer;
   diff: Buffer;
   extra: Buffer;
-  /** Pointer words whose prediction differed from the plain base word (0: the transform is moot). */
+  /** Units whose prediction differed from the plain base bytes (0: the transform is moot). */
   predictedWords: number;
 }
 
 /** Lays the steps out as the applier consumes them: see docs/delta.md, "Instructions". */
-export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly Step[], pointerPrediction: boolean): Streams {
+export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly Step[], predictor: Predictor | undefined): Streams {
   const control = new ByteWriter();
   const diff = Buffer.allocUnsafe(steps.reduce((n, s) => n + s.copyLen, 0));
   const extra = new ByteWriter();
-  const pageDelta = new Int32Array(PREDICTION_PAGES);
   const recent = [0, 0, 0, 0];
-  let predictedWords = 0;
   let d = 0;
   let newPos = 0;
   let oldPos = 0;
+  let base = 0;
+  const peek = (k: number): number => old[base + k];
   for (let s = 0; s < steps.length; s++) {
     const step = steps[s];
     control.uvarint(step.copyLen);
     const end = newPos + step.copyLen;
     const o0 = step.oldPos - newPos;
     for (let i = newPos; i < end; ) {
-      if (pointerPrediction && i % 4 === 0 && end - i >= 4) {
-        const ow = (old[i + o0] | (old[i + o0 + 1] << 8) | (old[i + o0 + 2] << 16) | (old[i + o0 + 3] << 24)) >>> 0;
-        if (isPointer(ow)) {
-          const nw = (target[i] | (target[i + 1] << 8) | (target[i + 2] << 16) | (target[i + 3] << 24)) >>> 0;
-          const slot = predictionSlot(ow);
-          if (pageDelta[slot] !== 0) predictedWords++;
-          const p = (ow + pageDelta[slot]) >>> 0;
-          for (let k = 0; k < 4; k++) diff[d++] = (target[i + k] - ((p >>> (8 * k)) & 0xff)) & 0xff;
-          pageDelta[slot] = (nw - ow) | 0;
-          i += 4;
+      if (predictor) {
+        base = i + o0;
+        const n = predictor.begin(peek, base, i, end - i);
+        if (n > 0) {
+          const p = predictor.predicted;
+          let actual = 0;
+          for (let k = 0; k < n; k++) {
+            diff[d++] = (target[i + k] - ((p >>> (8 * k)) & 0xff)) & 0xff;
+            actual |= target[i + k] << (8 * k);
+          }
+          predictor.end(actual >>> 0);
+          i += n;
           continue;
         }
       }
@@ -104,7 +193,7 @@ export function encodeSteps(old: Uint8Array, target: Uint8Array, steps: readonly
     recent.unshift(offset);
     recent.length = 4;
   }
-  return { control: control.result(), diff, extra: extra.result(), predictedWords };
+  return { control: control.result(), diff, extra: extra.result(), predictedWords: predictor?.changed ?? 0 };
 }
 
 /** Last step: leave the cursor inside the base image (it may have run past it with extra bytes). */
@@ -219,21 +308,57 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
     if (img.length > 0xffffffff) throw new ProtocolError(Reason.oversize, `${what} image of ${img.length} bytes exceeds the 4 GiB the format can describe`);
   }
   const steps = findSteps(oldImage, newImage, { onProgress: (d, t) => opts.onProgress?.(d, t, 'match') });
-  let raw = encodeSteps(oldImage, newImage, steps, opts.pointerPrediction ?? true);
-  // When no prediction differs from the base word (images without ESP8266 pointers), the diff bytes
-  // are the same without the transform, and the applier can skip its table.
-  const pointerPrediction = raw.predictedWords > 0;
-  if (!pointerPrediction && (opts.pointerPrediction ?? true)) raw = encodeSteps(oldImage, newImage, steps, false);
   opts.onProgress?.(0, 1, 'compress');
-  const streamWindowBits = STREAM_WINDOW_BITS.map((w) => Math.min(w, windowBits)) as [number, number, number];
-  const packed = [raw.control, raw.diff, raw.extra].map((data, i) => compress(data, streamWindowBits[i]));
+  const windows = (v3: boolean) => (v3 ? STREAM_WINDOW_BITS_V3 : STREAM_WINDOW_BITS).map((w) => Math.min(w, windowBits)) as [number, number, number];
+  // Every candidate transform shares the steps, so the control and extra streams are the same for
+  // all of them; only the diff stream (and, for version 3, the extra stream's window) differs. Each
+  // candidate's diff stream is compressed and the smallest patch kept: a transform is only used
+  // when it pays on this pair.
+  let control: Buffer | undefined;
+  const extras = new Map<number, Buffer>();
+  const extraFor = (raw: Streams, w: number): Buffer => {
+    let e = extras.get(w);
+    if (!e) extras.set(w, (e = compress(raw.extra, w)));
+    return e;
+  };
+  const list = candidates(oldImage, newImage, opts).filter((c) => opts.only === undefined || c.name === opts.only);
+  if (list.length === 0) throw new ProtocolError(Reason.badField, `no transform named ${opts.only} applies to these images`);
+  // Ranked first by zlib's quick estimate of the diff stream; only those within 3 % of the best
+  // estimate get the (slow) optimal encoder, which is most of the creation time.
+  const tried: { raw: Streams; candidate: Candidate; estimate: number }[] = [];
+  for (const candidate of list) {
+    const raw = encodeSteps(oldImage, newImage, steps, candidate.predictor());
+    // The same bytes as plain, and a table for nothing:
+    if (candidate.transforms !== 0 && raw.predictedWords === 0 && opts.only === undefined) continue;
+    const w = windows(candidate.headerSize !== HEADER_SIZE);
+    const estimate = deflateRawSync(raw.diff, { windowBits: w[1], level: 9, memLevel: 9 }).length + candidate.headerSize;
+    tried.push({ raw, candidate, estimate });
+  }
+  const cutoff = Math.min(...tried.map((c) => c.estimate)) * 1.03;
+  let best: { raw: Streams; diff: Buffer; size: number; candidate: Candidate } | undefined;
+  for (const { raw, candidate, estimate } of tried) {
+    if (estimate > cutoff) continue;
+    const w = windows(candidate.headerSize !== HEADER_SIZE);
+    control ??= compress(raw.control, w[0]);
+    const diff = compress(raw.diff, w[1]);
+    const size = diff.length + extraFor(raw, w[2]).length + candidate.headerSize;
+    if (!best || size < best.size) best = { raw, diff, size, candidate };
+  }
+  const { raw, diff, candidate } = best!;
+  const streamWindowBits = windows(candidate.headerSize !== HEADER_SIZE);
+  const packed = [control!, diff, extraFor(raw, streamWindowBits[2])];
   const { body, frames, headerBytes } = multiplex(steps, raw, packed, streamWindowBits, BUFFER_BITS);
   opts.onProgress?.(1, 1, 'compress');
   const header = encodeHeader({
     coder: Coder.deflateRaw,
     streamWindowBits,
     bufferBits: BUFFER_BITS,
-    transforms: pointerPrediction ? Transform.pointerPrediction : 0,
+    transforms: candidate.transforms,
+    arch: candidate.arch,
+    forms: candidate.forms,
+    fallback: candidate.fallback,
+    loadAddress: candidate.loadAddress,
+    pointerRange: candidate.pointerRange,
     baseSize: oldImage.length,
     newSize: newImage.length,
     baseDigest: sha256(oldImage),
@@ -257,6 +382,7 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
       extraStreamBytes: packed[2].length,
       frameHeaderBytes: headerBytes,
       frames,
+      transform: candidate.name,
     },
   };
 }

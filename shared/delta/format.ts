@@ -1,14 +1,20 @@
 import { ProtocolError, Reason } from '../errors.js';
 
 /**
- * ferry delta format v2: fixed 88-byte header, then a body of frames that multiplex three raw
- * DEFLATE streams (docs/delta.md has the byte-by-byte layout). A fixed little-endian layout rather
- * than CBOR because the one consumer that matters is a C or MicroPython applier with a few KiB of
- * RAM: it reads 88 bytes into a struct.
+ * ferry delta format v2 and v3: a fixed 88-byte (v3: 104-byte) header, then a body of frames that
+ * multiplex three raw DEFLATE streams (docs/delta.md has the byte-by-byte layout). A fixed
+ * little-endian layout rather than CBOR because the one consumer that matters is a C or
+ * MicroPython applier with a few KiB of RAM: it reads the header into a struct.
  */
 export const MAGIC = Buffer.from('FRYD', 'ascii');
+/** Version this creator writes when a patch needs none of version 3's fields. */
 export const FORMAT_VERSION = 2;
+/** Version 3: version 2 plus an instruction set, its form mask, a load address and a pointer range (104-byte header). */
+export const FORMAT_VERSION_ARCH = 3;
 export const HEADER_SIZE = 88;
+export const HEADER_SIZE_V3 = 104;
+/** The most header bytes an applier must hold. */
+export const MAX_HEADER_SIZE = HEADER_SIZE_V3;
 
 /** `2` = three raw DEFLATE streams (control, diff, extra) multiplexed in frames. */
 export const Coder = { deflateRaw: 2 } as const;
@@ -28,10 +34,18 @@ export const MAX_BUFFER_BITS = 12;
 
 /** Transform flags (header byte 6). */
 export const Transform = {
-  /** Xtensa literal-pool pointer prediction on diff bytes (docs/delta.md, "Pointer prediction"). */
+  /** ESP8266 pointer prediction on diff bytes (docs/delta.md, "Pointer prediction"). */
   pointerPrediction: 1,
+  /** Version 3: words inside the header's pointer range are predicted as pointers. */
+  pointerRange: 2,
+  /** Version 3: PC-relative instructions of the header's instruction set are predicted. */
+  instructions: 4,
 } as const;
-export const KNOWN_TRANSFORMS = Transform.pointerPrediction;
+const KNOWN_TRANSFORMS: Record<number, number> = { 2: Transform.pointerPrediction, 3: Transform.pointerPrediction | Transform.pointerRange | Transform.instructions };
+/** Instruction sets a version 3 header may name (byte 11), see arch/index.ts. */
+const MAX_ARCH = 4;
+/** Reference forms each instruction set has (bits of header byte 96), see arch/*.ts `forms`. */
+const FORM_COUNTS = [0, 4, 3, 4, 2];
 
 export interface PatchHeader {
   version: number;
@@ -44,52 +58,81 @@ export interface PatchHeader {
   bufferBits: number;
   /** Transform flags, see `Transform`. */
   transforms: number;
+  /** Version 3 only (0 in version 2): instruction set (arch/index.ts `Arch`), its enabled forms, load address, pointer range [lo, hi). */
+  arch: number;
+  forms: number;
+  /** Version 3 only: fallback bits (arch/predictor.ts `Fallback`). */
+  fallback: number;
+  loadAddress: number;
+  pointerRange: [number, number];
+  /** 88 (version 2) or 104 (version 3). */
+  headerSize: number;
   baseSize: number;
   newSize: number;
   baseDigest: Buffer;
   newDigest: Buffer;
 }
 
-export function encodeHeader(h: Omit<PatchHeader, 'version' | 'windowBits'>): Buffer {
-  const out = Buffer.alloc(HEADER_SIZE);
+/** Writes a version 2 header when no version 3 field is in use, else version 3. */
+export function encodeHeader(h: Omit<PatchHeader, 'version' | 'windowBits' | 'headerSize'>): Buffer {
+  const v3 = (h.transforms & ~Transform.pointerPrediction) !== 0 || h.arch !== 0;
+  const size = v3 ? HEADER_SIZE_V3 : HEADER_SIZE;
+  const out = Buffer.alloc(size);
   MAGIC.copy(out, 0);
-  out[4] = FORMAT_VERSION;
+  out[4] = v3 ? FORMAT_VERSION_ARCH : FORMAT_VERSION;
   out[5] = h.coder;
   out[6] = h.transforms;
   out[7] = h.bufferBits;
   out[8] = h.streamWindowBits[0];
   out[9] = h.streamWindowBits[1];
   out[10] = h.streamWindowBits[2];
-  out[11] = 0;
+  out[11] = h.arch;
   out.writeUInt32LE(h.baseSize, 12);
   out.writeUInt32LE(h.newSize, 16);
   h.baseDigest.copy(out, 20);
   h.newDigest.copy(out, 52);
-  out.writeUInt32LE(crc32(out.subarray(0, 84)), 84);
+  if (v3) {
+    out.writeUInt32LE(h.loadAddress >>> 0, 84);
+    out.writeUInt32LE(h.pointerRange[0] >>> 0, 88);
+    out.writeUInt32LE(h.pointerRange[1] >>> 0, 92);
+    out[96] = h.forms;
+    out[97] = h.fallback;
+  }
+  out.writeUInt32LE(crc32(out.subarray(0, size - 4)), size - 4);
   return out;
 }
 
 /**
- * Parses and checks the header at the start of a patch (only the first 88 bytes are needed), so a
- * node can compare baseDigest with the image it runs before it writes anything.
+ * Header size of the patch that starts with `bytes` (at least 5 of them): 88 for version 2, 100 for
+ * version 3. Throws on a wrong magic or an unknown version.
+ */
+export function headerSizeOf(bytes: Uint8Array): number {
+  if (bytes.length < 5) throw new ProtocolError(Reason.malformed, `truncated patch: header needs ${HEADER_SIZE} bytes, got ${bytes.length}`);
+  const magic = Buffer.from(bytes.buffer, bytes.byteOffset, 4);
+  if (!magic.equals(MAGIC)) {
+    throw new ProtocolError(Reason.malformed, `not a ferry delta patch: magic is ${magic.toString('hex')}, expected ${MAGIC.toString('hex')} ("FRYD")`);
+  }
+  if (bytes[4] === FORMAT_VERSION) return HEADER_SIZE;
+  if (bytes[4] === FORMAT_VERSION_ARCH) return HEADER_SIZE_V3;
+  throw new ProtocolError(Reason.malformed, `unknown delta format version ${bytes[4]} (this applier reads versions ${FORMAT_VERSION} and ${FORMAT_VERSION_ARCH})`);
+}
+
+/**
+ * Parses and checks the header at the start of a patch (only the first 88 or 100 bytes are
+ * needed), so a node can compare baseDigest with the image it runs before it writes anything.
  */
 export function readPatchHeader(bytes: Uint8Array): PatchHeader {
-  if (bytes.length < 5) {
-    throw new ProtocolError(Reason.malformed, `truncated patch: header needs ${HEADER_SIZE} bytes, got ${bytes.length}`);
+  const size = headerSizeOf(bytes);
+  if (bytes.length < size) {
+    throw new ProtocolError(Reason.malformed, `truncated patch: header needs ${size} bytes, got ${bytes.length}`);
   }
-  const b = Buffer.from(bytes.buffer, bytes.byteOffset, Math.min(bytes.length, HEADER_SIZE));
-  if (!b.subarray(0, 4).equals(MAGIC)) {
-    throw new ProtocolError(Reason.malformed, `not a ferry delta patch: magic is ${b.subarray(0, 4).toString('hex')}, expected ${MAGIC.toString('hex')} ("FRYD")`);
-  }
-  if (b[4] !== FORMAT_VERSION) throw new ProtocolError(Reason.malformed, `unknown delta format version ${b[4]} (this applier reads version ${FORMAT_VERSION})`);
-  if (bytes.length < HEADER_SIZE) {
-    throw new ProtocolError(Reason.malformed, `truncated patch: header needs ${HEADER_SIZE} bytes, got ${bytes.length}`);
-  }
-  const want = b.readUInt32LE(84);
-  const got = crc32(b.subarray(0, 84));
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, size);
+  const want = b.readUInt32LE(size - 4);
+  const got = crc32(b.subarray(0, size - 4));
   if (want !== got) throw new ProtocolError(Reason.malformed, `corrupted patch header: CRC-32 is ${got.toString(16)}, header says ${want.toString(16)}`);
   if (b[5] !== Coder.deflateRaw) throw new ProtocolError(Reason.malformed, `unknown delta compression ${b[5]} (known: 2 = multiplexed raw DEFLATE)`);
-  if (b[6] & ~KNOWN_TRANSFORMS) throw new ProtocolError(Reason.malformed, `unknown delta transform flags 0x${b[6].toString(16)}`);
+  const version = b[4];
+  if (b[6] & ~KNOWN_TRANSFORMS[version]) throw new ProtocolError(Reason.malformed, `unknown delta transform flags 0x${b[6].toString(16)} for version ${version}`);
   const bufferBits = b[7];
   if (bufferBits < MIN_BUFFER_BITS || bufferBits > MAX_BUFFER_BITS) {
     throw new ProtocolError(Reason.malformed, `delta buffer bits ${bufferBits} outside ${MIN_BUFFER_BITS}..${MAX_BUFFER_BITS}`);
@@ -98,9 +141,40 @@ export function readPatchHeader(bytes: Uint8Array): PatchHeader {
   for (const w of streamWindowBits) {
     if (w < MIN_WINDOW_BITS || w > MAX_WINDOW_BITS) throw new ProtocolError(Reason.malformed, `delta window bits ${w} outside ${MIN_WINDOW_BITS}..${MAX_WINDOW_BITS}`);
   }
-  if (b[11] !== 0) throw new ProtocolError(Reason.malformed, `reserved header byte 11 is ${b[11]}, must be 0`);
+  let arch = 0;
+  let loadAddress = 0;
+  let pointerRange: [number, number] = [0, 0];
+  let forms = 0;
+  let fallback = 0;
+  if (version === FORMAT_VERSION) {
+    if (b[11] !== 0) throw new ProtocolError(Reason.malformed, `reserved header byte 11 is ${b[11]}, must be 0`);
+  } else {
+    arch = b[11];
+    if (arch > MAX_ARCH) throw new ProtocolError(Reason.malformed, `unknown delta instruction set ${arch} (known: 0..${MAX_ARCH})`);
+    if ((arch !== 0) !== ((b[6] & Transform.instructions) !== 0)) {
+      throw new ProtocolError(Reason.malformed, `delta instruction set ${arch} does not agree with transform flags 0x${b[6].toString(16)}`);
+    }
+    loadAddress = b.readUInt32LE(84);
+    pointerRange = [b.readUInt32LE(88), b.readUInt32LE(92)];
+    const ranged = (b[6] & Transform.pointerRange) !== 0;
+    if (ranged ? pointerRange[0] >= pointerRange[1] : pointerRange[0] !== 0 || pointerRange[1] !== 0) {
+      throw new ProtocolError(Reason.malformed, `delta pointer range 0x${pointerRange[0].toString(16)}..0x${pointerRange[1].toString(16)} does not agree with transform flags 0x${b[6].toString(16)}`);
+    }
+    forms = b[96];
+    if ((arch === 0) !== (forms === 0)) throw new ProtocolError(Reason.malformed, `delta form mask 0x${forms.toString(16)} does not agree with instruction set ${arch}`);
+    if (arch !== 0 && forms >= 1 << FORM_COUNTS[arch]) throw new ProtocolError(Reason.malformed, `delta form mask 0x${forms.toString(16)} names forms instruction set ${arch} does not have`);
+    fallback = b[97];
+    if (fallback > 3) throw new ProtocolError(Reason.malformed, `unknown delta fallback flags 0x${fallback.toString(16)}`);
+    if (b[98] !== 0 || b[99] !== 0) throw new ProtocolError(Reason.malformed, 'reserved header bytes 98..99 must be 0');
+  }
   return {
-    version: b[4],
+    version,
+    arch,
+    forms,
+    fallback,
+    loadAddress,
+    pointerRange,
+    headerSize: size,
     coder: b[5] as CoderId,
     windowBits: Math.max(...streamWindowBits),
     streamWindowBits,

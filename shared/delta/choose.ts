@@ -1,0 +1,26 @@
+import { Capability } from '../messages.js';
+import type { ArchName } from './arch/index.js';
+import { detectImage } from './detect.js';
+
+/** The Hello capability bit that says a node's applier predicts this instruction set (format version 3). */
+export const ARCH_CAPABILITY: Record<Exclude<ArchName, 'none'>, number> = {
+  thumb2: Capability.deltaThumb2,
+  aarch64: Capability.deltaAarch64,
+  riscv: Capability.deltaRiscv,
+  xtensa: Capability.deltaXtensa,
+};
+
+/** Every instruction-set capability bit. */
+export const ALL_ARCH_CAPABILITIES = Object.values(ARCH_CAPABILITY).reduce((a, b) => a | b, 0);
+
+/**
+ * The instruction set to make a patch for, for a node announcing capability flags `caps`, updating
+ * to `target`: the one `target` is detected as (detect.ts) if the node says it applies it, else
+ * `none` (a version 2 patch, which every delta-capable node reads). Pass the result as
+ * `createPatch(base, target, { arch })` and as the patch cache's key.
+ */
+export function deltaArchFor(caps: number, target: Uint8Array): ArchName {
+  if (!(caps & Capability.delta)) return 'none';
+  const arch = detectImage(target).arch;
+  return arch !== 'none' && caps & ARCH_CAPABILITY[arch] ? arch : 'none';
+}
