@@ -1,6 +1,5 @@
-import { randomInt } from 'node:crypto';
 import { Reason, reasonName } from '../shared/errors.js';
-import { Capability, Encoding, ImageState, LIMITS, MsgType, negotiateChunkSize, type Ack, type Hello, type Report } from '../shared/messages.js';
+import { Capability, Encoding, ImageState, MsgType, type Ack, type Hello, type Report } from '../shared/messages.js';
 import type { Topics } from '../shared/topics.js';
 import { Admission } from './admission.js';
 import type { ReleaseCatalog } from './catalog.js';
@@ -10,6 +9,7 @@ import { blankRow, helloFacts, syncRow, updateFromRow } from './node-record.js';
 import { decide } from './offer-policy.js';
 import type { PatchCache } from './patches.js';
 import { PayloadChooser } from './payload.js';
+import { Sessions } from './sessions.js';
 import { RttEstimator } from './rtt.js';
 import { nodeStatus, type NodeStatus } from './status.js';
 import type { AgentStore } from './store.js';
@@ -26,8 +26,6 @@ export interface Clock {
 
 export const SYSTEM_CLOCK: Clock = { now: () => Date.now(), setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (t) => clearTimeout(t) };
 
-/** Delta refusals that say nothing against the patch itself (the node, the link or the slot was the problem). */
-const NOT_THE_PATCH: ReadonlySet<number> = new Set([Reason.deltaBaseMismatch, Reason.digestMismatch, Reason.noSpace]);
 
 /** One node: its stored row, its update machine, and the runtime pieces around them. */
 export interface NodeRuntime {
@@ -74,6 +72,7 @@ export class Updates {
   readonly nodes = new Map<string, NodeRuntime>();
   private readonly admission: Admission;
   private readonly payloads: PayloadChooser;
+  private readonly sessions: Sessions;
   private closed = false;
 
   constructor(private readonly d: UpdatesDeps) {
@@ -91,6 +90,7 @@ export class Updates {
       },
       closed: () => this.closed,
     });
+    this.sessions = new Sessions(d, this.payloads, (n, input) => this.input(n, input), () => this.closed);
     const now = d.clock.now();
     for (const row of d.store.nodes()) this.nodes.set(row.id, this.runtime(row, updateFromRow(row, d.catalog, now, d.cfg.deadlines.download)));
   }
@@ -140,26 +140,26 @@ export class Updates {
     const row = n.row;
     switch (e.kind) {
       case 'prepare':
-        this.prepare(n);
+        this.sessions.prepare(n);
         return;
       case 'open':
-        this.open(n, e.session, now);
+        this.sessions.open(n, e.session, now);
         return;
       case 'send':
-        if (e.msg === 'offer') this.sendOffer(n);
+        if (e.msg === 'offer') this.sessions.sendOffer(n);
         else if (n.update.session !== null) this.d.links.sendDown(row.id, { type: MsgType.activate, session: n.update.session });
         return;
       case 'cancel':
         this.d.links.sendDown(row.id, { type: MsgType.cancel, session: e.session, reason: Reason.cancelled });
         return;
       case 'pump':
-        this.pump(n);
+        this.sessions.pump(n);
         return;
       case 'persistBitmap':
         this.persistBitmap(n);
         return;
       case 'fallBackToFull':
-        this.fallBackToFull(n, e.reason, e.detail);
+        this.sessions.fallBackToFull(n, e.reason, e.detail);
         return;
       case 'dropTransfer':
         if (n.windowTimer) this.d.clock.clearTimeout(n.windowTimer);
@@ -235,105 +235,6 @@ export class Updates {
         this.input(n, this.admission.request(row.id) ? { kind: 'begin', release: d.release } : { kind: 'queue', release: d.release });
         return;
     }
-  }
-
-  /** Makes the payload ready (a delta may take a while, in a worker), then offers it. */
-  private prepare(n: NodeRuntime): void {
-    const row = n.row;
-    const gen = ++n.prepGen;
-    const release = this.d.catalog.get(n.update.target?.id);
-    const fail = (reason: number, detail: string) => queueMicrotask(() => gen === n.prepGen && this.input(n, { kind: 'finish', outcome: 'rejected', reason, detail }));
-    if (!release) return fail(Reason.badField, 'the release is no longer held by the agent');
-    let chunkSize: number;
-    try {
-      chunkSize = negotiateChunkSize(row.maxMessage, this.d.topics.down(row.id), this.d.cfg.maxChunk);
-    } catch (err) {
-      return fail(Reason.badField, (err as Error).message);
-    }
-    this.payloads.choose(row, release).then(
-      (payload) => {
-        if (gen !== n.prepGen || this.closed) return;
-        const count = Math.ceil(payload.bytes.length / chunkSize);
-        if (count > LIMITS.maxChunks) return fail(Reason.oversize, `payload needs ${count} chunks of ${chunkSize} B, limit ${LIMITS.maxChunks}`);
-        n.prepared = { payload, chunkSize };
-        this.input(n, { kind: 'prepared', release: release.row.id, session: randomInt(1, 0xffffffff) });
-      },
-      (err: Error) => this.d.log('error', `node ${row.id}: preparing payload: ${err.message}`),
-    );
-  }
-
-  private open(n: NodeRuntime, session: number, now: number): void {
-    const p = n.prepared;
-    const release = this.d.catalog.get(n.update.target?.id);
-    if (!p || !release) return;
-    n.prepared = undefined;
-    const row = n.row;
-    n.transfer = new Transfer(session, p.payload, p.chunkSize, row.window, n.rtt, this.d.cfg.resendBudget, now);
-    Object.assign(row, { payloadEncoding: p.payload.encoding, chunkSize: p.chunkSize, chunkCount: n.transfer.count, attempts: row.attempts + 1, bitmap: n.transfer.window.acked.toBytes() });
-    const what = p.payload.encoding === Encoding.delta ? `delta patch (${p.payload.bytes.length} B for a ${release.row.size} B image)` : `${release.row.size} B`;
-    this.d.log('info', `node ${row.id}: offering ${release.row.version}: ${what} in ${n.transfer.count} chunks of ${p.chunkSize} B`);
-  }
-
-  private sendOffer(n: NodeRuntime): void {
-    const t = n.transfer;
-    const release = this.d.catalog.get(n.update.target?.id);
-    if (!t || !release || n.update.session === null) return;
-    this.d.links.sendDown(n.row.id, {
-      type: MsgType.offer, session: n.update.session, offerId: n.update.offerId, manifest: release.row.manifest, encoding: t.payload.encoding,
-      payloadSize: t.payload.bytes.length, payloadDigest: t.payload.digest, chunkSize: t.chunkSize, baseDigest: t.payload.baseDigest,
-    });
-  }
-
-  /** Fills the window with chunks (within the resend budget) and arms the retransmission timer. */
-  private pump(n: NodeRuntime): void {
-    const t = n.transfer;
-    const p = n.update.phase;
-    if (!t || this.closed || !this.d.links.connected) return;
-    if ((p.kind !== 'downloading' && p.kind !== 'verifying') || p.answer) return;
-    const clock = this.d.clock;
-    const sentBefore = t.bytesSent;
-    const due = t.pump(clock.now(), (c) => this.d.links.sendDown(n.row.id, c, 0));
-    n.row.bytesSent += t.bytesSent - sentBefore;
-    n.row.retransmits = t.window.retransmits;
-    if (n.windowTimer) clock.clearTimeout(n.windowTimer);
-    n.windowTimer = due === undefined ? undefined : clock.setTimeout(() => this.onWindowTimeout(n), due + 1);
-  }
-
-  private onWindowTimeout(n: NodeRuntime): void {
-    n.windowTimer = undefined;
-    const t = n.transfer;
-    if (!t) return;
-    const due = t.window.nextDeadline(this.d.clock.now());
-    if (due === undefined || due > 0) {
-      this.pump(n); // the resend budget refilled: not an expiry
-      return;
-    }
-    n.silentExpiries++;
-    this.d.onWindowTimeout({ id: n.row.id, rto: n.rtt.rto, expiries: n.silentExpiries });
-    if (n.silentExpiries > this.d.cfg.maxControlRetries) {
-      // The node has gone quiet: stop spending airtime until it says hello again (or the deadline).
-      this.d.store.event(n.row.id, 'silent', 'transfer paused until the node returns');
-      t.window.resync(t.window.acked.toBytes());
-      return;
-    }
-    this.pump(n);
-  }
-
-  /**
-   * The node could not use the patch (base not what it runs, patch damaged in transit or on disk, no
-   * room for patch and image together): the full image follows, once. A patch that arrived intact on
-   * a node running its base and still failed is suspect itself, so the cache forgets it.
-   */
-  private fallBackToFull(n: NodeRuntime, reason: number, detail: string): void {
-    const row = n.row;
-    const why = `${reasonName(reason)}${detail ? `: ${detail}` : ''}`;
-    this.d.log('warn', `node ${row.id}: delta patch refused (${why}); falling back to the full image`);
-    this.d.store.event(row.id, 'delta-fallback', why);
-    const t = n.transfer;
-    const target = n.update.target;
-    if (!target) return;
-    if (t?.window.complete && !NOT_THE_PATCH.has(reason) && t.payload.baseDigest) this.d.patches.forget(t.payload.baseDigest, this.d.catalog.get(target.id)!.row.digest);
-    this.d.store.addRefusal(row.id, target.id, 'delta');
   }
 
   // ---- messages from nodes ------------------------------------------------------------------
@@ -431,7 +332,7 @@ export class Updates {
         if (n.transfer) {
           n.transfer.window.resync(n.transfer.window.acked.toBytes());
           this.input(n, { kind: 'resume' });
-        } else this.restore(n, release);
+        } else this.sessions.restore(n, release);
       } else if (p === 'preparing' || ((p === 'activating' || p === 'deferred') && n.update.session !== null)) {
         this.input(n, { kind: 'resume' });
       }
@@ -442,25 +343,6 @@ export class Updates {
     for (const n of waiting) this.admission.request(n.row.id);
     this.admitWaiting();
     for (const n of this.nodes.values()) n.statusDirty = true; // retained statuses may have been lost with the broker
-  }
-
-  /** Rebuilds the session's payload after a restart from what the row says it was. */
-  private restore(n: NodeRuntime, release: Release): void {
-    const row = n.row;
-    const session = n.update.session;
-    this.payloads.restore(row, release).then(
-      (payload) => {
-        // Rebuilding a patch can take a while: the node may have moved on (or been restarted) meanwhile.
-        if (this.closed || n.transfer || n.update.session !== session || session === null) return;
-        if (!payload || Math.ceil(payload.bytes.length / row.chunkSize) !== row.chunkCount) {
-          this.input(n, { kind: 'restart' });
-          return;
-        }
-        n.transfer = new Transfer(session, payload, row.chunkSize, row.window, n.rtt, this.d.cfg.resendBudget, this.d.clock.now(), row.bitmap ?? undefined);
-        this.input(n, { kind: 'resume' });
-      },
-      (err: Error) => this.d.log('error', `node ${row.id}: restoring payload: ${err.message}`),
-    );
   }
 
   /** Nodes to ask for a Hello after a (re)connect: all but those just poked with an Offer or Activate. */

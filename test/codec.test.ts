@@ -96,7 +96,7 @@ t.test('malformed and out-of-range input is rejected with a reason naming the fi
   rejects(t, () => decodeUp(encodeCbor([1, 2, 3])), Reason.malformed, /map/, 'array instead of map');
   rejects(t, () => decodeUp(encodeCbor(new Map<unknown, unknown>([['type', 1]]))), Reason.malformed, /key/, 'text keys');
   rejects(t, () => decodeUp(encodeCbor(new Map([[0, 99]]))), Reason.unknownType, /type 99/, 'unknown type');
-  rejects(t, () => decodeUp(encodeMessage(samples[6])), Reason.unknownType, /not a node/, 'offer on the up topic');
+  rejects(t, () => decodeUp(encodeMessage(samples[7])), Reason.unknownType, /not a node/, 'offer on the up topic');
   rejects(t, () => decodeDown(encodeMessage(samples[2])), Reason.unknownType, /not an agent/, 'ack on the down topic');
   const hello = new Map(encodeAndBack(samples[1]));
   hello.set(5, Buffer.alloc(31));
@@ -125,9 +125,9 @@ function encodeAndBack(m: Message): [number, unknown][] {
 }
 
 t.test('unknown keys are ignored for forward compatibility', async (t) => {
-  const m = new Map(encodeAndBack(samples[9]));
+  const m = new Map(encodeAndBack(samples[10]));
   m.set(23, 'future');
-  t.same(decodeDown(encodeCbor(m)), samples[9]);
+  t.same(decodeDown(encodeCbor(m)), samples[10]);
 });
 
 t.test('chunk size is negotiated from the node buffer and the topic', async (t) => {
