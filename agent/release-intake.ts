@@ -70,7 +70,8 @@ export class ReleaseIntake {
       const missing = a.missing === undefined
         ? 'part 0 (so the part count is unknown)'
         : `${a.missing.length} part(s): ${a.missing.slice(0, 20).join(', ')}${a.missing.length > 20 ? ', …' : ''}`;
-      const why = `incomplete after ${Math.round(this.o.timeoutMs / 1000)} s: ${a.have} part(s), ${a.bytes} of ${a.size} bytes; missing ${missing}; dropped (publish it again)`;
+      const after = this.o.timeoutMs < 10_000 ? `${this.o.timeoutMs} ms` : `${Math.round(this.o.timeoutMs / 1000)} s`;
+      const why = `incomplete after ${after}: ${a.have} part(s), ${a.bytes} of ${a.size} bytes; missing ${missing}; dropped (publish it again)`;
       this.o.log('warn', `release ${a.hw} ${a.version} ${why}`);
       this.o.store.event(null, 'release-incomplete', `${a.hw} ${a.version}: ${why}`);
     }
