@@ -4,7 +4,7 @@ import { SimNode } from '../device/node.js';
 import { decodeDown, encodeMessage, MsgType } from '../shared/messages.js';
 import { generateOperatorKey, sha256, signManifest } from '../shared/manifest.js';
 import { makeWorld, type World } from './helpers/world.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 
 const HW = 'esp32-test';
 

@@ -4,7 +4,7 @@ import t from 'tap';
 import type { MqttClient } from 'mqtt';
 import { Agent } from '../agent/agent.js';
 import { IdentityStore, startBroker } from '../broker/index.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { SimNode } from '../device/node.js';
 import { publishRelease } from '../operator/publish.js';
 import { decodeIntMap, encodeCbor } from '../shared/cbor.js';

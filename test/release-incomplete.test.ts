@@ -1,6 +1,6 @@
 import t from 'tap';
 import mqtt from 'mqtt';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { sha256, signManifest } from '../shared/manifest.js';
 import { topics } from '../shared/topics.js';
 import { makeWorld } from './helpers/world.js';

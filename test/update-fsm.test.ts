@@ -6,7 +6,7 @@ import {
   classifyAck, holdsSlot, IDLE, inProgress, step, timersOf,
   type Effect, type Env, type HelloFacts, type Input, type PhaseKind, type TimerKind, type Update,
 } from '../agent/update-fsm.js';
-import { seeded } from './helpers/seeded.js';
+import { seeded } from '../harness/seeded.js';
 
 /** Table-driven tests of the pure update machine (no broker, no clock: `now` is a number). */
 const NOW = 1_000_000;

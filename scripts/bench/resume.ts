@@ -20,9 +20,9 @@ import { ChunkBitmap } from '../../shared/bitmap.js';
 import { decodeDown, decodeUp, MsgType } from '../../shared/messages.js';
 import { generateOperatorKey } from '../../shared/manifest.js';
 import { publishRelease } from '../../operator/publish.js';
-import { demoImage } from '../../cli/demo.js';
+import { demoImage } from '../../harness/images.js';
 import { startFaultProxy, type FaultProxy } from '../../test/helpers/fault-proxy.js';
-import { seeded } from '../../test/helpers/seeded.js';
+import { seeded } from '../../harness/seeded.js';
 import { agentListening, onChunkFraction, startAgentProcess } from '../../test/helpers/agent-process.js';
 
 type Kind = 'link' | 'reboot' | 'kill';
