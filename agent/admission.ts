@@ -18,6 +18,11 @@ export class Admission {
     return false;
   }
 
+  /** Puts a node at the end of the line whatever the slots (rebuilding the line after a restart). */
+  enqueue(id: string): void {
+    if (!this.line.includes(id)) this.line.push(id);
+  }
+
   /** Waiting nodes, oldest first, while slots are free; `start` returns false for one that no longer waits. */
   admit(start: (id: string) => boolean): void {
     while (this.line.length > 0 && this.active() < this.max) {

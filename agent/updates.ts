@@ -340,7 +340,7 @@ export class Updates {
     }
     const waiting = [...this.nodes.values()].filter((n) => n.update.phase.kind === 'queued' && !this.admission.waiting.includes(n.row.id));
     waiting.sort((a, b) => a.row.updatedAt - b.row.updatedAt);
-    for (const n of waiting) this.admission.request(n.row.id);
+    for (const n of waiting) this.admission.enqueue(n.row.id);
     this.admitWaiting();
     for (const n of this.nodes.values()) n.statusDirty = true; // retained statuses may have been lost with the broker
   }
