@@ -56,8 +56,7 @@ function finish(u: Update, outcome: Outcome, reason: number, detail: string, eff
 function sendOffer(u: Update, p: TransferPhase, now: number, env: Env, effects: Effect[], tries = 0): Update {
   effects.push({ kind: 'send', msg: 'offer' });
   const answer = controlAfter(tries, now, env);
-  const phase: Phase = p.kind === 'offered' ? { ...p, answer } : { ...p, answer };
-  return { ...u, offerId: u.offerId + 1, phase };
+  return { ...u, offerId: u.offerId + 1, phase: { ...p, answer } as TransferPhase };
 }
 
 function sendActivate(u: Update, deadline: number, now: number, env: Env, effects: Effect[], tries = 0): Update {
@@ -70,20 +69,18 @@ export function step(u: Update, input: Input, now: number, env: Env): StepResult
   const p = u.phase;
   const d = env.cfg.deadlines;
   switch (input.kind) {
-    case 'begin': {
+    case 'begin':
+    case 'queue': {
       const sameTarget = u.target?.id === input.release.id;
       if (holdsSlot(p) && sameTarget) return { update: u, effects };
       const busy = holdsSlot(p) || p.kind === 'deferred' || p.kind === 'activating' || p.kind === 'confirming';
       if (busy && !sameTarget) return stepNewer(u, input.release, now, env, effects);
-      // From idle, done, or an activation whose download the node has lost: a fresh transfer.
-      effects.push({ kind: 'dropTransfer' }, { kind: 'prepare' });
+      // From idle, done, or an activation whose download the node has lost: a fresh transfer, now or in line.
+      effects.push({ kind: 'dropTransfer' });
+      if (input.kind === 'queue') return { update: { ...u, phase: { kind: 'queued' }, target: input.release, session: null }, effects };
+      effects.push({ kind: 'prepare' });
       return { update: { ...u, phase: { kind: 'preparing', deadline: now + d.download }, target: input.release, session: null }, effects };
     }
-
-    case 'queue':
-      if (holdsSlot(p) || p.kind === 'deferred') return stepNewer(u, input.release, now, env, effects);
-      effects.push({ kind: 'dropTransfer' });
-      return { update: { ...u, phase: { kind: 'queued' }, target: input.release, session: null }, effects };
 
     case 'prepared': {
       if (p.kind !== 'preparing' || u.target?.id !== input.release) return { update: u, effects };

@@ -98,7 +98,7 @@ const INPUTS: { name: string; input: Input; now?: number; expect: Partial<Record
     expect: { offered: 'done:cancelled', downloading: 'done:cancelled', verifying: 'done:cancelled', deferred: 'done:cancelled' },
   },
   { name: 'begin', input: { kind: 'begin', release: T1 }, expect: { idle: 'preparing', queued: 'preparing', activating: 'preparing', deferred: 'preparing', confirming: 'preparing', done: 'preparing' } },
-  { name: 'queue', input: { kind: 'queue', release: T1 }, expect: { idle: 'queued', activating: 'queued', confirming: 'queued', done: 'queued' } },
+  { name: 'queue', input: { kind: 'queue', release: T1 }, expect: { idle: 'queued', activating: 'queued', deferred: 'queued', confirming: 'queued', done: 'queued' } },
   { name: 'prepared', input: { kind: 'prepared', release: 'r1', session: 9 }, expect: { preparing: 'offered' } },
   { name: 'finish (already running)', input: { kind: 'finish', outcome: 'confirmed', reason: 0, detail: 'already running' }, expect: Object.fromEntries(KINDS.map((k) => [k, 'done:confirmed'])) },
   { name: 'answer, all held', input: { kind: 'ack', verdict: 'answer', session: 7, complete: true }, expect: { offered: 'verifying', downloading: 'verifying' } },
