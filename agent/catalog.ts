@@ -2,13 +2,10 @@ import type { KeyObject } from 'node:crypto';
 import { ProtocolError, Reason } from '../shared/errors.js';
 import { manifestId, peekManifest, sha256, verifyManifest, type Manifest } from '../shared/manifest.js';
 import { compareVersions } from '../shared/version.js';
-import type { AgentStore, ReleaseRow } from './store.js';
+import type { AgentStore } from './store.js';
+import type { Release, ReleaseRow } from './types.js';
 
-export interface Release {
-  row: ReleaseRow;
-  manifest: Manifest;
-  image: Buffer;
-}
+export type { Release };
 
 /** A release being assembled from its retained parts on the broker. */
 interface Assembly {
@@ -18,6 +15,19 @@ interface Assembly {
   parts: Map<number, Buffer>;
   partSize: number | undefined;
   bytes: number;
+  /** When its manifest arrived: an assembly still incomplete after the intake timeout is dropped. */
+  startedAt: number;
+}
+
+/** A release given up on: its manifest came, not all its parts. */
+export interface Abandoned {
+  hw: string;
+  version: string;
+  /** Parts held, and the indexes missing (when the part size is known, i.e. part 0 arrived). */
+  have: number;
+  missing: number[] | undefined;
+  bytes: number;
+  size: number;
 }
 
 export type IntakeResult =
@@ -95,7 +105,9 @@ export class ReleaseCatalog {
     const key = `${manifest.hw}/${manifest.version}`;
     const existing = this.assemblies.get(key);
     if (existing && existing.id === id) return { kind: 'pending' };
-    this.assemblies.set(key, { manifestBytes: bytes, manifest, id, parts: existing?.parts ?? new Map(), partSize: existing?.partSize, bytes: existing?.bytes ?? 0 });
+    this.assemblies.set(key, {
+      manifestBytes: bytes, manifest, id, parts: existing?.parts ?? new Map(), partSize: existing?.partSize, bytes: existing?.bytes ?? 0, startedAt: existing?.startedAt ?? Date.now(),
+    });
     return this.tryComplete(key) ?? { kind: 'need-parts', hw: manifest.hw, version: manifest.version };
   }
 
@@ -111,6 +123,28 @@ export class ReleaseCatalog {
       a.bytes += data.length;
     }
     return this.tryComplete(key) ?? { kind: 'pending' };
+  }
+
+  /** Releases still being assembled (manifest held, parts missing). */
+  get assembling(): number {
+    return this.assemblies.size;
+  }
+
+  /** Drops assemblies started before `before`: their parts never all came. Their memory is freed. */
+  abandonOlderThan(before: number): Abandoned[] {
+    const out: Abandoned[] = [];
+    for (const [key, a] of this.assemblies) {
+      if (a.startedAt > before) continue;
+      this.assemblies.delete(key);
+      let missing: number[] | undefined;
+      if (a.partSize !== undefined) {
+        missing = [];
+        const count = Math.ceil(a.manifest.size / a.partSize);
+        for (let i = 0; i < count; i++) if (!a.parts.has(i)) missing.push(i);
+      }
+      out.push({ hw: a.manifest.hw, version: a.manifest.version, have: a.parts.size, missing, bytes: a.bytes, size: a.manifest.size });
+    }
+    return out;
   }
 
   private tryComplete(key: string): IntakeResult | undefined {

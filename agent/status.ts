@@ -1,6 +1,6 @@
 import { reasonName } from '../shared/errors.js';
 import type { Release } from './catalog.js';
-import type { NodeRow } from './store.js';
+import type { NodeRow } from './types.js';
 import type { TransferWindow } from './window.js';
 
 /** The retained per-node status document (docs/protocol.md §8). JSON, for operators and scripts. */

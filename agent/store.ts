@@ -2,6 +2,7 @@ import Database from 'better-sqlite3';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { NodeRow, RefusalKind, ReleaseRow } from './types.js';
 
 /**
  * The agent's durable state, in SQLite under the data dir. WAL mode with synchronous=NORMAL:
@@ -9,65 +10,6 @@ import path from 'node:path';
  * source of truth for what it holds anyway (its Hello carries its bitmap). So bitmaps are written
  * coarsely; stage changes are written at once.
  */
-export interface ReleaseRow {
-  id: string;
-  hw: string;
-  version: string;
-  securityVersion: number;
-  size: number;
-  digest: Buffer;
-  manifest: Buffer;
-  flags: number;
-  receivedAt: number;
-}
-
-export type NodeStateName =
-  | 'idle'
-  | 'queued'
-  | 'offered'
-  | 'downloading'
-  | 'verifying'
-  | 'activating'
-  | 'deferred'
-  | 'confirming'
-  | 'confirmed'
-  | 'rolledBack'
-  | 'rejected'
-  | 'timedOut'
-  | 'failed';
-
-export interface NodeRow {
-  id: string;
-  hw: string;
-  runningVersion: string;
-  runningDigest: Buffer | null;
-  securityVersion: number;
-  slot: number;
-  imageState: number;
-  caps: number;
-  maxMessage: number;
-  window: number;
-  state: NodeStateName;
-  targetRelease: string | null;
-  session: number | null;
-  chunkSize: number;
-  chunkCount: number;
-  bitmap: Buffer | null;
-  /** What the current session carries: 0 full image, 1 delta patch from the node's running image. */
-  payloadEncoding: number;
-  acks: number;
-  attempts: number;
-  retransmits: number;
-  bytesSent: number;
-  reason: number;
-  detail: string;
-  stageDeadline: number | null;
-  lastSeen: number;
-  /** Release ids this node has rolled back from or rejected: never offered again automatically. */
-  refused: string;
-  updatedAt: number;
-}
-
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS releases (
   id TEXT PRIMARY KEY,
@@ -107,8 +49,16 @@ CREATE TABLE IF NOT EXISTS nodes (
   detail TEXT NOT NULL DEFAULT '',
   stage_deadline INTEGER,
   last_seen INTEGER NOT NULL DEFAULT 0,
-  refused TEXT NOT NULL DEFAULT '',
+  offer_id INTEGER NOT NULL DEFAULT 0,
+  next_release TEXT,
   updated_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS refusals (
+  node TEXT NOT NULL,
+  release TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  PRIMARY KEY (node, release, kind)
 );
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -126,8 +76,17 @@ const NODE_COLUMNS: [keyof NodeRow, string][] = [
   ['session', 'session'], ['chunkSize', 'chunk_size'], ['chunkCount', 'chunk_count'], ['bitmap', 'bitmap'],
   ['payloadEncoding', 'payload_encoding'], ['acks', 'acks'], ['attempts', 'attempts'], ['retransmits', 'retransmits'], ['bytesSent', 'bytes_sent'],
   ['reason', 'reason'], ['detail', 'detail'], ['stageDeadline', 'stage_deadline'], ['lastSeen', 'last_seen'],
-  ['refused', 'refused'], ['updatedAt', 'updated_at'],
+  ['offerId', 'offer_id'], ['nextRelease', 'next_release'], ['updatedAt', 'updated_at'],
 ];
+
+/** Columns added after the first schema: added to an older database on open. */
+const ADDED_COLUMNS: [string, string][] = [
+  ['offer_id', 'INTEGER NOT NULL DEFAULT 0'],
+  ['next_release', 'TEXT'],
+];
+
+/** Refusals a node keeps, newest last: older ones are forgotten (a bound, not a policy). */
+const MAX_REFUSALS_PER_NODE = 16;
 
 /** Keeps at most this many event rows: the log is for diagnosis, not an archive. */
 const MAX_EVENTS = 50_000;
@@ -157,6 +116,7 @@ export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('busy_timeout = 2000');
     this.db.exec(SCHEMA);
+    this.migrate();
     const cols = NODE_COLUMNS.map(([, c]) => c);
     this.upsertNode = this.db.prepare(
       `INSERT INTO nodes (${cols.join(',')}) VALUES (${NODE_COLUMNS.map(([k]) => '@' + k).join(',')})
@@ -164,6 +124,36 @@ export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
     );
     this.insertEvent = this.db.prepare('INSERT INTO events (at, node, kind, detail) VALUES (?, ?, ?, ?)');
     this.removeStrayTempImages();
+  }
+
+  /** Older databases: add new columns; move the old comma-separated `refused` column into the refusals table. */
+  private migrate(): void {
+    const have = new Set((this.db.prepare('PRAGMA table_info(nodes)').all() as { name: string }[]).map((c) => c.name));
+    for (const [name, decl] of ADDED_COLUMNS) if (!have.has(name)) this.db.exec(`ALTER TABLE nodes ADD COLUMN ${name} ${decl}`);
+    if (!have.has('refused')) return;
+    const rows = this.db.prepare("SELECT id, refused FROM nodes WHERE refused != ''").all() as { id: string; refused: string }[];
+    const move = this.db.transaction(() => {
+      for (const r of rows) {
+        for (const item of r.refused.split(',').filter(Boolean)) {
+          const delta = item.startsWith('full:');
+          this.addRefusal(r.id, delta ? item.slice(5) : item, delta ? 'delta' : 'release');
+        }
+      }
+      this.db.exec("UPDATE nodes SET refused = ''");
+    });
+    move();
+  }
+
+  /** Remembers that a node refused (or rolled back from) a release, or could not use a delta of it. */
+  addRefusal(node: string, release: string, kind: RefusalKind): void {
+    this.db.prepare('INSERT OR REPLACE INTO refusals (node, release, kind, at) VALUES (?, ?, ?, ?)').run(node, release, kind, Date.now());
+    this.db
+      .prepare('DELETE FROM refusals WHERE node = ? AND rowid NOT IN (SELECT rowid FROM refusals WHERE node = ? ORDER BY at DESC, rowid DESC LIMIT ?)')
+      .run(node, node, MAX_REFUSALS_PER_NODE);
+  }
+
+  refusals(node: string): { release: string; kind: RefusalKind }[] {
+    return this.db.prepare('SELECT release, kind FROM refusals WHERE node = ? ORDER BY at, rowid').all(node) as { release: string; kind: RefusalKind }[];
   }
 
   /** Half-written image files from a crash mid-save are garbage: the release is fetched again. */

@@ -15,6 +15,8 @@ export interface AgentArgs {
   'max-chunk': number;
   delta: boolean;
   'delta-margin': number;
+  'resend-budget': number;
+  'release-timeout': number;
   json: boolean;
 }
 
@@ -30,6 +32,8 @@ export const agentOptions = {
   'max-chunk': { type: 'number', default: 16384, describe: 'largest chunk in bytes, whatever a node could take' },
   delta: { type: 'boolean', default: true, describe: 'send delta patches to nodes that can apply them (--no-delta: full images only)' },
   'delta-margin': { type: 'number', default: 0.2, describe: 'send a patch only when it is at least this fraction smaller than the image (0 to below 1)' },
+  'resend-budget': { type: 'number', default: 4, describe: 'chunk resends per node per second, in node windows (bounds what Hellos and Acks can make the agent resend)' },
+  'release-timeout': { type: 'number', default: 300, describe: 'seconds to wait for all parts of a release after its manifest before dropping it' },
   json: jsonOption,
 } as const;
 
@@ -38,6 +42,8 @@ export function validateAgentArgs(argv: AgentArgs): void {
   if (!Number.isInteger(argv['max-chunk']) || argv['max-chunk'] < 64) throw new UsageError(`--max-chunk must be an integer >= 64, got ${argv['max-chunk']}`);
   const margin = argv['delta-margin'];
   if (!(margin >= 0 && margin < 1)) throw new UsageError(`--delta-margin must be at least 0 and below 1, got ${margin}`);
+  if (!(argv['resend-budget'] > 0)) throw new UsageError(`--resend-budget must be a positive number of windows per second, got ${argv['resend-budget']}`);
+  if (!(argv['release-timeout'] > 0)) throw new UsageError(`--release-timeout must be a positive number of seconds, got ${argv['release-timeout']}`);
 }
 
 export function createAgent(brokerUrl: string, argv: AgentArgs, credentials?: { username: string; password: string }): Agent {
@@ -56,6 +62,8 @@ export function createAgent(brokerUrl: string, argv: AgentArgs, credentials?: { 
     maxChunk: argv['max-chunk'],
     delta: argv.delta,
     deltaMargin: argv['delta-margin'],
+    resendBudget: { windows: argv['resend-budget'], perMs: 1000 },
+    releaseAssemblyTimeoutMs: argv['release-timeout'] * 1000,
     log: makeLogger(argv.json),
   });
 }

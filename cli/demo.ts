@@ -1,7 +1,6 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createHash } from 'node:crypto';
 import type { CommandModule } from 'yargs';
 import { Agent } from '../agent/agent.js';
 import type { NodeStatus } from '../agent/status.js';
@@ -9,6 +8,7 @@ import { IdentityStore } from '../broker/identity-store.js';
 import { provision } from '../broker/provision.js';
 import { startBroker } from '../broker/server.js';
 import { fleetIds, startFleet } from '../device/fleet.js';
+import { demoImage } from '../harness/images.js';
 import { generateOperatorKey } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
 import { makeLogger, UsageError } from './common.js';
@@ -26,19 +26,6 @@ interface Args {
 }
 
 const FINAL = new Set(['confirmed', 'rolledBack', 'rejected', 'timedOut', 'failed']);
-
-/** Pseudo-firmware: deterministic bytes with a header, so every demo run publishes the same kind of image. */
-export function demoImage(hw: string, version: string, size: number): Buffer {
-  const out = Buffer.alloc(size);
-  const header = Buffer.from(`FERRY-DEMO ${hw} ${version}\n`);
-  header.copy(out, 0);
-  let block = createHash('sha256').update(`${hw}/${version}`).digest();
-  for (let off = header.length; off < size; off += block.length) {
-    block = createHash('sha256').update(block).digest();
-    block.copy(out, off, 0, Math.min(block.length, size - off));
-  }
-  return out;
-}
 
 function progressLine(s: NodeStatus): string {
   const pct = s.total ? Math.floor((100 * s.received) / s.total) : s.state === 'confirmed' ? 100 : 0;

@@ -1,17 +1,17 @@
 import type { CommandModule } from 'yargs';
 import type { CutMode } from '../device/flash.js';
 import { BOOT_PROFILES, bootProfile, type BootProfileName } from '../device/profiles.js';
-import { MAX_SWEEP_IMAGE, sweepUpdate, type SweepResult } from '../device/sweep.js';
-import { allPoints, runAgentLoop, samplePoints, type LoopPoint, type LoopResult } from '../device/sweep-loop.js';
+import { MAX_SWEEP_IMAGE, sweepUpdate, type SweepResult } from '../harness/sweep.js';
+import { allPoints, runAgentLoop, samplePoints, type LoopPoint, type LoopResult } from '../harness/sweep-loop.js';
 import { jsonOption, UsageError } from './common.js';
 
 /**
  * `ferry sim sweep`: the power-cut sweep of issue 4 for one boot profile. Two scenarios — an update
  * whose self-test passes (download, install, reboot, self-test, confirm) and one whose self-test
  * fails (revert) — each cut at every flash erase and write in turn, before, after and torn:
- *   firmware    device/sweep.ts: the node's firmware alone, every cut followed by as many power-ons
+ *   firmware    harness/sweep.ts: the node's firmware alone, every cut followed by as many power-ons
  *               as it takes; checks bootable, counters, truthful outcome;
- *   with agent  device/sweep-loop.ts: a real broker and agent and one simulated node per cut;
+ *   with agent  harness/sweep-loop.ts: a real broker and agent and one simulated node per cut;
  *               checks that the agent's record converges to what the node really runs.
  * All cut points unless there are more than --sample (then a seeded random subset, --seed).
  */

@@ -570,14 +570,14 @@ export class SimNode extends EventEmitter {
     if (saved && saved.meta.payloadDigest.equals(o.payloadDigest) && saved.meta.chunkSize === o.chunkSize && saved.meta.payloadSize === o.payloadSize && saved.meta.encoding === o.encoding) {
       if (saved.meta.session !== o.session || !saved.meta.manifest.equals(o.manifest)) saved.adoptSession(meta);
       this.stage('resumed', `session ${o.session}: ${saved.bitmap.count}/${saved.total} chunks already stored`);
-      this.sendAck(saved, true);
+      this.sendAck(saved, o.offerId);
       if (saved.complete) this.finishDownload(saved);
       return;
     }
     const d = this.sys.beginDownload(meta);
     this.deferrals = 0;
     this.stage('downloading', `session ${o.session}: ${m.version}, ${o.payloadSize} bytes in ${d.total} chunks of ${o.chunkSize}`);
-    this.sendAck(d);
+    this.sendAck(d, o.offerId);
   }
 
   /** Section 3's checks after the signature, in order. Reason none = already running it. */
@@ -639,14 +639,15 @@ export class SimNode extends EventEmitter {
   /**
    * Ack: base = first missing chunk, then the stored chunks after it. Routine acks describe up to
    * max(1024, 16 windows) past base (more than can be in flight between retransmissions), bounding
-   * each ack's work for 65,536-chunk payloads; the ack answering an Offer describes all it holds.
+   * each ack's work for 65,536-chunk payloads; the ack answering an Offer describes all it holds and
+   * echoes the Offer's offer-id, so that the agent can tell it from Acks that crossed the Offer.
    */
-  private sendAck(d: Download, everything = false): void {
+  private sendAck(d: Download, answers?: number): void {
     this.newSinceAck = 0;
     const base = d.bitmap.firstMissing();
-    const span = everything ? MAX_ACK_BITS : Math.min(MAX_ACK_BITS, Math.max(1024, 16 * this.window));
+    const span = answers !== undefined ? MAX_ACK_BITS : Math.min(MAX_ACK_BITS, Math.max(1024, 16 * this.window));
     const bitmap = base < d.total ? d.bitmap.slice(base, span) : undefined;
-    this.publish({ type: MsgType.ack, session: d.meta.session, base, bitmap });
+    this.publish({ type: MsgType.ack, session: d.meta.session, base, bitmap, answers });
   }
 
   /** Every chunk is stored: read the slot back, hash it, compare with the offer and the manifest. */
@@ -749,11 +750,20 @@ export class SimNode extends EventEmitter {
     });
   }
 
+  /**
+   * The agent abandons the session (a newer release replaced it): stop, forget the transfer and any
+   * deferred activation, and say so. A session already marked for its trial boot is past cancelling:
+   * the boot's outcome tells the agent what happened.
+   */
   private onCancel(c: Cancel): void {
     const d = this.sys.download;
     if (!d || d.meta.session !== c.session) return;
+    if (this.sys.activation?.session === c.session) return;
+    if (this.applying === d) this.applying = undefined;
     this.sys.discardDownload();
+    this.deferrals = 0;
     this.stage('cancelled', `session ${c.session}: ${reasonName(c.reason)}`);
+    this.report(c.session, Stage.rejected, Reason.cancelled, { detail: 'cancelled by the agent' });
   }
 
   // ---- helpers ----------------------------------------------------------------------------------

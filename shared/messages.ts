@@ -143,6 +143,11 @@ export interface Ack {
   base: number;
   /** Chunks stored at or after base: bit j = chunk base+j. */
   bitmap?: Buffer;
+  /**
+   * The offer-id of the Offer this Ack answers (only on the Ack a node sends at once on accepting an
+   * Offer). Only such an Ack, for the latest Offer, tells the agent everything the node holds.
+   */
+  answers?: number;
 }
 
 export interface Report {
@@ -167,6 +172,8 @@ export interface Offer {
   chunkSize: number;
   /** For delta: digest of the image the patch applies to. */
   baseDigest?: Buffer;
+  /** Distinct for every Offer the agent sends a node (a resent Offer gets a new one); the answering Ack echoes it. */
+  offerId: number;
 }
 
 export interface Chunk {
@@ -215,11 +222,11 @@ const K = {
 const T = { session: 1, digest: 2, chunkSize: 3, bitmap: 4 } as const;
 const O = { version: 1, stage: 2, reason: 3 } as const;
 // Ack
-const A = { session: 1, base: 2, bitmap: 3 } as const;
+const A = { session: 1, base: 2, bitmap: 3, answers: 4 } as const;
 // Report
 const R = { session: 1, stage: 2, reason: 3, version: 4, detail: 5, retryAfter: 6 } as const;
 // Offer
-const F = { session: 1, manifest: 2, encoding: 3, payloadSize: 4, payloadDigest: 5, chunkSize: 6, baseDigest: 7 } as const;
+const F = { session: 1, manifest: 2, encoding: 3, payloadSize: 4, payloadDigest: 5, chunkSize: 6, baseDigest: 7, offerId: 8 } as const;
 // Chunk
 const C = { session: 1, index: 2, data: 3 } as const;
 // Cancel / Error
@@ -246,7 +253,7 @@ export function encodeMessage(m: Message): Buffer {
         ]),
       );
     case MsgType.ack:
-      return encodeCbor(defined([[K.type, m.type], [A.session, m.session], [A.base, m.base], [A.bitmap, m.bitmap && m.bitmap.length > 0 ? m.bitmap : undefined]]));
+      return encodeCbor(defined([[K.type, m.type], [A.session, m.session], [A.base, m.base], [A.bitmap, m.bitmap && m.bitmap.length > 0 ? m.bitmap : undefined], [A.answers, m.answers]]));
     case MsgType.report:
       return encodeCbor(
         defined([[K.type, m.type], [R.session, m.session], [R.stage, m.stage], [R.reason, m.reason], [R.version, m.version], [R.detail, m.detail], [R.retryAfter, m.retryAfter]]),
@@ -255,7 +262,7 @@ export function encodeMessage(m: Message): Buffer {
       return encodeCbor(
         defined([
           [K.type, m.type], [F.session, m.session], [F.manifest, m.manifest], [F.encoding, m.encoding], [F.payloadSize, m.payloadSize],
-          [F.payloadDigest, m.payloadDigest], [F.chunkSize, m.chunkSize], [F.baseDigest, m.baseDigest],
+          [F.payloadDigest, m.payloadDigest], [F.chunkSize, m.chunkSize], [F.baseDigest, m.baseDigest], [F.offerId, m.offerId],
         ]),
       );
     case MsgType.chunk:
@@ -341,6 +348,7 @@ export function decodeUp(bytes: Uint8Array): UpMessage {
         session: a.uint(A.session, 'session', U32),
         base: a.uint(A.base, 'base', LIMITS.maxChunks),
         bitmap: a.optBytes(A.bitmap, 'bitmap', LIMITS.maxBitmapBytes),
+        answers: a.has(A.answers) ? clampCheck(a.uint(A.answers, 'answers', U32), 1, 'ack.answers') : undefined,
       };
     }
     case MsgType.report: {
@@ -377,6 +385,7 @@ export function decodeDown(bytes: Uint8Array): DownMessage {
         payloadDigest: o.bytes(F.payloadDigest, 'payloadDigest', 32, 32),
         chunkSize: o.uint(F.chunkSize, 'chunkSize', LIMITS.maxMessage.max),
         baseDigest: o.optBytes(F.baseDigest, 'baseDigest', 32, 32),
+        offerId: clampCheck(o.uint(F.offerId, 'offerId', U32), 1, 'offer.offerId'),
       };
     }
     case MsgType.chunk: {

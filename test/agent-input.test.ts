@@ -4,7 +4,7 @@ import { SimNode } from '../device/node.js';
 import { encodeCbor } from '../shared/cbor.js';
 import { encodeMessage, ImageState, MsgType, Stage, type Hello } from '../shared/messages.js';
 import { sha256, signManifest } from '../shared/manifest.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { makeWorld, type World } from './helpers/world.js';
 import type { StoredEvent } from '../agent/store.js';
 import { decodeIntMap } from '../shared/cbor.js';

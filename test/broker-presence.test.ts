@@ -5,7 +5,7 @@ import t from 'tap';
 import type { MqttClient } from 'mqtt';
 import { Agent } from '../agent/agent.js';
 import { IdentityStore, startBroker, type Credentials, type RunningBroker } from '../broker/index.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { SimNode } from '../device/node.js';
 import { publishRelease } from '../operator/publish.js';
 import { generateOperatorKey, sha256 } from '../shared/manifest.js';
@@ -141,7 +141,7 @@ function nextDown<T extends DownMessage['type']>(c: MqttClient, type: T, pred: (
   });
 }
 
-t.test('a node back online is resumed by its presence alone: no Hello, no timer', async (t) => {
+t.test('a node back online without a Hello is asked for one (Query after the grace period), then resumed: no timer', async (t) => {
   const r = await rig();
   t.teardown(() => r.close());
   const id = 'quiet-1';
@@ -150,21 +150,22 @@ t.test('a node back online is resumed by its presence alone: no Hello, no timer'
   await publishRelease({ brokerUrl: r.broker.url, ...r.op, image, hw: HW, version: '1.1.0', key: r.key.privateKey });
 
   // A hand-played node: it speaks only when this test says so, unlike SimNode, which says Hello on
-  // every connect (and a Hello would resume the transfer by itself).
+  // every connect.
   const dn = `ferry/d/${id}/dn`;
   const up = `ferry/d/${id}/up`;
+  const hello = (transfer?: { session: number; digest: Buffer; chunkSize: number; bitmap: Buffer }) => encodeMessage({
+    type: MsgType.hello, proto: PROTOCOL_VERSION, deviceId: id, hw: HW, version: '1.0.0', digest: sha256(Buffer.from('factory')),
+    securityVersion: 0, slot: 0, imageState: ImageState.valid, maxMessage: 1024, caps: Capability.rollback, window: 4, transfer,
+  });
   const first = await connect(r.broker.url, { ...cred, clientId: id });
   await subscribe(first, dn);
   const offered = nextDown(first, MsgType.offer);
-  await publish(first, up, encodeMessage({
-    type: MsgType.hello, proto: PROTOCOL_VERSION, deviceId: id, hw: HW, version: '1.0.0', digest: sha256(Buffer.from('factory')),
-    securityVersion: 0, slot: 0, imageState: ImageState.valid, maxMessage: 1024, caps: Capability.rollback, window: 4,
-  }));
+  await publish(first, up, hello());
   const offer = await guard(offered, 'the first Offer');
   t.ok(offer.chunkSize > 0 && offer.payloadSize === image.length, `offered ${offer.payloadSize} B in chunks of ${offer.chunkSize} B`);
 
   // Take chunks in order, acking each, until HOLD are stored; then the link goes away with chunks
-  // still in flight (the agent keeps its window of 4 full).
+  // still in flight (the agent keeps its window of 4 full). The first Ack answers the Offer (key 4).
   const HOLD = 10;
   let held = 0;
   const holding = new Promise<void>((resolve) => {
@@ -176,7 +177,7 @@ t.test('a node back online is resumed by its presence alone: no Hello, no timer'
       else resolve();
     });
   });
-  first.publish(up, encodeMessage({ type: MsgType.ack, session: offer.session, base: 0 }), { qos: 1 });
+  first.publish(up, encodeMessage({ type: MsgType.ack, session: offer.session, base: 0, answers: offer.offerId }), { qos: 1 });
   await guard(holding, `${HOLD} chunks`);
   const wentOffline = untilStatus(r.agent, id, (s) => !s.online, 'offline', 120_000);
   first.stream.destroy(); // a dropped link, not a goodbye
@@ -184,21 +185,27 @@ t.test('a node back online is resumed by its presence alone: no Hello, no timer'
   const helloCount = () => r.agent.store.events(id, 1000).filter((e) => e.kind === 'hello').length;
   t.equal(helloCount(), 1, 'one Hello so far');
 
-  // Back: connect and subscribe, nothing else. The broker publishes `online` once dn is subscribed.
+  // Back: connect and subscribe, nothing else. The broker publishes `online` once dn is subscribed;
+  // presence alone never re-offers (one resume trigger: the Hello), but after the grace period the
+  // agent asks for the Hello it has not heard.
   const second = await connect(r.broker.url, { ...cred, clientId: id });
-  const reOffered = nextDown(second, MsgType.offer);
+  const queried = nextDown(second, MsgType.query);
+  const downs: number[] = [];
+  second.on('message', (_tp, payload) => downs.push(decodeDown(payload).type));
   await subscribe(second, dn);
-  const again = await guard(reOffered, 'an Offer after presence online');
-  t.equal(again.session, offer.session, 'the same session is offered again (a resume, not a restart)');
-  t.equal(helloCount(), 1, 'the node sent no Hello: presence alone woke the agent');
-  t.equal(r.agent.status(id)?.state, 'downloading', 'still downloading');
+  const q = await guard(queried, 'a Query after presence online');
+  t.equal(q.reason, 2, 'the Query names presence as its reason');
+  t.same(downs, [MsgType.query], 'nothing but the Query: presence alone sent no Offer');
 
-  // The node answers with what it holds; the transfer continues right after it, without waiting for
-  // the chunks that were in flight on the dead connection to time out.
+  // The node answers with its Hello, holding HOLD chunks of the same session: the transfer continues
+  // right after it, from the first chunk it lacks.
   const nextChunk = nextDown(second, MsgType.chunk);
-  await publish(second, up, encodeMessage({ type: MsgType.ack, session: offer.session, base: HOLD }));
+  const bitmap = Buffer.alloc(Math.ceil(Math.ceil(image.length / offer.chunkSize) / 8));
+  for (let i = 0; i < HOLD; i++) bitmap[i >> 3] |= 1 << (i & 7);
+  await publish(second, up, hello({ session: offer.session, digest: offer.payloadDigest, chunkSize: offer.chunkSize, bitmap }));
   const c = await guard(nextChunk, 'the next chunk after the resume');
   t.equal(c.index, HOLD, `the next chunk is ${HOLD}, the first one the node lacks`);
+  t.equal(r.agent.status(id)?.state, 'downloading', 'still downloading, the same session');
   await end(second);
 });
 
@@ -228,12 +235,10 @@ t.test('a simulated node whose link drops mid-transfer ends confirmed without an
   const s = await guard(untilStatus(r.agent, 'drop-1', (s) => s.state === 'confirmed', 'a confirmed boot', 120_000), 'a confirmed boot', 60_000);
   t.equal(s.runningVersion, '1.1.0');
   t.ok(node.runningDigest.equals(sha256(image)), 'the node runs the published image');
-  // A real node wakes the agent by whichever message comes first: the broker's `online` (published
-  // as the node subscribes), an Ack that MQTT.js queued while offline and resends at CONNACK, or the
-  // Hello right after. None is a timer, and the pinned RTO rules timers out; the test above shows
-  // presence alone is enough.
+  // A real node wakes the agent with its Hello (or an Ack that MQTT.js queued while offline and
+  // resends at CONNACK): not a timer, which the pinned RTO rules out. Presence only starts the grace
+  // period before a Query.
   const events = r.agent.store.events('drop-1', 1000);
-  const byPresence = events.some((e) => e.kind === 'resume' && /presence/.test(e.detail));
   const byHello = events.some((e) => e.kind === 'hello' && /transfer/.test(e.detail));
-  t.ok(byPresence || byHello, `resumed on a message from the broker or the node (presence: ${byPresence}, hello: ${byHello})`);
+  t.ok(byHello, 'resumed on the Hello of the node');
 });

@@ -18,10 +18,11 @@ const samples: Message[] = [
   { type: MsgType.hello, proto: 1, deviceId: 'n', hw: 'h', version: '0.0.1', digest, securityVersion: 0, slot: 0, imageState: ImageState.undefined, maxMessage: 128, caps: 0, window: 1 },
   { type: MsgType.ack, session: 5, base: 10, bitmap: Buffer.from([0b101]) },
   { type: MsgType.ack, session: 5, base: 0 },
+  { type: MsgType.ack, session: 5, base: 0, answers: 7 },
   { type: MsgType.report, session: 9, stage: Stage.busy, reason: Reason.busy, version: '2.0.0', detail: 'motor running', retryAfter: 30 },
   { type: MsgType.report, session: 0, stage: Stage.confirmed, reason: 0 },
-  { type: MsgType.offer, session: 1, manifest: Buffer.from([0x84, 1, 2, 3]), encoding: 0, payloadSize: 1000, payloadDigest: digest, chunkSize: 512 },
-  { type: MsgType.offer, session: 1, manifest: Buffer.from([1]), encoding: 1, payloadSize: 10, payloadDigest: digest, chunkSize: 64, baseDigest: digest },
+  { type: MsgType.offer, offerId: 1, session: 1, manifest: Buffer.from([0x84, 1, 2, 3]), encoding: 0, payloadSize: 1000, payloadDigest: digest, chunkSize: 512 },
+  { type: MsgType.offer, offerId: 1, session: 1, manifest: Buffer.from([1]), encoding: 1, payloadSize: 10, payloadDigest: digest, chunkSize: 64, baseDigest: digest },
   { type: MsgType.chunk, session: 4294967295, index: 65535, data: Buffer.alloc(300, 1) },
   { type: MsgType.activate, session: 3 },
   { type: MsgType.cancel, session: 3, reason: Reason.cancelled },
@@ -47,7 +48,7 @@ t.test('a second CBOR library (cborg, strict) decodes every message to an intege
     t.equal(decoded.get(0), m.type, 'key 0 is the type');
     for (const k of decoded.keys()) t.type(k, 'number');
   }
-  const chunk = cborgDecode(encodeMessage(samples[8]), { useMaps: true }) as Map<number, unknown>;
+  const chunk = cborgDecode(encodeMessage(samples[9]), { useMaps: true }) as Map<number, unknown>;
   t.ok(chunk.get(3) instanceof Uint8Array, 'chunk data is a plain byte string, not a tagged typed array');
 });
 
@@ -95,7 +96,7 @@ t.test('malformed and out-of-range input is rejected with a reason naming the fi
   rejects(t, () => decodeUp(encodeCbor([1, 2, 3])), Reason.malformed, /map/, 'array instead of map');
   rejects(t, () => decodeUp(encodeCbor(new Map<unknown, unknown>([['type', 1]]))), Reason.malformed, /key/, 'text keys');
   rejects(t, () => decodeUp(encodeCbor(new Map([[0, 99]]))), Reason.unknownType, /type 99/, 'unknown type');
-  rejects(t, () => decodeUp(encodeMessage(samples[6])), Reason.unknownType, /not a node/, 'offer on the up topic');
+  rejects(t, () => decodeUp(encodeMessage(samples[7])), Reason.unknownType, /not a node/, 'offer on the up topic');
   rejects(t, () => decodeDown(encodeMessage(samples[2])), Reason.unknownType, /not an agent/, 'ack on the down topic');
   const hello = new Map(encodeAndBack(samples[1]));
   hello.set(5, Buffer.alloc(31));
@@ -124,9 +125,9 @@ function encodeAndBack(m: Message): [number, unknown][] {
 }
 
 t.test('unknown keys are ignored for forward compatibility', async (t) => {
-  const m = new Map(encodeAndBack(samples[9]));
+  const m = new Map(encodeAndBack(samples[10]));
   m.set(23, 'future');
-  t.same(decodeDown(encodeCbor(m)), samples[9]);
+  t.same(decodeDown(encodeCbor(m)), samples[10]);
 });
 
 t.test('chunk size is negotiated from the node buffer and the topic', async (t) => {
@@ -153,4 +154,13 @@ t.test('bitmap: LSB-first convention, acks, slices', async (t) => {
   const d = new ChunkBitmap(3, Buffer.from([0xff, 0xff]));
   t.equal(d.count, 3, 'bits past the end and extra bytes are ignored');
   t.ok(d.complete);
+});
+
+t.test('offer-id: required on an Offer and at least 1; an Ack may echo one (key 4)', async (t) => {
+  const offer = { type: MsgType.offer, offerId: 1, session: 1, manifest: Buffer.from([1]), encoding: 0, payloadSize: 10, payloadDigest: Buffer.alloc(32), chunkSize: 64 } as const;
+  const without = new Map(cborgDecode(encodeMessage(offer), { useMaps: true }) as Map<number, unknown>);
+  without.delete(8);
+  t.throws(() => decodeDown(encodeCbor(without)), /offerId/, 'an Offer without key 8 is refused, naming the field');
+  t.throws(() => decodeDown(encodeMessage({ ...offer, offerId: 0 })), /offerId/, 'offer-id 0 is refused');
+  t.throws(() => decodeUp(encodeMessage({ type: MsgType.ack, session: 1, base: 0, answers: 0 })), /answers/, 'answers 0 is refused');
 });

@@ -7,7 +7,7 @@ import { SimNode, type SimNodeOptions } from '../device/node.js';
 import { sha256 } from '../shared/manifest.js';
 import { decodeDown, encodeMessage, Encoding, MsgType, type Offer } from '../shared/messages.js';
 import { makeWorld, type World } from './helpers/world.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { firmware } from './helpers/fixtures.js';
 
 /**

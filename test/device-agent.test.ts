@@ -5,7 +5,7 @@ import { Flash } from '../device/flash.js';
 import { ImageState, Stage } from '../shared/messages.js';
 import { ManifestFlag, sha256 } from '../shared/manifest.js';
 import { makeWorld, quickNode, type World } from './helpers/world.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 
 /**
  * Reconciliation through the real agent: whatever happened on the node (a bootloader rollback, a

@@ -8,7 +8,7 @@ import { Download } from '../device/transfer.js';
 import { ImageState, Stage } from '../shared/messages.js';
 import { Reason } from '../shared/errors.js';
 import { generateOperatorKey, sha256, signManifest } from '../shared/manifest.js';
-import { sweepUpdate } from '../device/sweep.js';
+import { sweepUpdate } from '../harness/sweep.js';
 
 const SLOT = 256 * 1024;
 const KEY = generateOperatorKey();

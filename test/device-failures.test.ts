@@ -105,7 +105,7 @@ async function setup(t: { teardown(fn: () => unknown): void }, id: string, extra
 
 /** Offers and sends a full image; resolves once the node reports verified (or the stage given). */
 async function deliver(wire: Wire, session: number, version: string, image: Buffer, chunkSize: number, until: number = Stage.verified, tamper?: (i: number, d: Buffer) => Buffer): Promise<Report> {
-  wire.send({ type: MsgType.offer, session, manifest: signed(version, image), encoding: Encoding.full, payloadSize: image.length, payloadDigest: sha256(image), chunkSize });
+  wire.send({ type: MsgType.offer, offerId: 1, session, manifest: signed(version, image), encoding: Encoding.full, payloadSize: image.length, payloadDigest: sha256(image), chunkSize });
   await wire.next((m) => m.type === MsgType.ack && m.session === session);
   for (let i = 0; i * chunkSize < image.length; i++) {
     const data = Buffer.from(image.subarray(i * chunkSize, (i + 1) * chunkSize));
@@ -149,7 +149,7 @@ t.test('error persistence: the last refusal of an update survives a reboot and i
   t.same(h.lastOutcome, { version: '1.1.0', stage: Stage.rejected, reason: Reason.digestMismatch }, 'the error outlived the reboot');
   t.equal(h.transfer, undefined, 'and the bad transfer did not');
   const writes = node.flash.stats.writes;
-  for (let i = 0; i < 3; i++) wire.send({ type: MsgType.offer, session: 30 + i, manifest: signed('1.1.0', image, 0), encoding: Encoding.full, payloadSize: image.length + 1, payloadDigest: sha256(image), chunkSize });
+  for (let i = 0; i < 3; i++) wire.send({ type: MsgType.offer, offerId: 1, session: 30 + i, manifest: signed('1.1.0', image, 0), encoding: Encoding.full, payloadSize: image.length + 1, payloadDigest: sha256(image), chunkSize });
   await wire.report(Stage.rejected);
   t.equal(node.lastOutcome?.reason, Reason.badField, 'a new refusal replaces it');
   t.ok(node.flash.stats.writes - writes <= 1, 'the same refusal again is not written again (no NVS wear from a flood)');
@@ -238,7 +238,7 @@ t.test('startup cleanup: half-applied state is detected at boot, dropped when it
     node.on('chunk', (received: number) => {
       if (received === total) node.flash.armPowerCut({ at: 1, mode: 'before' });
     });
-    wire.send({ type: MsgType.offer, session: 41, manifest: signed('1.1.0', image), encoding: Encoding.full, payloadSize: image.length, payloadDigest: sha256(image), chunkSize });
+    wire.send({ type: MsgType.offer, offerId: 1, session: 41, manifest: signed('1.1.0', image), encoding: Encoding.full, payloadSize: image.length, payloadDigest: sha256(image), chunkSize });
     await wire.next((m) => m.type === MsgType.ack);
     for (let i = 0; i < total; i++) wire.send({ type: MsgType.chunk, session: 41, index: i, data: image.subarray(i * chunkSize, (i + 1) * chunkSize) }, 0);
     const h = await wire.hello();
@@ -279,7 +279,7 @@ t.test('storage checks: too big for the slot, or no room for a patch, is refused
       const writes = node.flash.stats.writes;
       if (kind === 'full') {
         const big = factoryImage(HW, '1.1.0', capacity + 1);
-        wire.send({ type: MsgType.offer, session: 51, manifest: signed('1.1.0', big), encoding: Encoding.full, payloadSize: big.length, payloadDigest: sha256(big), chunkSize });
+        wire.send({ type: MsgType.offer, offerId: 1, session: 51, manifest: signed('1.1.0', big), encoding: Encoding.full, payloadSize: big.length, payloadDigest: sha256(big), chunkSize });
         const r = await wire.report(Stage.rejected);
         t.equal(r.reason, Reason.noSpace, `${name}: one byte too many is noSpace`);
         t.match(r.detail, `${capacity + 1}-byte image does not fit the ${capacity}-byte image area`, 'the reason names both sizes');
@@ -287,7 +287,7 @@ t.test('storage checks: too big for the slot, or no room for a patch, is refused
         // A patch parks at the top of the slot while the image grows from the bottom: both must fit.
         const image = factoryImage(HW, '1.1.0', capacity - 10_000);
         const patch = Buffer.alloc(20_000, 1);
-        wire.send({ type: MsgType.offer, session: 52, manifest: signed('1.1.0', image), encoding: Encoding.delta, payloadSize: patch.length, payloadDigest: sha256(patch), chunkSize, baseDigest: hello.digest });
+        wire.send({ type: MsgType.offer, offerId: 1, session: 52, manifest: signed('1.1.0', image), encoding: Encoding.delta, payloadSize: patch.length, payloadDigest: sha256(patch), chunkSize, baseDigest: hello.digest });
         const r = await wire.report(Stage.rejected);
         t.equal(r.reason, Reason.noSpace, `${name}: no room for patch and image together`);
         t.match(r.detail, 'do not fit the slot together');

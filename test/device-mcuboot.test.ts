@@ -9,7 +9,7 @@ import { resolveBootProfile, resolveTrialBoots, bootProfile } from '../device/pr
 import { ImageState, Stage } from '../shared/messages.js';
 import { Reason } from '../shared/errors.js';
 import { generateOperatorKey, sha256, signManifest } from '../shared/manifest.js';
-import { sweepUpdate } from '../device/sweep.js';
+import { sweepUpdate } from '../harness/sweep.js';
 
 const SLOT = 128 * 1024;
 const KEY = generateOperatorKey();

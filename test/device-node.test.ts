@@ -111,7 +111,7 @@ async function setup(t: { teardown(fn: () => unknown): void }, id: string, extra
 }
 
 function offer(session: number, r: Release, chunkSize: number): DownMessage {
-  return { type: MsgType.offer, session, manifest: r.manifest, encoding: 0, payloadSize: r.image.length, payloadDigest: sha256(r.image), chunkSize };
+  return { type: MsgType.offer, offerId: 1, session, manifest: r.manifest, encoding: 0, payloadSize: r.image.length, payloadDigest: sha256(r.image), chunkSize };
 }
 
 function sendChunks(agent: HandAgent, session: number, r: Release, chunkSize: number, indices: Iterable<number>, tamper?: (i: number, data: Buffer) => Buffer): number {
@@ -361,7 +361,7 @@ t.test('delta update: the patch is stored at the top of the slot, applied, verif
   const patch = createPatch(factoryImage(HW, '1.0.0'), r.image);
   t.ok(patch.length < r.image.length / 4, `patch ${patch.length} B for a ${r.image.length} B image`);
   const deltaOffer = (session: number, baseDigest: Buffer): DownMessage => ({
-    type: MsgType.offer, session, manifest: r.manifest, encoding: 1, payloadSize: patch.length, payloadDigest: sha256(patch), chunkSize, baseDigest,
+    type: MsgType.offer, offerId: 1, session, manifest: r.manifest, encoding: 1, payloadSize: patch.length, payloadDigest: sha256(patch), chunkSize, baseDigest,
   });
   agent.send(deltaOffer(80, sha256(Buffer.from('some other image'))));
   t.equal((await agent.report(Stage.rejected)).reason, Reason.deltaBaseMismatch, 'a patch for another base is refused');

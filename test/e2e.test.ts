@@ -4,7 +4,7 @@ import { SimNode } from '../device/node.js';
 import { decodeDown, encodeMessage, MsgType } from '../shared/messages.js';
 import { generateOperatorKey, sha256, signManifest } from '../shared/manifest.js';
 import { makeWorld, type World } from './helpers/world.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 
 const HW = 'esp32-test';
 
@@ -127,7 +127,7 @@ t.test('a downgrade is refused: not offered by the agent, and refused by the nod
   const manifest = signManifest({ hw: HW, version: '1.1.0', securityVersion: 0, size: image.length, digest: sha256(image), created: 1, flags: 0 }, world.key.privateKey);
   const refused = new Promise<unknown>((resolve) => n.once('outcome', resolve));
   world.broker.aedes.publish(
-    { cmd: 'publish', topic: 'ferry/d/newer/dn', payload: encodeMessage({ type: MsgType.offer, session: 77, manifest, encoding: 0, payloadSize: image.length, payloadDigest: sha256(image), chunkSize: 1024 }), qos: 0, retain: false, dup: false },
+    { cmd: 'publish', topic: 'ferry/d/newer/dn', payload: encodeMessage({ type: MsgType.offer, offerId: 1, session: 77, manifest, encoding: 0, payloadSize: image.length, payloadDigest: sha256(image), chunkSize: 1024 }), qos: 0, retain: false, dup: false },
     () => {},
   );
   const outcome = (await refused) as { stage: number; reason: number };

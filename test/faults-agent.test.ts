@@ -9,10 +9,10 @@ import { startBroker } from '../broker/server.js';
 import { SimNode } from '../device/node.js';
 import { generateOperatorKey, sha256 } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeWorld } from './helpers/world.js';
-import { runSeed, seeded } from './helpers/seeded.js';
+import { runSeed, seeded } from '../harness/seeded.js';
 import { agentListening, startAgentProcess } from './helpers/agent-process.js';
 
 /**

@@ -3,11 +3,11 @@ import mqtt from 'mqtt';
 import { SimNode } from '../device/node.js';
 import { decodeDown, decodeUp, MsgType, Stage, type UpMessage } from '../shared/messages.js';
 import { sha256 } from '../shared/manifest.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import type { StoredEvent } from '../agent/store.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeWorld, type World } from './helpers/world.js';
-import { runSeed, seeded } from './helpers/seeded.js';
+import { runSeed, seeded } from '../harness/seeded.js';
 import { onChunkFraction } from './helpers/agent-process.js';
 
 /**

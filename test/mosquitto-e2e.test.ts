@@ -6,7 +6,7 @@ import t from 'tap';
 import { Agent } from '../agent/agent.js';
 import { IdentityStore, type Credentials } from '../broker/index.js';
 import { mosquittoAcl } from '../broker/mosquitto.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { startFleet } from '../device/fleet.js';
 import { publishRelease } from '../operator/publish.js';
 import { generateOperatorKey, sha256 } from '../shared/manifest.js';

@@ -8,7 +8,7 @@ import { IdentityStore, startBroker } from '../broker/index.js';
 import { SimNode } from '../device/node.js';
 import { generateOperatorKey, sha256 } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 
 /**
  * Query (docs/protocol.md §4, §5): a node whose Hello went out while no agent listened is asked to

@@ -8,7 +8,7 @@ import { sha256 } from '../shared/manifest.js';
 import { startBroker } from '../broker/server.js';
 import { publishRelease } from '../operator/publish.js';
 import { generateOperatorKey } from '../shared/manifest.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { startFaultProxy } from './helpers/fault-proxy.js';
 import { makeWorld } from './helpers/world.js';
 import { onChunkFraction, startAgentProcess } from './helpers/agent-process.js';

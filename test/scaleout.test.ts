@@ -4,7 +4,7 @@ import path from 'node:path';
 import t from 'tap';
 import { Agent } from '../agent/agent.js';
 import { IdentityStore, startBroker } from '../broker/index.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { SimNode } from '../device/node.js';
 import { publishRelease } from '../operator/publish.js';
 import { generateOperatorKey, sha256 } from '../shared/manifest.js';

@@ -1,6 +1,6 @@
 import t from 'tap';
-import { runAgentLoop, samplePoints } from '../device/sweep-loop.js';
-import { countOperations, sweepUpdate } from '../device/sweep.js';
+import { runAgentLoop, samplePoints } from '../harness/sweep-loop.js';
+import { countOperations, sweepUpdate } from '../harness/sweep.js';
 
 /**
  * A larger image has too many cut points to try them all on every run: a seeded random subset

@@ -6,7 +6,7 @@ import t from 'tap';
 import { Agent } from '../agent/agent.js';
 import type { NodeStatus } from '../agent/status.js';
 import { IdentityStore, startBroker, type Credentials, type RunningBroker } from '../broker/index.js';
-import { demoImage } from '../cli/demo.js';
+import { demoImage } from '../harness/images.js';
 import { SimNode } from '../device/node.js';
 import { publishRelease } from '../operator/publish.js';
 import { generateOperatorKey, sha256 } from '../shared/manifest.js';

@@ -9,26 +9,29 @@
  *   Hello bitmap and the Acks since). The goal is zero: only chunks in flight at the cut, or lost from
  *   RAM in a power cut, may travel twice.
  *
- *   node dist/scripts/bench/resume.js [--trials N] [--kill-trials N] [--size BYTES] [--kinds link,reboot,kill] [--seed S] [--json]
+ * The broker runs the ferry plugin (identities, ACL, presence) by default, as a gateway does: the
+ * agent hears `online` when a node comes back. `--plain` uses a bare aedes (no presence).
+ *
+ *   node dist/scripts/bench/resume.js [--trials N] [--kill-trials N] [--size BYTES] [--max-message B] [--kinds link,reboot,kill] [--seed S] [--plain] [--json]
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { IdentityStore } from '../../broker/identity-store.js';
 import { startBroker, type RunningBroker } from '../../broker/server.js';
 import { SimNode } from '../../device/node.js';
 import { ChunkBitmap } from '../../shared/bitmap.js';
 import { decodeDown, decodeUp, MsgType } from '../../shared/messages.js';
 import { generateOperatorKey } from '../../shared/manifest.js';
 import { publishRelease } from '../../operator/publish.js';
-import { demoImage } from '../../cli/demo.js';
+import { demoImage } from '../../harness/images.js';
 import { startFaultProxy, type FaultProxy } from '../../test/helpers/fault-proxy.js';
-import { seeded } from '../../test/helpers/seeded.js';
+import { seeded } from '../../harness/seeded.js';
 import { agentListening, onChunkFraction, startAgentProcess } from '../../test/helpers/agent-process.js';
 
 type Kind = 'link' | 'reboot' | 'kill';
 const KINDS: readonly Kind[] = ['link', 'reboot', 'kill'];
 const WINDOW = 16;
-const MAX_MESSAGE = 1024;
 const TRIAL_TIMEOUT_MS = 60_000;
 
 /** What the broker saw for one node: chunks sent (per index), and what the node said it held. */
@@ -180,14 +183,20 @@ async function main(): Promise<void> {
   const size = Number(arg('size', String(48 * 1024)));
   const kinds = arg('kinds', KINDS.join(',')).split(',') as Kind[];
   const seed = Number(arg('seed', '1'));
+  const maxMessage = Number(arg('max-message', '1024'));
+  const plain = args.includes('--plain');
   const random = seeded(seed);
   const json = args.includes('--json');
-  const usage = 'usage: resume [--trials N] [--kill-trials N] [--size BYTES] [--kinds link,reboot,kill] [--seed S] [--json]';
+  const usage = 'usage: resume [--trials N] [--kill-trials N] [--size BYTES] [--max-message B] [--kinds link,reboot,kill] [--seed S] [--plain] [--json]';
   if (!Number.isInteger(trials) || trials < 1 || !Number.isInteger(killTrials) || killTrials < 1 || !Number.isInteger(size) || size < 4096) throw new Error(usage);
+  if (!Number.isInteger(maxMessage) || maxMessage < 256) throw new Error(usage);
   if (kinds.some((k) => !KINDS.includes(k))) throw new Error(usage);
 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-bench-resume-'));
-  const broker = await startBroker();
+  const ids = plain ? undefined : IdentityStore.open(path.join(dir, 'broker'));
+  const broker = await startBroker(ids ? { ferry: { store: ids } } : {});
+  const agentCred = await ids?.add('agent', 'bench-agent');
+  const opCred = await ids?.add('operator', 'bench-op');
   const tallies = referee(broker);
   const proxy: FaultProxy = await startFaultProxy({ port: broker.port });
   const key = generateOperatorKey();
@@ -195,9 +204,9 @@ async function main(): Promise<void> {
   fs.writeFileSync(pub, key.publicKey.export({ format: 'pem', type: 'spki' }));
   const agentDir = path.join(dir, 'agent');
   let listening = agentListening(broker);
-  let agent = startAgentProcess(broker.url, agentDir, pub);
+  let agent = startAgentProcess(broker.url, agentDir, pub, agentCred);
   await listening;
-  await publishRelease({ brokerUrl: broker.url, image: demoImage('bench', '1.1.0', size), hw: 'bench', version: '1.1.0', key: key.privateKey });
+  await publishRelease({ brokerUrl: broker.url, ...opCred, image: demoImage('bench', '1.1.0', size), hw: 'bench', version: '1.1.0', key: key.privateKey });
 
   const t0 = performance.now();
   const results: TrialResult[] = [];
@@ -206,7 +215,8 @@ async function main(): Promise<void> {
       const n = kind === 'kill' ? killTrials : trials;
       for (let i = 0; i < n; i++) {
         const id = `${kind}-${i}`;
-        const node = new SimNode({ brokerUrl: kind === 'link' ? proxy.url : broker.url, deviceId: id, hw: 'bench', version: '1.0.0', trust: [key.publicKey], maxMessage: MAX_MESSAGE, window: WINDOW });
+        const cred = await ids?.add('node', id);
+        const node = new SimNode({ brokerUrl: kind === 'link' ? proxy.url : broker.url, deviceId: id, ...cred, hw: 'bench', version: '1.0.0', trust: [key.publicKey], maxMessage, window: WINDOW });
         const stages: string[] = [];
         node.on('stage', (s: string) => stages.push(s));
         const diag = () => `${id}: node ${stages.slice(-8).join(' > ')} ${JSON.stringify(node.transfer)}; agent ${tallies.get(id)?.statuses.join(' > ')}; trace ${tallies.get(id)?.trace.join(' ')}`;
@@ -220,7 +230,7 @@ async function main(): Promise<void> {
           agent.kill('SIGKILL');
           await new Promise((r) => agent.once('exit', r));
           listening = agentListening(broker);
-          agent = startAgentProcess(broker.url, agentDir, pub);
+          agent = startAgentProcess(broker.url, agentDir, pub, agentCred);
         }
         await within(done, TRIAL_TIMEOUT_MS, diag);
         await node.stop();
@@ -239,6 +249,7 @@ async function main(): Promise<void> {
     agent.kill('SIGKILL');
     await proxy.close();
     await broker.close();
+    ids?.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }
   const seconds = (performance.now() - t0) / 1000;
@@ -263,17 +274,18 @@ async function main(): Promise<void> {
       resentAlthoughHeld: r.reduce((a, x) => a + x.resentHeld, 0),
       medianAgentResent: med(agentSide),
       maxAgentResent: max(agentSide),
+      maxDeliveredPerImage: Number(((r[0]?.total ?? 0) ? (max(chunks) + r[0].total) / r[0].total : 0).toFixed(2)),
     };
   });
   if (json) {
-    process.stdout.write(`${JSON.stringify({ size, window: WINDOW, maxMessage: MAX_MESSAGE, seed, seconds: Number(seconds.toFixed(1)), rows })}\n`);
+    process.stdout.write(`${JSON.stringify({ size, window: WINDOW, maxMessage, presence: !plain, seed, seconds: Number(seconds.toFixed(1)), rows })}\n`);
     return;
   }
-  process.stdout.write(`# resume: ${size} B image, node max message ${MAX_MESSAGE} B, window ${WINDOW} chunks, one interruption per transfer at a random point (seed ${seed}), ${seconds.toFixed(0)} s\n`);
+  process.stdout.write(`# resume: ${size} B image, node max message ${maxMessage} B, window ${WINDOW} chunks, ${plain ? 'plain broker (no presence)' : 'ferry broker with presence'}, one interruption per transfer at a random point (seed ${seed}), ${seconds.toFixed(0)} s\n`);
   process.stdout.write('re-sent = chunks delivered to the node beyond one copy each; agent-side = chunks the agent published beyond one copy (incl. probes into a dead link)\n');
-  process.stdout.write('| interruption | trials | chunks/image | median re-sent (chunks) | max re-sent (chunks) | median re-sent (B) | max re-sent (B) | median / window | max / window | re-sent although held (all trials) | agent-side median / max (chunks) |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n');
+  process.stdout.write('| interruption | trials | chunks/image | median re-sent (chunks) | max re-sent (chunks) | median re-sent (B) | max re-sent (B) | median / window | max / window | re-sent although held (all trials) | agent-side median / max (chunks) | max delivered / image |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n');
   for (const r of rows) {
-    process.stdout.write(`| ${r.kind} | ${r.trials} | ${r.chunksPerImage} | ${r.medianResentChunks} | ${r.maxResentChunks} | ${r.medianResentBytes} | ${r.maxResentBytes} | ${r.medianFractionOfWindow} | ${r.maxFractionOfWindow} | ${r.resentAlthoughHeld} | ${r.medianAgentResent} / ${r.maxAgentResent} |\n`);
+    process.stdout.write(`| ${r.kind} | ${r.trials} | ${r.chunksPerImage} | ${r.medianResentChunks} | ${r.maxResentChunks} | ${r.medianResentBytes} | ${r.maxResentBytes} | ${r.medianFractionOfWindow} | ${r.maxFractionOfWindow} | ${r.resentAlthoughHeld} | ${r.medianAgentResent} / ${r.maxAgentResent} | ${r.maxDeliveredPerImage} |\n`);
   }
 }
 

@@ -20,7 +20,7 @@ import { SimNode } from '../../device/node.js';
 import { generateOperatorKey } from '../../shared/manifest.js';
 import { negotiateChunkSize } from '../../shared/messages.js';
 import { publishRelease } from '../../operator/publish.js';
-import { demoImage } from '../../cli/demo.js';
+import { demoImage } from '../../harness/images.js';
 
 interface CountingBroker {
   url: string;

@@ -11,8 +11,12 @@ const ferryBin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../
  * `ferry agent` as a child process. Its output is ignored, not piped: nobody reads it, and an unread
  * pipe fills and blocks the agent's log writes.
  */
-export function startAgentProcess(brokerUrl: string, dataDir: string, trust: string): ChildProcess {
-  return spawn(process.execPath, [ferryBin, 'agent', '--broker', brokerUrl, '--data-dir', dataDir, '--trust', trust], { stdio: 'ignore' });
+export function startAgentProcess(brokerUrl: string, dataDir: string, trust: string, credentials?: { username: string; password: string }): ChildProcess {
+  const args = [ferryBin, 'agent', '--broker', brokerUrl, '--data-dir', dataDir, '--trust', trust];
+  if (credentials) args.push('--username', credentials.username);
+  // The password goes by environment: a secret on the command line is visible to every user (ps).
+  const env = credentials ? { ...process.env, FERRY_PASSWORD: credentials.password } : process.env;
+  return spawn(process.execPath, args, { stdio: 'ignore', env });
 }
 
 /** Resolves when a client subscribes to the nodes' up topics: the (re)started agent is listening. */

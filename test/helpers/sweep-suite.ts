@@ -1,7 +1,7 @@
 import t from 'tap';
 import type { BootProfileName } from '../../device/profiles.js';
-import { runAgentLoop } from '../../device/sweep-loop.js';
-import { sweepUpdate } from '../../device/sweep.js';
+import { runAgentLoop } from '../../harness/sweep-loop.js';
+import { sweepUpdate } from '../../harness/sweep.js';
 
 /**
  * Issue 4's sweep for some boot profiles, small image, every cut point (before, torn and after every

@@ -7,7 +7,7 @@ import type { NodeStatus } from '../../agent/status.js';
 import { startBroker, type BrokerOptions, type RunningBroker } from '../../broker/server.js';
 import { generateOperatorKey } from '../../shared/manifest.js';
 import { publishRelease, type PublishOptions } from '../../operator/publish.js';
-import { demoImage } from '../../cli/demo.js';
+import { demoImage } from '../../harness/images.js';
 import { SimNode, type SimNodeOptions } from '../../device/node.js';
 
 /**

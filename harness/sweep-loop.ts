@@ -8,10 +8,11 @@ import { publishRelease } from '../operator/publish.js';
 import { reasonName } from '../shared/errors.js';
 import { generateOperatorKey, ManifestFlag } from '../shared/manifest.js';
 import { Stage } from '../shared/messages.js';
-import { factoryImage } from './firmware.js';
-import type { CutMode } from './flash.js';
-import { SimNode } from './node.js';
-import { bootProfile, type BootProfileName } from './profiles.js';
+import { factoryImage } from '../device/firmware.js';
+import type { CutMode } from '../device/flash.js';
+import { SimNode } from '../device/node.js';
+import { seeded } from './seeded.js';
+import { bootProfile, type BootProfileName } from '../device/profiles.js';
 import { MAX_SWEEP_IMAGE, slotSizeFor } from './sweep.js';
 
 /**
@@ -86,14 +87,7 @@ export function allPoints(operations: number, modes: CutMode[] = ALL_MODES): Loo
 export function samplePoints(operations: number, n: number, seed: number, modes: CutMode[] = ALL_MODES): LoopPoint[] {
   const all = allPoints(operations, modes);
   if (n >= all.length) return all;
-  let s = seed >>> 0;
-  const rand = () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const rand = seeded(seed);
   for (let i = all.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
     [all[i], all[j]] = [all[j], all[i]];

@@ -1,13 +1,13 @@
 import { Reason } from '../shared/errors.js';
 import { generateOperatorKey, sha256, signManifest } from '../shared/manifest.js';
 import { ImageState, Stage } from '../shared/messages.js';
-import { BootFailure } from './boot-port.js';
-import { describeImage, factoryImage } from './firmware.js';
-import { Flash, PowerCut, type CutMode } from './flash.js';
-import { makeLayout } from './layout.js';
-import { McubootPort } from './mcuboot.js';
-import { bootProfile, resolveBootProfile, type BootProfileName } from './profiles.js';
-import { DeviceSystem, RebootRequest } from './system.js';
+import { BootFailure } from '../device/boot-port.js';
+import { describeImage, factoryImage } from '../device/firmware.js';
+import { Flash, PowerCut, type CutMode } from '../device/flash.js';
+import { makeLayout } from '../device/layout.js';
+import { McubootPort } from '../device/mcuboot.js';
+import { bootProfile, resolveBootProfile, type BootProfileName } from '../device/profiles.js';
+import { DeviceSystem, RebootRequest } from '../device/system.js';
 
 /**
  * Power-cut sweep over the firmware layer (no network): runs one complete update — download,
@@ -22,7 +22,7 @@ import { DeviceSystem, RebootRequest } from './system.js';
  *   - the end state is one the profile allows: confirmed, or rolled back (a cut during a trial boot
  *     is a failed boot, so a bootloader with rollback rightly reverts), or — with no way back
  *     (MCUboot overwrite-only) and a failing self-test — failed, in recovery mode.
- * `ferry sim sweep` (cli/sim-sweep.ts) runs this and adds the agent in the loop (device/sweep-loop.ts).
+ * `ferry sim sweep` (cli/sim-sweep.ts) runs this and adds the agent in the loop (harness/sweep-loop.ts).
  */
 export interface SweepOptions {
   /** Boot profile; default esp-idf (esp-idf-norollback when rollback is false). */

@@ -1,0 +1,90 @@
+import { ProtocolError } from '../shared/errors.js';
+import type { Topics } from '../shared/topics.js';
+import type { ReleaseCatalog } from './catalog.js';
+import type { AgentStore } from './store.js';
+import type { Release } from './types.js';
+
+export interface IntakeOptions {
+  catalog: ReleaseCatalog;
+  store: AgentStore;
+  topics: Topics;
+  /** A release whose parts have not all come this long after its manifest is dropped. */
+  timeoutMs: number;
+  subscribeParts: (filter: string) => void;
+  unsubscribeParts: (filter: string) => void;
+  log: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  onReady: (release: Release) => void;
+}
+
+/**
+ * Release intake from the retained release topics: a manifest, then its image parts (in any order).
+ * Refused releases are logged and recorded; a release whose parts do not all arrive in time is logged
+ * with what is missing, its memory freed and its part subscription dropped (a later publish starts over).
+ */
+export class ReleaseIntake {
+  private sweeper: NodeJS.Timeout | undefined;
+
+  constructor(private readonly o: IntakeOptions) {}
+
+  start(): void {
+    const every = Math.max(50, Math.min(30_000, Math.floor(this.o.timeoutMs / 4)));
+    this.sweeper = setInterval(() => this.expire(Date.now()), every);
+    this.sweeper.unref();
+  }
+
+  stop(): void {
+    if (this.sweeper) clearInterval(this.sweeper);
+  }
+
+  /** `rest`: the topic levels after `<prefix>/r/`. */
+  onMessage(rest: string[], payload: Buffer): void {
+    const [hw, version, kind, index] = rest;
+    const { catalog } = this.o;
+    if (kind === 'manifest') {
+      if (payload.length === 0) return; // retained release cleared
+      try {
+        const r = catalog.onManifest(hw, version, payload);
+        if (r.kind === 'need-parts') this.o.subscribeParts(this.o.topics.partWildcard(hw, version));
+        else if (r.kind === 'complete') this.ready(r.release);
+      } catch (err) {
+        this.refused(hw, version, err instanceof ProtocolError ? `${err.reasonName}: ${err.message}` : (err as Error).message);
+      }
+    } else if (kind === 'part' && /^\d{1,5}$/.test(index ?? '')) {
+      try {
+        const r = catalog.onPart(hw, version, Number(index), payload);
+        if (r.kind === 'complete') {
+          this.o.unsubscribeParts(this.o.topics.partWildcard(hw, version));
+          this.ready(r.release);
+        }
+      } catch (err) {
+        this.o.unsubscribeParts(this.o.topics.partWildcard(hw, version));
+        this.refused(hw, version, (err as Error).message);
+      }
+    }
+  }
+
+  /** Gives up on assemblies older than the timeout. */
+  expire(now: number): void {
+    for (const a of this.o.catalog.abandonOlderThan(now - this.o.timeoutMs)) {
+      this.o.unsubscribeParts(this.o.topics.partWildcard(a.hw, a.version));
+      const missing = a.missing === undefined
+        ? 'part 0 (so the part count is unknown)'
+        : `${a.missing.length} part(s): ${a.missing.slice(0, 20).join(', ')}${a.missing.length > 20 ? ', …' : ''}`;
+      const after = this.o.timeoutMs < 10_000 ? `${this.o.timeoutMs} ms` : `${Math.round(this.o.timeoutMs / 1000)} s`;
+      const why = `incomplete after ${after}: ${a.have} part(s), ${a.bytes} of ${a.size} bytes; missing ${missing}; dropped (publish it again)`;
+      this.o.log('warn', `release ${a.hw} ${a.version} ${why}`);
+      this.o.store.event(null, 'release-incomplete', `${a.hw} ${a.version}: ${why}`);
+    }
+  }
+
+  private refused(hw: string, version: string, why: string): void {
+    this.o.log('warn', `release ${hw} ${version} refused: ${why}`);
+    this.o.store.event(null, 'release-refused', `${hw} ${version}: ${why}`);
+  }
+
+  private ready(release: Release): void {
+    this.o.log('info', `release ${release.row.hw} ${release.row.version} ready (${release.row.size} bytes, security version ${release.row.securityVersion})`);
+    this.o.store.event(null, 'release', `${release.row.hw} ${release.row.version} ${release.row.id}`);
+    this.o.onReady(release);
+  }
+}

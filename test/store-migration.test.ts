@@ -1,0 +1,50 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import t from 'tap';
+import { AgentStore } from '../agent/store.js';
+
+/** An agent database written before refusals had their own table: nothing it holds is lost on upgrade. */
+const OLD_NODES = `CREATE TABLE nodes (
+  id TEXT PRIMARY KEY, hw TEXT NOT NULL, running_version TEXT NOT NULL, running_digest BLOB,
+  security_version INTEGER NOT NULL DEFAULT 0, slot INTEGER NOT NULL DEFAULT 0, image_state INTEGER NOT NULL DEFAULT 5,
+  caps INTEGER NOT NULL DEFAULT 0, max_message INTEGER NOT NULL DEFAULT 0, window INTEGER NOT NULL DEFAULT 1,
+  state TEXT NOT NULL DEFAULT 'idle', target_release TEXT, session INTEGER, chunk_size INTEGER NOT NULL DEFAULT 0,
+  chunk_count INTEGER NOT NULL DEFAULT 0, bitmap BLOB, payload_encoding INTEGER NOT NULL DEFAULT 0, acks INTEGER NOT NULL DEFAULT 0,
+  attempts INTEGER NOT NULL DEFAULT 0, retransmits INTEGER NOT NULL DEFAULT 0, bytes_sent INTEGER NOT NULL DEFAULT 0,
+  reason INTEGER NOT NULL DEFAULT 0, detail TEXT NOT NULL DEFAULT '', stage_deadline INTEGER, last_seen INTEGER NOT NULL DEFAULT 0,
+  refused TEXT NOT NULL DEFAULT '', updated_at INTEGER NOT NULL DEFAULT 0
+);`;
+
+t.test('the comma-separated refused column moves into the refusals table; new columns are added', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-store-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const db = new Database(path.join(dir, 'agent.db'));
+  db.exec(OLD_NODES);
+  db.prepare("INSERT INTO nodes (id, hw, running_version, state, refused) VALUES ('n1', 'hw', '1.0.0', 'rolledBack', 'rel-a,full:rel-b')").run();
+  db.close();
+  const store = new AgentStore(dir);
+  t.teardown(() => store.close());
+  t.same(store.refusals('n1'), [{ release: 'rel-a', kind: 'release' }, { release: 'rel-b', kind: 'delta' }]);
+  const row = store.nodes()[0];
+  t.equal(row.state, 'rolledBack', 'the node row is kept');
+  t.equal(row.offerId, 0, 'new column offer_id defaults to 0');
+  t.equal(row.nextRelease, null, 'new column next_release defaults to null');
+  store.saveNode({ ...row, offerId: 5 });
+  t.equal(store.nodes()[0].offerId, 5, 'and is written');
+});
+
+t.test('refusals: at most 16 per node, newest kept', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-store-'));
+  const store = new AgentStore(dir);
+  t.teardown(() => {
+    store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  for (let i = 0; i < 20; i++) store.addRefusal('n1', `r${i}`, 'release');
+  const kept = store.refusals('n1').map((r) => r.release);
+  t.equal(kept.length, 16);
+  t.same(kept.slice(-2), ['r18', 'r19']);
+  t.notOk(kept.includes('r0'), 'the oldest are forgotten');
+});
