@@ -26,7 +26,7 @@ import { PatchCache } from './patches.js';
 import { sha256 } from '../shared/manifest.js';
 import { DEFAULT_RTT, jittered, RttEstimator, type RttConfig } from './rtt.js';
 import { Outbox } from './outbox.js';
-import { Backoff, DEFAULT_RECONNECT, keepReconnecting, type ReconnectConfig } from './reconnect.js';
+import { Backoff, DEFAULT_RECONNECT, keepReconnecting, untilConnected, type ReconnectConfig } from './reconnect.js';
 import { AgentStore, type NodeRow, type NodeStateName } from './store.js';
 import { nodeStatus, type NodeStatus } from './status.js';
 import { TransferWindow } from './window.js';
@@ -222,8 +222,16 @@ export class Agent extends EventEmitter<AgentEvents> {
       client.on('connect', () => this.subscribeNodes(client, upstream === client).then(resolve, reject));
       if (upstream !== client) upstream.on('connect', () => void this.subscribeUpstream(upstream).catch(() => {}));
     });
-    await Promise.all([connected(client), connected(upstream)]);
-    await firstReady;
+    try {
+      await Promise.all([
+        untilConnected(client, (err) => this.log('warn', `waiting for the nodes broker ${this.opts.brokerUrl} (${err.message}); retrying with backoff`)),
+        upstream === client ? undefined : untilConnected(upstream, (err) => this.log('warn', `waiting for the upstream broker ${this.opts.upstreamUrl} (${err.message}); retrying with backoff`)),
+        firstReady,
+      ]);
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
     this.sweeper = setInterval(() => this.sweep(), 500);
     this.sweeper.unref();
     const where = upstream === client ? this.opts.brokerUrl : `${this.opts.brokerUrl} (nodes) and ${this.opts.upstreamUrl} (releases, status)`;
@@ -1155,23 +1163,6 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (!this.closed) this.log('warn', `publish to ${id}: ${err.message}`);
     });
   }
-}
-
-function connected(client: MqttClient): Promise<void> {
-  if (client.connected) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error) => {
-      client.off('connect', onConnect);
-      client.end(true);
-      reject(err);
-    };
-    const onConnect = () => {
-      client.off('error', onError);
-      resolve();
-    };
-    client.once('connect', onConnect);
-    client.once('error', onError);
-  });
 }
 
 const AWAITING_BOOT: ReadonlySet<NodeStateName> = new Set(['activating', 'deferred', 'confirming']);
