@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 import { runCli } from '../cli/main.js';
+import { exitWithFailure, quietOnClosedOutput, setCommand } from '../cli/failure.js';
 
-runCli(process.argv.slice(2)).catch((err: unknown) => {
-  process.stderr.write(`ferry: ${(err as Error).message ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+const args = process.argv.slice(2);
+setCommand(args);
+quietOnClosedOutput();
+runCli(args).catch((err: unknown) => exitWithFailure((err as Error)?.message ?? String(err)));

@@ -3,7 +3,8 @@ import { applyPatch } from '../shared/delta/apply.js';
 import { createPatchWithStats, DEFAULT_WINDOW_BITS } from '../shared/delta/create.js';
 import { MAX_WINDOW_BITS, MIN_WINDOW_BITS } from '../shared/delta/format.js';
 import { AtomicFile, sameFile } from './atomic-file.js';
-import { jsonOption, readFileOrFail, UsageError } from './common.js';
+import { jsonOption, UsageError } from './common.js';
+import { readFileOrFail } from './key-files.js';
 import { formatBytes, progressBar } from './progress.js';
 
 interface Args {

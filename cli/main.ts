@@ -2,6 +2,7 @@ import yargs from 'yargs';
 import type { CommandModule } from 'yargs';
 import { commands } from './commands.js';
 import { UsageError } from './common.js';
+import { failureLine } from './failure.js';
 
 /**
  * The ferry command line. Each command lives in its own module under cli/ and is listed in
@@ -33,6 +34,6 @@ export async function runCli(argv: string[]): Promise<void> {
 }
 
 function usageExit(msg: string): never {
-  process.stderr.write(`ferry: ${msg}\n(run ferry --help for usage)\n`);
+  process.stderr.write(`${failureLine(msg)}\n(run ferry --help for usage)\n`);
   process.exit(2);
 }
