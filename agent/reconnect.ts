@@ -100,7 +100,7 @@ export function untilConnected(client: MqttClient, onWaiting?: (err: Error) => v
     const onError = (err: Error) => {
       if (isPermanentRefusal(err)) {
         done();
-        reject(err);
+        reject(new Error(`the broker at ${urlOf(client)} refused the connection: ${err.message.replace(/^Connection refused: /, '')}`));
       } else if (!told) {
         told = true;
         onWaiting?.(err);
@@ -117,4 +117,9 @@ export function untilConnected(client: MqttClient, onWaiting?: (err: Error) => v
     client.on('connect', onConnect);
     client.on('error', onError);
   });
+}
+
+function urlOf(client: MqttClient): string {
+  const o = client.options;
+  return `${o.protocol ?? 'mqtt'}://${o.hostname ?? o.host ?? '?'}:${o.port ?? '?'}`;
 }

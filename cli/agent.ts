@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { Agent, type AgentOptions } from '../agent/agent.js';
-import { brokerOption, jsonOption, makeLogger, prefixOption, untilSignal, usernameOption, UsageError } from './common.js';
+import { brokerOption, jsonOption, makeLogger, prefixOption, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
 import { readTrustKeys } from './key-files.js';
 import { PASSWORD, passwordOptions, readSecret, UPSTREAM_PASSWORD, upstreamPasswordOptions } from './secrets.js';
@@ -91,8 +91,7 @@ export const agentCommand: CommandModule<object, AgentArgs & { broker: string }>
     const lock = lockAgentState(argv['data-dir'], 'agent');
     if (lock.tookOverFrom !== undefined) plan.log?.('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
     const agent = createAgent(plan, url, { username: argv.username, password });
-    await agent.start();
-    await untilSignal();
+    await untilSignalOnceStarted(agent.start());
     await agent.stop();
     lock.release();
   },

@@ -29,3 +29,16 @@ export function untilSignal(): Promise<NodeJS.Signals> {
     process.on('SIGTERM', on);
   });
 }
+
+/**
+ * Runs until SIGINT/SIGTERM, the signal also counting while `starting` is still under way (an agent
+ * waiting for a broker that is not up yet must stop when asked, not be killed). Rejects if
+ * `starting` fails before a signal.
+ */
+export async function untilSignalOnceStarted(starting: Promise<void>): Promise<void> {
+  const signal = untilSignal();
+  let signalled = false;
+  starting.catch(() => {}); // a failure after the signal no longer matters
+  await Promise.race([starting, signal.then(() => void (signalled = true))]);
+  if (!signalled) await signal;
+}

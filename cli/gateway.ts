@@ -4,7 +4,7 @@ import { newSecret } from '../broker/secret.js';
 import { startBroker } from '../broker/server.js';
 import { agentOptions, createAgent, lockAgentState, planAgent, type AgentArgs } from './agent.js';
 import { lockBrokerState } from './broker.js';
-import { untilSignal } from './common.js';
+import { untilSignalOnceStarted } from './common.js';
 import { isListenError, listenProblem } from './startup.js';
 import { listenPort } from './validate.js';
 
@@ -46,8 +46,7 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
     });
     log('info', `ferry gateway: broker on ${argv.host}:${broker.port}, agent state and identities in ${argv['data-dir']}`);
     const agent = createAgent(plan, broker.url, { username: GATEWAY_AGENT, password });
-    await agent.start();
-    await untilSignal();
+    await untilSignalOnceStarted(agent.start());
     await agent.stop();
     await broker.close();
     store.close();

@@ -18,6 +18,25 @@ export function ferrySync(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
+/**
+ * Runs ferry to completion without blocking this process (a broker the test runs in-process must
+ * keep answering); a process still alive after `timeoutMs` is killed and reports code null.
+ */
+export function runFerry(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 30_000): Promise<FerryResult> {
+  const child = spawn(process.execPath, [ferryBin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CI: 'true', ...env } });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+  return new Promise((resolve) =>
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: signal ? null : code, out, err });
+    }),
+  );
+}
+
 /** A long-running ferry process whose stderr is read as it comes (an unread pipe would block its logs). */
 export interface FerryProcess {
   child: ChildProcess;
