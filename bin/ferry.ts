@@ -5,4 +5,10 @@ import { exitWithFailure, quietOnClosedOutput, setCommand } from '../cli/failure
 const args = process.argv.slice(2);
 setCommand(args);
 quietOnClosedOutput();
-runCli(args).catch((err: unknown) => exitWithFailure((err as Error)?.message ?? String(err)));
+let finished = false;
+// A command whose work stopped without settling (nothing left to wait for) must not pass for success.
+process.on('beforeExit', () => finished || exitWithFailure('stopped before finishing (nothing left to wait for): please report this'));
+runCli(args).then(
+  () => void (finished = true),
+  (err: unknown) => exitWithFailure((err as Error)?.message ?? String(err)),
+);

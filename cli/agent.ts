@@ -52,7 +52,7 @@ export type AgentPlan = Omit<AgentOptions, 'brokerUrl' | 'username' | 'password'
 export function planAgent(argv: AgentArgs): AgentPlan {
   validateAgentArgs(argv);
   const upstreamUrl = optionalBrokerUrl(argv.upstream, '--upstream');
-  const upstreamPassword = readSecret(argv as never, UPSTREAM_PASSWORD);
+  const upstreamPassword = readSecret(argv as never, UPSTREAM_PASSWORD, argv['upstream-username']);
   if (!upstreamUrl && (argv['upstream-username'] !== undefined || argv['upstream-password'] !== undefined || argv['upstream-password-file'] !== undefined)) {
     throw new UsageError('--upstream-username/--upstream-password only make sense with --upstream');
   }
@@ -87,7 +87,7 @@ export const agentCommand: CommandModule<object, AgentArgs & { broker: string }>
   handler: async (argv) => {
     const url = brokerUrl(argv.broker);
     const plan = planAgent(argv);
-    const password = readSecret(argv as never, PASSWORD);
+    const password = readSecret(argv as never, PASSWORD, argv.username);
     const lock = lockAgentState(argv['data-dir'], 'agent');
     if (lock.tookOverFrom !== undefined) plan.log?.('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
     const agent = createAgent(plan, url, { username: argv.username, password });

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { fileProblem } from './key-files.js';
 
 /**
  * One process per data dir and role: two agents on the same SQLite state (or two brokers on the same
@@ -77,6 +78,15 @@ export function describeHolder(dir: string, h: LockHolder): string {
 
 /** Takes `<dir>/<role>.lock` for this process, or throws `data dir D is in use by pid N`. */
 export function lockDataDir(dir: string, role: string, command: string, probe: ProcessProbe = systemProbe): DataDirLock {
+  try {
+    return takeLock(dir, role, command, probe);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === undefined) throw err;
+    throw new Error(`data dir ${dir}: ${fileProblem(err)}`);
+  }
+}
+
+function takeLock(dir: string, role: string, command: string, probe: ProcessProbe): DataDirLock {
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, `${role}.lock`);
   const me: LockHolder = { pid: process.pid, command, boot: probe.bootId(), start: probe.startTime(process.pid) || undefined };

@@ -15,6 +15,8 @@ const FILE_ERRORS: Record<string, string> = {
   EISDIR: 'is a directory, not a file',
   ENOTDIR: 'no such file (a part of the path is not a directory)',
   ELOOP: 'too many symbolic links',
+  EROFS: 'read-only file system',
+  ENOSPC: 'no space left on the device',
 };
 
 /** The words for a failed file operation: "no such file", "permission denied", … */

@@ -41,7 +41,7 @@ const publish: CommandModule<object, PublishArgs> = {
       .option('json', jsonOption) as never,
   handler: async (argv) => {
     const url = brokerUrl(argv.broker);
-    const secret = readSecret(argv as never, PASSWORD);
+    const secret = readSecret(argv as never, PASSWORD, argv.username);
     const image = readFileOrFail(argv.image, '--image');
     const key = readOperatorKey(argv.key);
     const bar = progressBar(`publishing ${argv.hw} ${argv.version}`, { quiet: argv.json });

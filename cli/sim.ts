@@ -154,7 +154,7 @@ const simRunCommand: CommandModule<object, SimArgs> = {
       }) as never,
   handler: async (argv) => {
     const url = brokerUrl(argv.broker);
-    const secret = readSecret(argv as never, PASSWORD);
+    const secret = readSecret(argv as never, PASSWORD, argv.username);
     const trust = readTrustKeys(argv.trust);
     const ids = fleetIds(argv.devices, argv['id-prefix']);
     const creds = argv.credentials ? readCredentials(argv.credentials) : argv.provision ? await provisionNodes(argv['data-dir'], ids) : undefined;

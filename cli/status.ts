@@ -81,7 +81,7 @@ export const statusCommand: CommandModule<object, Args> = {
     }) as never,
   handler: async (argv) => {
     const url = brokerUrl(argv.broker);
-    const secret = readSecret(argv as never, PASSWORD);
+    const secret = readSecret(argv as never, PASSWORD, argv.username);
     const rows = await reachingBroker(url, readStatuses({ brokerUrl: url, prefix: argv.prefix, username: argv.username, password: secret, quietMs: argv.wait }));
     if (argv.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
     else process.stdout.write(rows.length ? `${statusTable(rows)}\n` : 'no nodes have reported yet\n');

@@ -139,6 +139,12 @@ t.test('passwords: --password-file, the environment, and secrets that never begi
   t.equal(r.code, 0, `--password=SECRET: ${r.err}`);
   failsWith(t, await runFerry(['status', '--broker', broker.url, '--username', 'op-dash', '--password', 'x', '--password-file', file]), 2,
     /^ferry status: --password and --password-file are exclusive/, 'both --password and --password-file');
+  failsWith(t, await runFerry(['status', '--broker', broker.url, '--username', 'op-dash', '--password', dash.password]), 2,
+    /^ferry status: --password: a secret beginning with "-" reads as a flag; give --password=SECRET, --password-file FILE or FERRY_PASSWORD$/, '--password -SECRET');
+  failsWith(t, await runFerry(['status', '--broker', broker.url, '--password-file', file]), 2,
+    /^ferry status: --password-file needs --username$/, 'a password without a user name (MQTT.js used to hang, then exit 0)');
+  failsWith(t, await runFerry(['agent', '--broker', broker.url, '--data-dir', path.join(dir, 'ag-up'), '--upstream', broker.url, '--upstream-password', 'x']), 2,
+    /^ferry agent: --upstream-password needs --upstream-username$/, 'an upstream password without an upstream user name');
   failsWith(t, await runFerry(['status', '--broker', broker.url, '--username', 'op-dash', '--password-file', path.join(dir, 'nope')]), 1,
     /^ferry status: --password-file .*nope: no such file$/, 'a missing --password-file');
   failsWith(t, await runFerry(['status', '--broker', broker.url, '--username', 'op-dash'], { FERRY_PASSWORD: 'wrong-wrong-wrong-wrong' }), 1,
