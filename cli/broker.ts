@@ -37,7 +37,7 @@ export const brokerCommand: CommandModule<object, Args> = {
     y.options({
       port: { type: 'number', default: 1883, describe: 'MQTT listen port' },
       host: { type: 'string', default: '0.0.0.0', describe: 'listen address' },
-      'data-dir': { type: 'string', default: DEFAULT_DATA_DIR, describe: 'directory holding identities.sqlite (see ferry devices/agents/operators)' },
+      'data-dir': { type: 'string', default: DEFAULT_DATA_DIR, describe: 'directory holding identities.sqlite (see ferry devices/agents/operators); one broker at a time unless --redis (locked)' },
       'allow-anonymous': { type: 'boolean', default: false, describe: 'admit clients without a username (never to ferry topics)' },
       prefix: prefixOption,
       redis: { type: 'string', describe: 'share clients with other brokers through this Redis, e.g. redis://127.0.0.1:6379' },
@@ -64,8 +64,10 @@ export const brokerCommand: CommandModule<object, Args> = {
       };
     }
     const log = makeLogger(argv.json);
-    const lock = lockBrokerState(argv['data-dir'], 'broker');
-    if (lock.tookOverFrom !== undefined) log('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
+    // With --redis the broker's state is in Redis and brokers that share it may share a data dir
+    // (docs/broker.md, scale-out); without, the state is this process's alone.
+    const lock = argv.redis === undefined ? lockBrokerState(argv['data-dir'], 'broker') : undefined;
+    if (lock?.tookOverFrom !== undefined) log('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
     if (argv.redis !== undefined) await checkRedis(argv.redis);
     const store = IdentityStore.open(argv['data-dir']);
     const broker = await startBroker({
@@ -83,6 +85,6 @@ export const brokerCommand: CommandModule<object, Args> = {
     await untilSignal();
     await broker.close();
     store.close();
-    lock.release();
+    lock?.release();
   },
 };
