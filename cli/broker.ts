@@ -4,7 +4,8 @@ import { startBroker, type TlsListenerOptions } from '../broker/server.js';
 import { jsonOption, makeLogger, prefixOption, untilSignal, UsageError } from './common.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
 import { readFileOrFail } from './key-files.js';
-import { checkRedis, isListenError, listenProblem, redisUrl, watchRedis } from './startup.js';
+import { checkRedis, redisUrl, watchRedis } from './redis-check.js';
+import { isListenError, listenProblem } from './startup.js';
 import { listenPort } from './validate.js';
 
 export const DEFAULT_DATA_DIR = './ferry-data';
