@@ -78,7 +78,9 @@ export function keepReconnecting(client: MqttClient, backoff: Backoff, onSchedul
 /**
  * CONNACK codes that no retry will change: a wrong protocol version, a refused client id, bad
  * credentials, not authorised (MQTT 3.1.1 return codes 1, 2, 4, 5 and their MQTT 5 reason codes).
- * "Server unavailable" (3) and every network error are worth retrying.
+ * "Server unavailable" (3) and every network error are worth retrying, TLS certificate errors
+ * included: a Pi without a real-time clock has no true time until NTP answers, and until then a
+ * valid certificate looks "not yet valid".
  */
 const PERMANENT_REFUSALS: ReadonlySet<number> = new Set([1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8a, 0x8c]);
 
