@@ -21,8 +21,14 @@ export function setCommand(args: readonly string[]): void {
   commandName = ['ferry', ...words.filter((w) => /^[a-z][a-z-]{0,20}$/.test(w))].join(' ');
 }
 
+/** `ferry <command>: msg`, a message of several lines (yargs' "Invalid values:" …) joined into one. */
 export function failureLine(msg: string): string {
-  return `${commandName}: ${msg.split('\n')[0]}`;
+  const text = msg
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .join(' ');
+  return `${commandName}: ${text}`;
 }
 
 /** Prints the one line and exits with `code` now. */
