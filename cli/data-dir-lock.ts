@@ -64,7 +64,6 @@ export const systemProbe: ProcessProbe = {
 /** Whether the process that wrote `holder` is certainly gone. */
 export function isStale(holder: LockHolder, probe: ProcessProbe = systemProbe): boolean {
   if (!Number.isInteger(holder.pid) || holder.pid <= 0) return true;
-  if (holder.pid === process.pid && holder.boot === probe.bootId()) return false;
   const boot = probe.bootId();
   if (holder.boot && boot && holder.boot !== boot) return true;
   const start = probe.startTime(holder.pid);

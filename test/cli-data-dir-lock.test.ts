@@ -65,6 +65,23 @@ t.test('a second gateway, agent, broker or demo on the same data dir exits 1 nam
   t.notOk(fs.existsSync(path.join(d, 'agent.lock')) || fs.existsSync(path.join(d, 'broker.lock')), 'and its locks are gone');
 });
 
+t.test('ferry sim --state-dir: one sim per state dir', async (t) => {
+  const d = path.join(dir, 'sim-state');
+  const keys = path.join(dir, 'sim-keys');
+  t.equal((await runFerry(['keygen', '--out', keys])).code, 0);
+  const args = ['sim', '--broker', 'mqtt://127.0.0.1:1', '--hw', 'h', '--version', '1.0.0', '--trust', path.join(keys, 'operator.pub'), '--state-dir', d];
+  const first = startFerry(args);
+  t.teardown(() => first.stop());
+  // It logs to stdout; the lock file itself says it holds the dir.
+  while (!fs.existsSync(path.join(d, 'sim.lock'))) {
+    if (first.child.exitCode !== null) throw new Error(`ferry sim exited: ${first.stderr()}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const second = await runFerry(args);
+  t.equal(second.code, 1, 'the second sim exits 1');
+  t.match(second.err, lockLine(d, first.child.pid!, 'sim'), second.err.trim());
+});
+
 t.test('two gateways started at the same moment: exactly one runs', async (t) => {
   const d = path.join(dir, 'race');
   const a = startFerry(['gateway', '--port', '0', '--host', '127.0.0.1', '--data-dir', d]);
