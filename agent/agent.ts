@@ -97,7 +97,12 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   async start(): Promise<void> {
-    await this.links.start();
+    try {
+      await this.links.start();
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
     this.intake.start();
     this.sweeper = setInterval(() => this.updates.sweep(), 500);
     this.sweeper.unref();

@@ -3,7 +3,7 @@ import { encodeMessage, type DownMessage } from '../shared/messages.js';
 import type { Topics } from '../shared/topics.js';
 import type { AgentConfig } from './config.js';
 import { Outbox } from './outbox.js';
-import { Backoff, keepReconnecting } from './reconnect.js';
+import { Backoff, keepReconnecting, untilConnected } from './reconnect.js';
 
 export type LinkName = 'nodes' | 'upstream';
 
@@ -90,8 +90,13 @@ export class Links {
         });
       }
     });
-    await Promise.all([connected(client), connected(upstream)]);
-    await firstReady;
+    // A broker that is not up yet (a Pi whose WAN comes late) is waited for with backoff; only a
+    // broker that refuses us (credentials, authorisation) fails the start.
+    await Promise.all([
+      untilConnected(client, (err) => o.log('warn', `waiting for the nodes broker ${o.brokerUrl} (${err.message}); retrying with backoff`)),
+      upstream === client ? undefined : untilConnected(upstream, (err) => o.log('warn', `waiting for the upstream broker ${o.upstreamUrl} (${err.message}); retrying with backoff`)),
+      firstReady,
+    ]);
   }
 
   private makeOutbox(client: MqttClient, nodeLink: boolean): Outbox {
@@ -183,21 +188,4 @@ export class Links {
     for (const stop of this.stopReconnecting.splice(0)) stop();
     for (const box of new Set([this.outbox, this.opOutbox])) await box?.end(1000);
   }
-}
-
-function connected(client: MqttClient): Promise<void> {
-  if (client.connected) return Promise.resolve();
-  return new Promise((resolve, reject) => {
-    const onError = (err: Error) => {
-      client.off('connect', onConnect);
-      client.end(true);
-      reject(err);
-    };
-    const onConnect = () => {
-      client.off('error', onError);
-      resolve();
-    };
-    client.once('connect', onConnect);
-    client.once('error', onError);
-  });
 }

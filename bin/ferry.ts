@@ -1,7 +1,14 @@
 #!/usr/bin/env node
 import { runCli } from '../cli/main.js';
+import { exitWithFailure, quietOnClosedOutput, setCommand } from '../cli/failure.js';
 
-runCli(process.argv.slice(2)).catch((err: unknown) => {
-  process.stderr.write(`ferry: ${(err as Error).message ?? String(err)}\n`);
-  process.exitCode = 1;
-});
+const args = process.argv.slice(2);
+setCommand(args);
+quietOnClosedOutput();
+let finished = false;
+// A command whose work stopped without settling (nothing left to wait for) must not pass for success.
+process.on('beforeExit', () => finished || exitWithFailure('stopped before finishing (nothing left to wait for): please report this'));
+runCli(args).then(
+  () => void (finished = true),
+  (err: unknown) => exitWithFailure((err as Error)?.message ?? String(err)),
+);

@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { isDeviceId } from '../shared/topics.js';
 import { checkServesEntry, isGroupName, type Role } from './acl.js';
+import { newSecret } from './secret.js';
 
 /**
  * Identities the broker admits: nodes, agents, operators. Secrets are stored only as scrypt hashes
@@ -120,7 +121,7 @@ export class IdentityStore {
     if (opts.password !== undefined && opts.password.length < 16) throw new Error('a given password must be at least 16 characters');
     const existing = this.row(username);
     if (existing && !existing.revoked_at && !opts.replace) throw new Error(`identity "${username}" already exists (${existing.role}); revoke it first or pass replace`);
-    const password = opts.password ?? crypto.randomBytes(24).toString('base64url');
+    const password = opts.password ?? newSecret();
     const salt = crypto.randomBytes(16);
     const hash = await scrypt(password, salt, HASH_LEN, SCRYPT);
     this.db

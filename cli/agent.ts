@@ -1,14 +1,20 @@
 import type { CommandModule } from 'yargs';
-import { Agent } from '../agent/agent.js';
-import { brokerOption, jsonOption, makeLogger, password, passwordOption, prefixOption, readPublicKeys, untilSignal, usernameOption, UsageError } from './common.js';
+import { Agent, type AgentOptions } from '../agent/agent.js';
+import { brokerOption, jsonOption, makeLogger, prefixOption, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
+import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
+import { readTrustKeys } from './key-files.js';
+import { PASSWORD, passwordOptions, readSecret, UPSTREAM_PASSWORD, upstreamPasswordOptions } from './secrets.js';
+import { brokerUrl, optionalBrokerUrl } from './validate.js';
 
 export interface AgentArgs {
   username?: string;
   password?: string;
+  'password-file'?: string;
   'data-dir': string;
   upstream?: string;
   'upstream-username'?: string;
   'upstream-password'?: string;
+  'upstream-password-file'?: string;
   trust?: string | string[];
   prefix: string;
   'max-concurrent': number;
@@ -22,11 +28,11 @@ export interface AgentArgs {
 
 /** Flags shared by `ferry agent` and `ferry gateway`. */
 export const agentOptions = {
-  'data-dir': { type: 'string', demandOption: true, describe: 'directory for the agent state (SQLite) and cached images' },
+  'data-dir': { type: 'string', demandOption: true, describe: 'directory for the agent state (SQLite) and cached images; one agent at a time (locked)' },
   upstream: { type: 'string', describe: 'upstream broker URL for releases and status (nodes stay on the local broker)' },
   'upstream-username': { type: 'string', describe: 'username on the upstream broker' },
-  'upstream-password': { type: 'string', describe: 'password on the upstream broker (or FERRY_UPSTREAM_PASSWORD)' },
-  trust: { type: 'string', describe: 'operator public key file(s): refuse releases they do not sign (nodes check anyway)' },
+  ...upstreamPasswordOptions,
+  trust: { type: 'string', describe: 'operator public key file(s) (operator.pub): refuse releases they do not sign (nodes check anyway)' },
   prefix: prefixOption,
   'max-concurrent': { type: 'number', default: 16, describe: 'transfers running at once' },
   'max-chunk': { type: 'number', default: 16384, describe: 'largest chunk in bytes, whatever a node could take' },
@@ -46,18 +52,23 @@ export function validateAgentArgs(argv: AgentArgs): void {
   if (!(argv['release-timeout'] > 0)) throw new UsageError(`--release-timeout must be a positive number of seconds, got ${argv['release-timeout']}`);
 }
 
-export function createAgent(brokerUrl: string, argv: AgentArgs, credentials?: { username: string; password: string }): Agent {
+/** Everything the agent needs but its own broker link, checked and read before anything starts. */
+export type AgentPlan = Omit<AgentOptions, 'brokerUrl' | 'username' | 'password'>;
+
+export function planAgent(argv: AgentArgs): AgentPlan {
   validateAgentArgs(argv);
-  return new Agent({
-    brokerUrl,
-    upstreamUrl: argv.upstream,
+  const upstreamUrl = optionalBrokerUrl(argv.upstream, '--upstream');
+  const upstreamPassword = readSecret(argv as never, UPSTREAM_PASSWORD, argv['upstream-username']);
+  if (!upstreamUrl && (argv['upstream-username'] !== undefined || argv['upstream-password'] !== undefined || argv['upstream-password-file'] !== undefined)) {
+    throw new UsageError('--upstream-username/--upstream-password only make sense with --upstream');
+  }
+  return {
+    upstreamUrl,
     upstreamUsername: argv['upstream-username'],
-    upstreamPassword: argv['upstream-password'] ?? process.env.FERRY_UPSTREAM_PASSWORD,
+    upstreamPassword: upstreamUrl ? upstreamPassword : undefined,
     dataDir: argv['data-dir'],
-    trust: readPublicKeys(argv.trust),
+    trust: readTrustKeys(argv.trust),
     prefix: argv.prefix,
-    username: credentials?.username ?? argv.username,
-    password: credentials?.password ?? password(argv),
     maxConcurrent: argv['max-concurrent'],
     maxChunk: argv['max-chunk'],
     delta: argv.delta,
@@ -65,17 +76,31 @@ export function createAgent(brokerUrl: string, argv: AgentArgs, credentials?: { 
     resendBudget: { windows: argv['resend-budget'], perMs: 1000 },
     releaseAssemblyTimeoutMs: argv['release-timeout'] * 1000,
     log: makeLogger(argv.json),
-  });
+  };
+}
+
+/** Takes the data dir's agent lock: one agent (or gateway) per agent state. */
+export function lockAgentState(dataDir: string, command: string): DataDirLock {
+  return lockDataDir(dataDir, 'agent', command);
+}
+
+export function createAgent(plan: AgentPlan, brokerUrl: string, credentials: { username?: string; password?: string }): Agent {
+  return new Agent({ ...plan, brokerUrl, username: credentials.username, password: credentials.password });
 }
 
 export const agentCommand: CommandModule<object, AgentArgs & { broker: string }> = {
   command: 'agent',
   describe: 'run the relay agent against a broker',
-  builder: (y) => y.options({ broker: brokerOption, username: usernameOption, password: passwordOption, ...agentOptions }) as never,
+  builder: (y) => y.options({ broker: brokerOption, username: usernameOption, ...passwordOptions, ...agentOptions }) as never,
   handler: async (argv) => {
-    const agent = createAgent(argv.broker, argv);
-    await agent.start();
-    await untilSignal();
+    const url = brokerUrl(argv.broker);
+    const plan = planAgent(argv);
+    const password = readSecret(argv as never, PASSWORD, argv.username);
+    const lock = lockAgentState(argv['data-dir'], 'agent');
+    if (lock.tookOverFrom !== undefined) plan.log?.('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
+    const agent = createAgent(plan, url, { username: argv.username, password });
+    await untilSignalOnceStarted(agent.start());
     await agent.stop();
+    lock.release();
   },
 };

@@ -1,9 +1,19 @@
 import type { CommandModule } from 'yargs';
 import { IdentityStore } from '../broker/identity-store.js';
 import { startBroker, type TlsListenerOptions } from '../broker/server.js';
-import { jsonOption, makeLogger, prefixOption, readFileOrFail, untilSignal, UsageError } from './common.js';
+import { jsonOption, makeLogger, prefixOption, untilSignal, UsageError } from './common.js';
+import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
+import { readFileOrFail } from './key-files.js';
+import { checkRedis, redisUrl, watchRedis } from './redis-check.js';
+import { isListenError, listenProblem } from './startup.js';
+import { listenPort } from './validate.js';
 
 export const DEFAULT_DATA_DIR = './ferry-data';
+
+/** Takes the data dir's broker lock: one broker (or gateway) per broker state. */
+export function lockBrokerState(dataDir: string, command: string): DataDirLock {
+  return lockDataDir(dataDir, 'broker', command);
+}
 
 interface Args {
   port: number;
@@ -28,7 +38,7 @@ export const brokerCommand: CommandModule<object, Args> = {
     y.options({
       port: { type: 'number', default: 1883, describe: 'MQTT listen port' },
       host: { type: 'string', default: '0.0.0.0', describe: 'listen address' },
-      'data-dir': { type: 'string', default: DEFAULT_DATA_DIR, describe: 'directory holding identities.sqlite (see ferry devices/agents/operators)' },
+      'data-dir': { type: 'string', default: DEFAULT_DATA_DIR, describe: 'directory holding identities.sqlite (see ferry devices/agents/operators); one broker at a time unless --redis (locked)' },
       'allow-anonymous': { type: 'boolean', default: false, describe: 'admit clients without a username (never to ferry topics)' },
       prefix: prefixOption,
       redis: { type: 'string', describe: 'share clients with other brokers through this Redis, e.g. redis://127.0.0.1:6379' },
@@ -40,22 +50,26 @@ export const brokerCommand: CommandModule<object, Args> = {
       json: jsonOption,
     }) as never,
   handler: async (argv) => {
-    for (const flag of ['port', 'tls-port'] as const) {
-      const v = argv[flag];
-      if (v !== undefined && (!Number.isInteger(v) || v < 0 || v > 65535)) throw new UsageError(`--${flag} must be 0..65535, got ${v}`);
-    }
+    listenPort(argv.port, 'port');
+    listenPort(argv['tls-port'], 'tls-port');
+    if (argv.redis !== undefined) redisUrl(argv.redis);
     let tls: TlsListenerOptions | undefined;
     if (argv['tls-port'] !== undefined) {
       if (!argv['tls-key'] || !argv['tls-cert']) throw new UsageError('--tls-port needs --tls-key and --tls-cert');
       tls = {
         port: argv['tls-port'],
-        key: readFileOrFail(argv['tls-key'], 'TLS key'),
-        cert: readFileOrFail(argv['tls-cert'], 'TLS certificate'),
-        ca: argv['tls-ca'] ? readFileOrFail(argv['tls-ca'], 'TLS client CA') : undefined,
+        key: readFileOrFail(argv['tls-key'], '--tls-key'),
+        cert: readFileOrFail(argv['tls-cert'], '--tls-cert'),
+        ca: argv['tls-ca'] ? readFileOrFail(argv['tls-ca'], '--tls-ca') : undefined,
         requireClientCert: argv['require-client-cert'],
       };
     }
     const log = makeLogger(argv.json);
+    // With --redis the broker's state is in Redis and brokers that share it may share a data dir
+    // (docs/broker.md, scale-out); without, the state is this process's alone.
+    const lock = argv.redis === undefined ? lockBrokerState(argv['data-dir'], 'broker') : undefined;
+    if (lock?.tookOverFrom !== undefined) log('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
+    if (argv.redis !== undefined) await checkRedis(argv.redis);
     const store = IdentityStore.open(argv['data-dir']);
     const broker = await startBroker({
       port: argv.port,
@@ -63,11 +77,15 @@ export const brokerCommand: CommandModule<object, Args> = {
       redis: argv.redis,
       tls,
       ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log },
+    }).catch((err: unknown) => {
+      throw isListenError(err) ? new Error(listenProblem(err, argv.host)) : err;
     });
+    if (argv.redis !== undefined) watchRedis(broker.aedes, argv.redis, log);
     const counts = ['node', 'agent', 'operator'].map((r) => `${store.list(r as 'node').filter((i) => !i.revokedAt).length} ${r}s`).join(', ');
     log('info', `ferry broker on ${argv.host}:${broker.port}${broker.tlsPort !== undefined ? `, TLS on ${broker.tlsPort}` : ''}; identities in ${store.file} (${counts}); anonymous ${argv['allow-anonymous'] ? 'allowed' : 'refused'}${argv.redis ? `; sharing through ${argv.redis}` : ''}`);
     await untilSignal();
     await broker.close();
     store.close();
+    lock?.release();
   },
 };

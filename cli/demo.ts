@@ -12,6 +12,8 @@ import { demoImage } from '../harness/images.js';
 import { generateOperatorKey } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
 import { makeLogger, UsageError } from './common.js';
+import { lockAgentState } from './agent.js';
+import { lockBrokerState } from './broker.js';
 import { formatBytes, progressBar } from './progress.js';
 
 interface Args {
@@ -59,6 +61,7 @@ export const demoCommand: CommandModule<object, Args> = {
     }
     const out = process.stderr;
     const dataDir = argv['data-dir'] ?? fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-demo-'));
+    const locks = [lockBrokerState(dataDir, 'demo'), lockAgentState(dataDir, 'demo')];
     const say = (line: string) => {
       if (!argv.json) out.write(`${line}\n`);
     };
@@ -155,6 +158,7 @@ export const demoCommand: CommandModule<object, Args> = {
     await agent.stop();
     await broker.close();
     store.close();
+    for (const lock of locks) lock.release();
     if (!argv['data-dir']) fs.rmSync(dataDir, { recursive: true, force: true });
     process.exitCode = ok ? 0 : 1;
   },

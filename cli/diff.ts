@@ -5,7 +5,8 @@ import { ARCH_NAMES, type ArchName } from '../shared/delta/arch/index.js';
 import { detectImage, layoutFor } from '../shared/delta/detect.js';
 import { MAX_WINDOW_BITS, MIN_WINDOW_BITS } from '../shared/delta/format.js';
 import { AtomicFile, sameFile } from './atomic-file.js';
-import { jsonOption, readFileOrFail, UsageError } from './common.js';
+import { jsonOption, UsageError } from './common.js';
+import { readFileOrFail } from './key-files.js';
 import { formatBytes, progressBar } from './progress.js';
 
 interface Args {

@@ -1,9 +1,12 @@
-import { randomBytes } from 'node:crypto';
 import type { CommandModule } from 'yargs';
 import { IdentityStore } from '../broker/identity-store.js';
+import { newSecret } from '../broker/secret.js';
 import { startBroker } from '../broker/server.js';
-import { agentOptions, createAgent, type AgentArgs } from './agent.js';
-import { makeLogger, untilSignal, UsageError } from './common.js';
+import { agentOptions, createAgent, lockAgentState, planAgent, type AgentArgs } from './agent.js';
+import { lockBrokerState } from './broker.js';
+import { untilSignalOnceStarted } from './common.js';
+import { isListenError, listenProblem } from './startup.js';
+import { listenPort } from './validate.js';
 
 interface GatewayArgs extends AgentArgs {
   port: number;
@@ -30,18 +33,23 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
       ...agentOptions,
     }) as never,
   handler: async (argv) => {
-    if (!Number.isInteger(argv.port) || argv.port < 0 || argv.port > 65535) throw new UsageError(`--port must be 0..65535, got ${argv.port}`);
-    const log = makeLogger(argv.json);
+    listenPort(argv.port, 'port');
+    const plan = planAgent(argv);
+    const log = plan.log!;
+    const locks = [lockBrokerState(argv['data-dir'], 'gateway'), lockAgentState(argv['data-dir'], 'gateway')];
+    for (const lock of locks) if (lock.tookOverFrom !== undefined) log('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
     const store = IdentityStore.open(argv['data-dir']);
-    const password = randomBytes(24).toString('base64url');
+    const password = newSecret();
     await store.add('agent', GATEWAY_AGENT, { serves: ['*'], password, replace: true });
-    const broker = await startBroker({ port: argv.port, host: argv.host, ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log } });
-    const agent = createAgent(broker.url, argv, { username: GATEWAY_AGENT, password });
-    await agent.start();
+    const broker = await startBroker({ port: argv.port, host: argv.host, ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log } }).catch((err: unknown) => {
+      throw isListenError(err) ? new Error(listenProblem(err, argv.host)) : err;
+    });
     log('info', `ferry gateway: broker on ${argv.host}:${broker.port}, agent state and identities in ${argv['data-dir']}`);
-    await untilSignal();
+    const agent = createAgent(plan, broker.url, { username: GATEWAY_AGENT, password });
+    await untilSignalOnceStarted(agent.start());
     await agent.stop();
     await broker.close();
     store.close();
+    for (const lock of locks) lock.release();
   },
 };

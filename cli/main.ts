@@ -2,12 +2,19 @@ import yargs from 'yargs';
 import type { CommandModule } from 'yargs';
 import { commands } from './commands.js';
 import { UsageError } from './common.js';
+import { failureLine } from './failure.js';
+import { checkDashSecrets } from './secrets.js';
 
 /**
  * The ferry command line. Each command lives in its own module under cli/ and is listed in
  * cli/commands.ts; this file only wires yargs. Bad flags exit 2 with a message naming the flag.
  */
 export async function runCli(argv: string[]): Promise<void> {
+  try {
+    checkDashSecrets(argv);
+  } catch (err) {
+    usageExit((err as Error).message);
+  }
   let parser = yargs(argv)
     .scriptName('ferry')
     .strict()
@@ -33,6 +40,6 @@ export async function runCli(argv: string[]): Promise<void> {
 }
 
 function usageExit(msg: string): never {
-  process.stderr.write(`ferry: ${msg}\n(run ferry --help for usage)\n`);
+  process.stderr.write(`${failureLine(msg)}\n(run ferry --help for usage)\n`);
   process.exit(2);
 }

@@ -3,7 +3,8 @@ import type { CommandModule } from 'yargs';
 import { checkBase, PatchApplier } from '../shared/delta/apply.js';
 import { MAX_HEADER_SIZE, readPatchHeader } from '../shared/delta/format.js';
 import { AtomicFile, sameFile } from './atomic-file.js';
-import { jsonOption, readFileOrFail } from './common.js';
+import { jsonOption } from './common.js';
+import { readFileOrFail } from './key-files.js';
 import { progressBar } from './progress.js';
 
 interface Args {

@@ -1,7 +1,11 @@
 import type { CommandModule } from 'yargs';
 import { ManifestFlag } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
-import { brokerOption, jsonOption, password, passwordOption, prefixOption, readFileOrFail, readPrivateKey, usernameOption } from './common.js';
+import { brokerOption, jsonOption, prefixOption, usernameOption } from './common.js';
+import { readFileOrFail, readOperatorKey } from './key-files.js';
+import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
+import { reachingBroker } from './startup.js';
+import { brokerUrl } from './validate.js';
 import { formatBytes, progressBar } from './progress.js';
 
 interface PublishArgs {
@@ -15,6 +19,7 @@ interface PublishArgs {
   prefix: string;
   username?: string;
   password?: string;
+  'password-file'?: string;
   json: boolean;
 }
 
@@ -32,14 +37,16 @@ const publish: CommandModule<object, PublishArgs> = {
       .option('allow-no-rollback', { type: 'boolean', default: false, describe: 'also update nodes whose bootloader cannot roll back' })
       .option('prefix', prefixOption)
       .option('username', usernameOption)
-      .option('password', passwordOption)
+      .options(passwordOptions)
       .option('json', jsonOption) as never,
   handler: async (argv) => {
-    const image = readFileOrFail(argv.image, 'image');
-    const key = readPrivateKey(argv.key);
+    const url = brokerUrl(argv.broker);
+    const secret = readSecret(argv as never, PASSWORD, argv.username);
+    const image = readFileOrFail(argv.image, '--image');
+    const key = readOperatorKey(argv.key);
     const bar = progressBar(`publishing ${argv.hw} ${argv.version}`, { quiet: argv.json });
-    const result = await publishRelease({
-      brokerUrl: argv.broker,
+    const result = await reachingBroker(url, publishRelease({
+      brokerUrl: url,
       image,
       hw: argv.hw,
       version: argv.version,
@@ -48,9 +55,9 @@ const publish: CommandModule<object, PublishArgs> = {
       flags: argv['allow-no-rollback'] ? ManifestFlag.allowNoRollback : 0,
       prefix: argv.prefix,
       username: argv.username,
-      password: password(argv),
+      password: secret,
       onProgress: (done, total) => bar.update(done, total),
-    });
+    }));
     bar.done(`${formatBytes(image.length)} in ${result.parts} part(s)`);
     const summary = {
       hw: result.manifest.hw,

@@ -1,4 +1,3 @@
-import fs from 'node:fs';
 import path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { reasonName } from '../shared/errors.js';
@@ -14,7 +13,12 @@ import { simSweepCommand } from './sim-sweep.js';
 import { IdentityStore } from '../broker/identity-store.js';
 import { provision } from '../broker/provision.js';
 import { DEFAULT_DATA_DIR } from './broker.js';
-import { brokerOption, jsonOption, password, passwordOption, prefixOption, readFileOrFail, readPublicKeys, untilSignal, usernameOption } from './common.js';
+import { brokerOption, jsonOption, prefixOption, untilSignal, usernameOption } from './common.js';
+import { lockDataDir } from './data-dir-lock.js';
+import { failureLine } from './failure.js';
+import { readFileOrFail, readTrustKeys } from './key-files.js';
+import { PASSWORD, passwordOptions, readSecret, secretFlagGiven } from './secrets.js';
+import { brokerUrl } from './validate.js';
 
 interface SimArgs {
   broker: string;
@@ -34,6 +38,7 @@ interface SimArgs {
   prefix: string;
   username?: string;
   password?: string;
+  'password-file'?: string;
   credentials?: string;
   provision: boolean;
   'data-dir': string;
@@ -45,7 +50,7 @@ interface SimArgs {
  * `ferry devices add --json` prints them ({"username": "node-1", "password": "…"}).
  */
 export function readCredentials(file: string): Map<string, string> {
-  const text = readFileOrFail(file, 'credentials file').toString('utf8').trim();
+  const text = readFileOrFail(file, '--credentials').toString('utf8').trim();
   const out = new Map<string, string>();
   const add = (v: unknown) => {
     if (v && typeof v === 'object' && 'username' in v && 'password' in v) out.set(String((v as { username: unknown }).username), String((v as { password: unknown }).password));
@@ -79,9 +84,10 @@ export function checkSimArgs(a: SimArgs): string | undefined {
   if (!Number.isInteger(a.window) || a.window < 1 || a.window > 1024) return `--window must be 1..1024, got ${a.window}`;
   if (!Number.isInteger(a['slot-size']) || a['slot-size'] <= 0 || a['slot-size'] % 65536 !== 0) return `--slot-size must be a positive multiple of 65536, got ${a['slot-size']}`;
   if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,40}$/.test(a['id-prefix'])) return `--id-prefix "${a['id-prefix']}" must be letters, digits, _ . : - (up to 41)`;
-  if (a.credentials && (a.username || a.password)) return '--credentials and --username/--password are exclusive';
+  const passwordGiven = secretFlagGiven(a as never, PASSWORD);
+  if (a.credentials && (a.username || passwordGiven)) return '--credentials and --username/--password are exclusive';
   if (a.boot && !a.rollback && a.boot !== 'esp-idf-norollback') return `--no-rollback contradicts --boot ${a.boot}`;
-  if (a.provision && (a.credentials || a.username || a.password)) return '--provision makes its own credentials: drop --credentials/--username/--password';
+  if (a.provision && (a.credentials || a.username || passwordGiven)) return '--provision makes its own credentials: drop --credentials/--username/--password';
   return undefined;
 }
 
@@ -90,7 +96,7 @@ export function checkSimArgs(a: SimArgs): string | undefined {
  * passes as err, and for a check() message that is the message itself, which would exit 1.)
  */
 function flagError(msg: string): never {
-  process.stderr.write(`ferry: ${msg}\n(run ferry --help for usage)\n`);
+  process.stderr.write(`${failureLine(msg)}\n(run ferry --help for usage)\n`);
   process.exit(2);
 }
 
@@ -128,10 +134,10 @@ const simRunCommand: CommandModule<object, SimArgs> = {
         rollback: { type: 'boolean', default: true, describe: 'bootloader rollback (--no-rollback: a bootloader without it)' },
         boot: { choices: BOOT_PROFILES, describe: 'boot profile (default esp-idf; esp-idf-norollback with --no-rollback)' },
         'slot-size': { type: 'number', default: DEFAULT_SLOT_SIZE, describe: 'size of each OTA slot in bytes (multiple of 65536)' },
-        'state-dir': { type: 'string', describe: 'keep each node\'s flash in a file here, so nodes survive a restart' },
+        'state-dir': { type: 'string', describe: 'keep each node\'s flash in a file here, so nodes survive a restart (one sim at a time: locked)' },
         prefix: prefixOption,
         username: usernameOption,
-        password: passwordOption,
+        ...passwordOptions,
         credentials: { type: 'string', describe: 'per-device passwords: JSON {"id": "password"} or `ferry devices add --json` lines' },
         provision: {
           type: 'boolean',
@@ -147,13 +153,15 @@ const simRunCommand: CommandModule<object, SimArgs> = {
         return true;
       }) as never,
   handler: async (argv) => {
-    const trust = readPublicKeys(argv.trust);
+    const url = brokerUrl(argv.broker);
+    const secret = readSecret(argv as never, PASSWORD, argv.username);
+    const trust = readTrustKeys(argv.trust);
     const ids = fleetIds(argv.devices, argv['id-prefix']);
     const creds = argv.credentials ? readCredentials(argv.credentials) : argv.provision ? await provisionNodes(argv['data-dir'], ids) : undefined;
     const failing = new Set(ids.slice(ids.length - argv['fail-selftest']));
     if (argv['fail-selftest'] === 0) failing.clear();
     const layout = makeLayout(argv['slot-size']);
-    if (argv['state-dir']) fs.mkdirSync(argv['state-dir'], { recursive: true });
+    const lock = argv['state-dir'] ? lockDataDir(argv['state-dir'], 'sim', 'sim') : undefined;
 
     const t0 = Date.now();
     const emit = (id: string, event: string, detail: Record<string, unknown> & { text: string }) => {
@@ -169,14 +177,14 @@ const simRunCommand: CommandModule<object, SimArgs> = {
       if (creds && !creds.has(id)) throw new Error(`--credentials ${argv.credentials}: no password for ${id}`);
       const flash = argv['state-dir'] ? new Flash(layout.flashSize, { file: path.join(argv['state-dir'], `${id}.flash`) }) : undefined;
       const node = new SimNode({
-        brokerUrl: argv.broker,
+        brokerUrl: url,
         deviceId: id,
         hw: argv.hw,
         version: argv.version,
         trust,
         prefix: argv.prefix,
         username: creds ? id : argv.username,
-        password: creds ? creds.get(id) : password(argv),
+        password: creds ? creds.get(id) : secret,
         maxMessage: argv['max-message'],
         window: argv.window,
         boot: argv.boot,
@@ -212,11 +220,12 @@ const simRunCommand: CommandModule<object, SimArgs> = {
       return node;
     });
     await Promise.all(nodes.map((n) => n.start()));
-    emit('sim', 'started', { text: `${nodes.length} ${argv.hw} nodes on ${argv.broker}${failing.size ? `, failing self-test: ${[...failing].join(', ')}` : ''}`, devices: nodes.length });
+    emit('sim', 'started', { text: `${nodes.length} ${argv.hw} nodes on ${url}${failing.size ? `, failing self-test: ${[...failing].join(', ')}` : ''}`, devices: nodes.length });
     await untilSignal();
     await Promise.all(nodes.map((n) => n.stop()));
     const wear = nodes.reduce((w, n) => ({ erases: w.erases + n.flash.stats.erases, writes: w.writes + n.flash.stats.writes }), { erases: 0, writes: 0 });
     emit('sim', 'stopped', { text: `flash erases ${wear.erases}, writes ${wear.writes} across ${nodes.length} nodes`, ...wear });
+    lock?.release();
   },
 };
 

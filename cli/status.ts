@@ -2,13 +2,17 @@ import mqtt from 'mqtt';
 import type { CommandModule } from 'yargs';
 import { topics } from '../shared/topics.js';
 import type { NodeStatus } from '../agent/status.js';
-import { brokerOption, jsonOption, password, passwordOption, prefixOption, usernameOption } from './common.js';
+import { brokerOption, jsonOption, prefixOption, usernameOption } from './common.js';
+import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
+import { reachingBroker } from './startup.js';
+import { brokerUrl } from './validate.js';
 
 interface Args {
   broker: string;
   prefix: string;
   username?: string;
   password?: string;
+  'password-file'?: string;
   json: boolean;
   wait: number;
 }
@@ -71,12 +75,14 @@ export const statusCommand: CommandModule<object, Args> = {
       broker: brokerOption,
       prefix: prefixOption,
       username: usernameOption,
-      password: passwordOption,
+      ...passwordOptions,
       json: jsonOption,
       wait: { type: 'number', default: 300, describe: 'ms of quiet after which the retained statuses are complete' },
     }) as never,
   handler: async (argv) => {
-    const rows = await readStatuses({ brokerUrl: argv.broker, prefix: argv.prefix, username: argv.username, password: password(argv), quietMs: argv.wait });
+    const url = brokerUrl(argv.broker);
+    const secret = readSecret(argv as never, PASSWORD, argv.username);
+    const rows = await reachingBroker(url, readStatuses({ brokerUrl: url, prefix: argv.prefix, username: argv.username, password: secret, quietMs: argv.wait }));
     if (argv.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
     else process.stdout.write(rows.length ? `${statusTable(rows)}\n` : 'no nodes have reported yet\n');
   },

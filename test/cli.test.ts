@@ -1,22 +1,19 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import t, { type Test } from 'tap';
+import { ferrySync, type FerryResult } from './helpers/ferry-process.js';
 
 /**
  * The ferry command line as a user meets it: a real child process per invocation. Bad flags exit 2
  * with a message naming the flag; runtime failures (a missing file, a key that is not a key) exit 1
  * naming the file; nothing ever ends in a stack trace.
  */
-const bin = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bin', 'ferry.js');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-cli-'));
 t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-function ferry(...args: string[]): { code: number | null; out: string; err: string } {
-  const r = spawnSync(process.execPath, [bin, ...args], { encoding: 'utf8', timeout: 60_000, env: { ...process.env, CI: 'true' } });
-  return { code: r.status, out: r.stdout, err: r.stderr };
+function ferry(...args: string[]): FerryResult {
+  return ferrySync(args, {}, 60_000);
 }
 
 function noStack(t: Test, text: string): void {
@@ -50,7 +47,7 @@ t.test('runtime failures exit 1 and name the file', async (t) => {
   const missing = path.join(dir, 'missing.bin');
   let r = ferry('diff', missing, missing, '-o', path.join(dir, 'p'));
   t.equal(r.code, 1);
-  t.match(r.err, /cannot read old image .*missing\.bin: ENOENT/);
+  t.match(r.err, /^ferry diff: old image .*missing\.bin: no such file\n$/);
   noStack(t, r.err);
 
   const notAKey = path.join(dir, 'not-a-key.pem');
@@ -59,7 +56,7 @@ t.test('runtime failures exit 1 and name the file', async (t) => {
   fs.writeFileSync(image, Buffer.alloc(1024, 1));
   r = ferry('release', 'publish', '--broker', 'mqtt://127.0.0.1:1', '--image', image, '--version', '1.0.0', '--hw', 'h', '--key', notAKey);
   t.equal(r.code, 1);
-  t.match(r.err, /operator key .*not-a-key\.pem/);
+  t.match(r.err, /^ferry release publish: --key .*not-a-key\.pem is not a PEM private key/);
   noStack(t, r.err);
 });
 

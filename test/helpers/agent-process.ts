@@ -1,11 +1,9 @@
-import path from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import type { RunningBroker } from '../../broker/server.js';
 import type { SimNode } from '../../device/node.js';
+import { ferryBin } from './ferry-process.js';
 
-/** Shared by the fault tests and the resume bench: a real `ferry agent` process to SIGKILL, and waits. */
-const ferryBin = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bin/ferry.js');
+// Shared by the fault tests and the resume bench: a real `ferry agent` process to SIGKILL, and waits.
 
 /**
  * `ferry agent` as a child process. Its output is ignored, not piped: nobody reads it, and an unread
