@@ -217,6 +217,7 @@ export class MicroPythonNode extends EventEmitter {
         return;
       case 'peak':
         if (e.bytes > this.peakHeap) this.peakHeap = e.bytes;
+        this.emit('peak', e.bytes);
         return;
       case 'flashOps':
         this.emit('flashOps', e.count);

@@ -20,6 +20,7 @@ declare module '@micropython/micropython-webassembly-pyscript/micropython.mjs' {
   export interface MicroPython {
     FS: EmscriptenFS;
     runPython(code: string): unknown;
+    globals: { get(name: string): unknown };
     registerJsModule(name: string, module: Record<string, unknown>): void;
   }
   export function loadMicroPython(options?: {

@@ -111,6 +111,12 @@ function request(e: WorkerEvent, ms = 15_000): boolean {
   return Atomics.load(ctl, Ctl.reply) === 1;
 }
 
+function idle(ms: number): void {
+  if (Atomics.load(ctl, Ctl.cut)) powerCut();
+  const seq = Atomics.load(ctl, Ctl.rxSeq);
+  if (Atomics.load(ctl, Ctl.used) === 0) Atomics.wait(ctl, Ctl.rxSeq, seq, ms);
+}
+
 let peak = 0;
 const erased = new Uint8Array(4096).fill(0xff);
 mp.registerJsModule('ferry_host', {
@@ -132,11 +138,7 @@ mp.registerJsModule('ferry_host', {
     }
     return Atomics.load(ctl, Ctl.link) ? '' : null;
   },
-  idle: (ms: number) => {
-    if (Atomics.load(ctl, Ctl.cut)) powerCut();
-    const seq = Atomics.load(ctl, Ctl.rxSeq);
-    if (Atomics.load(ctl, Ctl.used) === 0) Atomics.wait(ctl, Ctl.rxSeq, seq, ms);
-  },
+  idle,
   disconnect: () => post({ t: 'disconnect' }),
   /** Clean reset: the owner sends what was published, closes the connection, then we stop. */
   reset: () => {
@@ -166,7 +168,13 @@ mp.registerJsModule('ferry_host', {
 });
 
 try {
-  mp.runPython('import host_main\nhost_main.main()');
+  mp.runPython('import host_main\n_step = host_main.boot()');
+  const step = mp.globals.get('_step') as () => boolean;
+  // The board's Runner.run loop, driven from here: each step returns to JavaScript, where the
+  // WebAssembly build runs its deferred garbage collection.
+  for (;;) {
+    if (!step()) idle(10);
+  }
 } catch (err) {
   post({ t: 'log', line: `crashed: ${(err as Error).message}` });
   process.exit(Exit.crashed);

@@ -1,6 +1,7 @@
-# Copy to the board as /main.py. Starts the ferry client; pass your application module as `app`
-# (with start(version) and, optionally, self_test(version)) to have it started and checked.
-from ferry_node import config, runner
+# Copy to the board as /main.py. Starts the ferry client; an application module `app` (on the
+# board's filesystem) with start(version) and, optionally, self_test(version) is started and checked.
+from ferry_node import config
+from ferry_node.runner import Runner
 from ferry_node.port_esp32 import Esp32Port
 
 cfg = config.load('/ferry.json')
@@ -8,5 +9,4 @@ try:
     import app
 except ImportError:
     app = None
-port = Esp32Port(cfg, self_test=getattr(app, 'self_test', None))
-runner.run(port, cfg, app)
+Runner(Esp32Port(cfg, self_test=getattr(app, 'self_test', None)), cfg, app).run()

@@ -1,5 +1,6 @@
 # Ed25519 signature verification (RFC 8032 section 5.1.7), pure Python, verify only.
-# SHA-512 is included because MicroPython's hashlib has no sha512 on ESP32.
+# SHA-512 is included because MicroPython's hashlib has no sha512 on ESP32. Work is sliced
+# (generators) into steps that each leave only a few KiB of garbage.
 # Cofactorless check: encode([S]B - [k]A) and compare with R; timing does not matter (public data).
 
 _M64 = 0xffffffffffffffff
@@ -10,17 +11,28 @@ def _primes(count):
     out = []
     n = 2
     while len(out) < count:
-        if all(n % p for p in out if p * p <= n):
+        prime = True
+        for p in out:
+            if p * p > n:
+                break
+            if n % p == 0:
+                prime = False
+                break
+        if prime:
             out.append(n)
         n += 1
     return out
 
 
 def _k512():
+    # First 64 bits of the fractional parts of the cube roots of the first 80 primes.
     global _K
     if _K is None:
-        # First 64 bits of the fractional parts of the cube roots of the first 80 primes.
-        _K = [_frac_root(p, 3) for p in _primes(80)]
+        k = []
+        for p in _primes(80):
+            k.append(_frac_root(p, 3))
+            yield
+        _K = k
     return _K
 
 
@@ -49,8 +61,12 @@ def _rotr(x, n):
 
 
 def sha512(data):
-    k = _k512()
-    h = [_frac_root(p, 2) for p in (2, 3, 5, 7, 11, 13, 17, 19)]
+    # A generator: yields between slices of work, returns the digest (use with yield from).
+    k = yield from _k512()
+    h = []
+    for p in (2, 3, 5, 7, 11, 13, 17, 19):
+        h.append(_frac_root(p, 2))
+        yield
     n = len(data)
     msg = bytearray(data)
     msg.append(0x80)
@@ -67,6 +83,8 @@ def sha512(data):
             s0 = _rotr(a, 1) ^ _rotr(a, 8) ^ (a >> 7)
             s1 = _rotr(b, 19) ^ _rotr(b, 61) ^ (b >> 6)
             w[i] = (w[i - 16] + s0 + w[i - 7] + s1) & _M64
+            if i & 7 == 7:
+                yield
         a, b, c, d, e, f, g, hh = h
         for i in range(80):
             t1 = (hh + (_rotr(e, 14) ^ _rotr(e, 18) ^ _rotr(e, 41)) + ((e & f) ^ (~e & g)) + k[i] + w[i]) & _M64
@@ -79,6 +97,8 @@ def sha512(data):
             c = b
             b = a
             a = (t1 + t2) & _M64
+            if i & 3 == 3:
+                yield
         h = [(x + y) & _M64 for x, y in zip(h, (a, b, c, d, e, f, g, hh))]
     out = bytearray()
     for x in h:
@@ -91,6 +111,8 @@ _L = (1 << 252) + 27742317777372353535851937790883648493
 _D = (-121665 * pow(121666, _P - 2, _P)) % _P
 _I = pow(2, (_P - 1) // 4, _P)  # sqrt(-1)
 _BY = 4 * pow(5, _P - 2, _P) % _P
+_BX = 15112221349535400772501151409588531511454012693041857206046113283949847762202  # RFC 8032 5.1
+_BASE = (_BX, _BY, 1, _BX * _BY % _P)
 
 
 def _add(p, q):
@@ -120,13 +142,29 @@ def _double(p):
     return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
 
 
+def _pow(b, e):
+    # b ** e mod p, yielding every 16 bits (the built-in three-argument pow runs in one go).
+    r = 1
+    b %= _P
+    n = 0
+    while e:
+        if e & 1:
+            r = r * b % _P
+        b = b * b % _P
+        e >>= 1
+        n += 1
+        if n & 15 == 0:
+            yield
+    return r
+
+
 def _recover_x(y, sign):
     if y >= _P:
         return None
-    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P) % _P
+    x2 = (y * y - 1) * (yield from _pow(_D * y * y + 1, _P - 2)) % _P
     if x2 == 0:
         return None if sign else 0
-    x = pow(x2, (_P + 3) // 8, _P)
+    x = yield from _pow(x2, (_P + 3) // 8)
     if (x * x - x2) % _P != 0:
         x = x * _I % _P
     if (x * x - x2) % _P != 0:
@@ -140,7 +178,7 @@ def _decode_point(b):
     y = int.from_bytes(b, 'little')
     sign = y >> 255
     y &= (1 << 255) - 1
-    x = _recover_x(y, sign)
+    x = yield from _recover_x(y, sign)
     if x is None:
         return None
     return (x, y, 1, x * y % _P)
@@ -148,25 +186,26 @@ def _decode_point(b):
 
 def _encode_point(p):
     x, y, z, _ = p
-    zi = pow(z, _P - 2, _P)
+    zi = yield from _pow(z, _P - 2)
     x = x * zi % _P
     y = y * zi % _P
     return (y | ((x & 1) << 255)).to_bytes(32, 'little')
 
 
 def verify(public, msg, sig):
-    # True when sig (64 bytes) is public's (32 bytes) Ed25519 signature over msg.
+    # A generator returning True when sig (64 bytes) is public's (32 bytes) Ed25519 signature over
+    # msg. It yields every few steps so the caller can keep its connection and watchdog served and,
+    # on a port without automatic collection between steps, collect garbage.
     if len(public) != 32 or len(sig) != 64:
         return False
-    a = _decode_point(public)
+    a = yield from _decode_point(public)
     if a is None:
         return False
     s = int.from_bytes(sig[32:], 'little')
     if s >= _L:
         return False
-    k = int.from_bytes(sha512(bytes(sig[:32]) + bytes(public) + bytes(msg)), 'little') % _L
-    bx = _recover_x(_BY, 0)
-    base = (bx, _BY, 1, bx * _BY % _P)
+    k = int.from_bytes((yield from sha512(bytes(sig[:32]) + bytes(public) + bytes(msg))), 'little') % _L
+    base = _BASE
     neg_a = ((_P - a[0]) % _P, a[1], 1, (_P - a[3]) % _P)
     both = _add(base, neg_a)
     q = (0, 1, 1, 0)
@@ -180,4 +219,5 @@ def verify(public, msg, sig):
             q = _add(q, base)
         elif kb:
             q = _add(q, neg_a)
-    return _encode_point(q) == bytes(sig[:32])
+        yield
+    return (yield from _encode_point(q)) == bytes(sig[:32])

@@ -1,10 +1,10 @@
 # The signed manifest (docs/protocol.md section 3): an untagged COSE_Sign1 over a CBOR map,
 # Ed25519 with the operator key. Checks run in the order section 3 gives.
+# Imported at boot, not per Offer: compiling a module at run time costs far more heap than it holds.
 import binascii
-import gc
 import hashlib
-import sys
 from . import cbor
+from . import ed25519
 from .errors import Refused, MALFORMED, BAD_SIGNATURE, UNKNOWN_KEY, UNSUPPORTED_VERSION, BAD_FIELD, OVERSIZE
 
 MAX_MANIFEST = 1024
@@ -26,23 +26,9 @@ def key_id(public):
     return hashlib.sha256(public).digest()[:8]
 
 
-def _verify(public, data, sig):
-    # The verifier's code is loaded for the check and dropped after it: it is the largest module
-    # and runs once per Offer, so it does not stay on the heap.
-    from . import ed25519
-    try:
-        return ed25519.verify(public, data, sig)
-    finally:
-        sys.modules.pop(__name__.rpartition('.')[0] + '.ed25519', None)
-        pkg = sys.modules.get(__name__.rpartition('.')[0])
-        if pkg is not None and hasattr(pkg, 'ed25519'):
-            delattr(pkg, 'ed25519')
-        gc.collect()
-
-
-def verify(blob, keys, measure=None):
-    # blob: the manifest bytes from the Offer; keys: list of raw 32-byte operator public keys.
-    # Returns a Manifest; raises Refused(reason, detail).
+def verify(blob, keys):
+    # A generator (use with yield from). blob: the manifest bytes from the Offer; keys: raw 32-byte
+    # operator public keys. Returns a Manifest; raises Refused(reason, detail).
     if len(blob) > MAX_MANIFEST:
         raise Refused(OVERSIZE, 'manifest is %d bytes, limit %d' % (len(blob), MAX_MANIFEST))
     env = cbor.decode_all(blob)
@@ -63,11 +49,9 @@ def verify(blob, keys, measure=None):
     tbs = cbor.encode(['Signature1', prot, b'', payload])
     ok = False
     for k in candidates:
-        if _verify(k, tbs, sig):
+        if (yield from ed25519.verify(k, tbs, sig)):
             ok = True
             break
-    if measure:
-        measure()
     if not ok:
         raise Refused(BAD_SIGNATURE, 'manifest signature does not verify')
     return Manifest(_body(payload))

@@ -1,16 +1,17 @@
 # The node side of ferry protocol v1 (docs/protocol.md): Hello, Offer/Chunk/Ack, Activate,
-# Cancel, Query, reports, trial boot, self-test and rollback. Event driven: the runner feeds it
-# messages (on_message), time (tick) and connection events; it queues what to publish (flush).
+# Cancel, Query and reports. Event driven: the runner feeds it messages (on_message), time (tick)
+# and connection events, runs its long work (signature check, read-back hash) one slice per step
+# (run_job), and publishes what it queued (flush).
 import gc
 import time
 from . import cbor
 from . import errors as R
+from . import lifecycle as L
 from .errors import Refused
 from .manifest import verify as verify_manifest, compare_versions
 from .store import Store
-from .transfer import Download, chunk_count, digest_of
+from .transfer import Download, chunk_count, BLOCK
 
-# Message types, stages and image states (docs/protocol.md section 4).
 HELLO, ACK, REPORT = 1, 2, 3
 OFFER, CHUNK, ACTIVATE, CANCEL, ERROR, QUERY = 16, 17, 18, 19, 20, 21
 VERIFIED, REBOOTING, CONFIRMED, ROLLED_BACK, REJECTED = 1, 2, 3, 4, 5
@@ -18,11 +19,6 @@ VALID, PENDING_VERIFY, RECOVERY = 2, 1, 6
 CAP_ROLLBACK, CAP_ANTI_ROLLBACK = 2, 4
 CHUNK_OVERHEAD = 20  # CBOR framing of a Chunk around its data, worst case (section 5)
 MAX_ACK_BITS = 8192
-ZERO_DIGEST = bytes(32)
-
-# Keys of the 'node' record.
-N_SLOTS, N_COUNTER, N_OUTCOME, N_RECOVERY, N_TRIAL, N_BOOTS, N_STARTS, N_ERROR = 1, 2, 3, 4, 5, 6, 7, 8
-# Trial record: [slot, previous slot, version, session, self-test started, security version, reason]
 
 
 class Node:
@@ -42,9 +38,12 @@ class Node:
         self.safe_mode_after = cfg.get('safe_mode_after', 3)
         self.selftest_delay = cfg.get('selftest_delay_ms', 50)
         self.store = Store(cfg.get('dir', '/ferry'))
-        self.io = bytearray(4096)  # the one read buffer: hashing stored data
+        self.io = bytearray(BLOCK)  # the one read buffer, for hashing what the slot holds
         self.rec = None
+        self.slot = 0
         self.download = None
+        self.job = None
+        self.pending = []
         self.outbox = []
         self.hello_due = False
         self.ack_due = False
@@ -60,17 +59,12 @@ class Node:
         self.last_reject = {}
         self.peak = 0
         self._report_peak = getattr(port, 'report_peak', None)
-        self.log_lines = cfg.get('log')
 
     # ---- helpers -----------------------------------------------------------------------------
     def log(self, *a):
         print('ferry:', *a)
 
     def measure(self):
-        # Peak heap at the points where the most is alive. With a reporting port (the host tests)
-        # garbage is collected first, so the figure is what must fit, not what awaits collection.
-        if self._report_peak:
-            gc.collect()
         a = gc.mem_alloc()
         if a > self.peak:
             self.peak = a
@@ -81,101 +75,60 @@ class Node:
         self.store.save('node', self.rec)
 
     def running(self):
-        e = self.rec[N_SLOTS].get(self.slot)
-        return e if e else [self.cfg['version'], ZERO_DIGEST, 0, 0]
+        return self.rec[L.N_SLOTS][self.slot]
 
     @property
     def recovery(self):
-        return bool(self.rec.get(N_RECOVERY))
+        return bool(self.rec.get(L.N_RECOVERY))
+
+    def in_trial(self):
+        return L.in_trial(self.rec, self.slot)
 
     def record_error(self, where, exc):
         # Seed 001 #5: the last failure survives the reboot for whoever inspects the node later.
         text = '%s: %s' % (type(exc).__name__, exc)
-        self.log('error', where, text)
+        self.log('error in', where, text)
         try:
-            self.rec[N_ERROR] = [where, text[:100], self.rec[N_BOOTS]]
+            self.rec[L.N_ERROR] = [where, text[:100], self.rec.get(L.N_BOOTS, 0)]
             self.save()
         except Exception:
             pass
 
     # ---- boot ----------------------------------------------------------------------------------
     def boot(self):
-        rec = self.store.load('node')
-        if not isinstance(rec, dict) or not isinstance(rec.get(N_SLOTS), dict):
-            rec = {N_SLOTS: {}, N_COUNTER: self.cfg.get('security_version', 0), N_BOOTS: 0, N_STARTS: 0}
-        self.rec = rec
+        self.rec = L.load_record(self.store, self.cfg)
         self.slot = self.port.running_slot()
-        slots = rec[N_SLOTS]
-        if self.slot not in slots:
-            slots[self.slot] = [self.cfg['version'], self.cfg.get('digest', ZERO_DIGEST), self.cfg.get('size', 0), rec.get(N_COUNTER, 0)]
-        # Boot counting first, before anything that could fail (seed 000).
-        rec[N_BOOTS] = rec.get(N_BOOTS, 0) + 1
-        rec[N_STARTS] = rec.get(N_STARTS, 0) + 1
-        self.pending = []
-        self._settle_trial()
-        if rec[N_STARTS] > self.safe_mode_after and not rec.get(N_RECOVERY):
-            rec[N_RECOVERY] = 1
-            self.log('recovery mode:', rec[N_STARTS] - 1, 'failed starts in a row')
-        self.save()
+        L.count_boot(self)
         for gone in self.store.cleanup(('node', 'xfer', 'bits')):
             self.log('cleanup: removed', gone)
-        inactive = 1 - self.slot
         d = None
-        if not rec.get(N_TRIAL):
+        if not self.rec.get(L.N_TRIAL):
             try:
-                d = Download.load(self.store, inactive, self.port.partition(inactive), self.save_every)
+                d = Download.load(self.store, 1 - self.slot, self.port.partition(1 - self.slot), self.save_every)
             except Exception as e:
                 self.record_error('load transfer', e)
         if d is None:
             Download.discard(self.store)
         self.download = d
-        v = self.running()
-        self.log('booted slot %d %s boot #%d%s%s' % (self.slot, v[0], rec[N_BOOTS], ' (trial)' if self.in_trial() else '', ' (recovery)' if self.recovery else ''))
+        self.log('booted slot %d %s boot #%d%s%s%s' % (
+            self.slot, self.running()[0], self.rec[L.N_BOOTS], ' (trial)' if self.in_trial() else '',
+            ' (recovery)' if self.recovery else '', ' resuming %d/%d chunks' % (d.bitmap.count, d.total) if d else ''))
 
-    def in_trial(self):
-        t = self.rec.get(N_TRIAL)
-        return bool(t) and t[0] == self.slot
-
-    def _settle_trial(self):
-        t = self.rec.get(N_TRIAL)
-        if not t:
-            return
-        if t[0] == self.slot and not t[4]:
-            return  # first boot of the new image: the self-test decides
-        if t[0] == self.slot:
-            # Reset during the self-test and the bootloader booted the trial image again (no
-            # bootloader rollback): go back ourselves.
-            t[6] = R.WATCHDOG
-            self.rec[N_TRIAL] = t
-            self.save()
-            self.port.set_boot(t[1])
-            self.port.reset()
-            return
-        reason = t[6] or (R.WATCHDOG if t[4] else R.BOOT_FAILED)
-        self.rec[N_OUTCOME] = [t[2], ROLLED_BACK, reason]
-        self.rec[N_TRIAL] = None
-        self.pending.append({0: REPORT, 1: t[3], 2: ROLLED_BACK, 3: reason, 4: t[2]})
-        self.log('rolled back from', t[2], 'reason', reason)
-
-    def app_up(self):
-        # The application started: the failed-start streak ends (seed 000's counter reset).
-        if self.rec.get(N_STARTS) and not self.in_trial():
-            self.rec[N_STARTS] = 0
-            self.save()
-
-    # ---- connection ----------------------------------------------------------------------------
+    # ---- connection and time -------------------------------------------------------------------
     def on_connect(self, now):
         self.connected = True
         self.hello_due = True
         self.outbox = self.pending + self.outbox
         self.pending = []
         d = self.download
-        if d and d.complete() and not d.verified:
-            self.guard(self.finish, d)
+        if d and d.complete() and not d.verified and self.job is None:
+            # Complete when power went: the agent waits for `verified` and sends nothing that
+            # would make us look at it again.
+            self.job = self._finish(d)
         if self.in_trial() and not self.selftest_ran:
             self.selftest_at = time.ticks_add(now, self.selftest_delay)
         if not self.in_trial():
-            self.app_up()
+            L.app_up(self)
 
     def on_disconnect(self):
         self.connected = False
@@ -185,7 +138,17 @@ class Node:
         if self.selftest_at is not None and time.ticks_diff(now, self.selftest_at) >= 0 and not self.hello_due and self.connected:
             self.selftest_at = None
             self.selftest_ran = True
-            self.guard(self.self_test)
+            self.guard(L.self_test, self)
+
+    def run_job(self):
+        # One slice of the long work in progress.
+        try:
+            next(self.job)
+        except StopIteration:
+            self.job = None
+        except Exception as e:
+            self.job = None
+            self._failed(e, 'job')
 
     def flush(self, client):
         if not self.connected:
@@ -195,9 +158,10 @@ class Node:
             client.publish(self.topic_up, self.hello(), False, 1)
         if self.ack_due and self.download:
             self.ack_due = False
-            client.publish(self.topic_up, self.ack(), False, 1)
+            msg = self.ack()
             self.ack_all = False
             self.ack_offer = None
+            client.publish(self.topic_up, msg, False, 1)
         while self.outbox:
             client.publish(self.topic_up, cbor.encode(self.outbox.pop(0)), False, 1)
 
@@ -206,17 +170,19 @@ class Node:
         v = self.running()
         rec = self.rec
         state = RECOVERY if self.recovery else PENDING_VERIFY if self.in_trial() else VALID
-        m = {0: HELLO, 1: 1, 2: self.id, 3: self.hw, 4: v[0], 5: v[1], 6: rec.get(N_COUNTER, 0), 7: self.slot, 8: state,
-             9: self.max_message, 10: CAP_ROLLBACK | CAP_ANTI_ROLLBACK, 11: self.window, 14: rec[N_BOOTS]}
+        m = {0: HELLO, 1: 1, 2: self.id, 3: self.hw, 4: v[0], 5: v[1], 6: rec.get(L.N_COUNTER, 0), 7: self.slot, 8: state,
+             9: self.max_message, 10: CAP_ROLLBACK | CAP_ANTI_ROLLBACK, 11: self.window, 14: rec[L.N_BOOTS]}
         d = self.download
         if d:
             m[12] = {1: d.session, 2: d.meta[5], 3: d.meta[4], 4: d.bitmap.bits}
-        o = rec.get(N_OUTCOME)
+        o = rec.get(L.N_OUTCOME)
         if o:
             m[13] = {1: o[0], 2: o[1], 3: o[2]}
         return cbor.encode(m)
 
     def ack(self):
+        # base = first missing chunk, then what is stored after it; the answer to an Offer covers
+        # everything (and carries the offer id, key 4).
         d = self.download
         base = d.bitmap.first_missing()
         span = MAX_ACK_BITS if self.ack_all else min(MAX_ACK_BITS, max(1024, 16 * self.window))
@@ -231,39 +197,53 @@ class Node:
             self.outbox.pop(0)
         self.outbox.append({0: REPORT, 1: session, 2: stage, 3: reason, 4: version, 5: detail[:128] if detail else None})
 
-    def reject(self, session, reason, detail, version=None, now=None):
+    def reject(self, session, reason, detail, version=None):
+        # At most one refusal a second per reason, so garbage cannot make us flood the uplink.
         self.log('rejected', reason, detail)
-        now = self.port.ticks_ms() if now is None else now
+        now = self.port.ticks_ms()
         last = self.last_reject.get(reason)
         if last is not None and time.ticks_diff(now, last) < 1000:
             return
         self.last_reject[reason] = now
         if version is not None and session:
-            self.rec[N_OUTCOME] = [version, REJECTED, reason]
+            self.rec[L.N_OUTCOME] = [version, REJECTED, reason]
             self.save()
         self.report(session, REJECTED, reason, version, detail)
 
+    def _ack(self, everything=False, offer_id=None):
+        self.ack_due = True
+        if everything:
+            self.ack_all = True
+        if offer_id is not None:
+            self.ack_offer = offer_id
+
     # ---- messages in ---------------------------------------------------------------------------
+    def _failed(self, e, where):
+        if isinstance(e, Refused):
+            self.reject(0, e.reason, e.detail)
+        else:
+            # A flash failure or a bug: persisted, reported, and the node carries on.
+            self.record_error(where, e)
+            self.reject(0, R.FLASH_ERROR, '%s: %s' % (type(e).__name__, e))
+
     def guard(self, fn, *args):
         try:
             fn(*args)
-        except Refused as e:
-            self.reject(0, e.reason, e.detail)
         except Exception as e:
-            # A flash failure or a bug: persisted, reported, and the node carries on.
-            self.record_error(fn.__name__, e)
-            self.reject(0, R.FLASH_ERROR, '%s: %s' % (type(e).__name__, e))
+            self._failed(e, fn.__name__)
 
     def on_message(self, topic, msg):
-        # umqtt.simple callback: (topic bytes, message bytes).
+        # umqtt.simple's callback: (topic, message), both bytes.
         self.received = True
         if topic != self.topic_dn:
             return
         if len(msg) + 7 + len(topic) > self.max_message + 2:
             self.reject(0, R.OVERSIZE, 'message of %d bytes exceeds max-message %d' % (len(msg), self.max_message))
             return
-        if len(msg) > 3 and msg[0] == 0xa4 and msg[1] == 0 and msg[2] == CHUNK:
-            self.guard(self.on_chunk, msg)
+        is_chunk = len(msg) > 3 and msg[0] == 0xa4 and msg[1] == 0 and msg[2] == CHUNK
+        if is_chunk:
+            if self.job is None:
+                self.guard(self.on_chunk, msg)
             return
         try:
             m = cbor.decode_all(msg)
@@ -280,8 +260,11 @@ class Node:
         except Refused as e:
             self.reject(0, e.reason, e.detail)
             return
+        if self.job is not None and t in (OFFER, ACTIVATE, CHUNK):
+            # Busy checking a signature or a digest: the agent repeats these.
+            self.log('busy: message type', t, 'dropped')
+            return
         self.guard(fn, m)
-        self.measure()
 
     def on_query(self, m):
         self.hello_due = True
@@ -293,42 +276,23 @@ class Node:
         if self.in_trial() or self.activated is not None:
             self.log('offer ignored: trial boot or reboot under way')
             return
-        session = _uint(m, 1, 0xffffffff)
-        blob = _bytes(m, 2, 1024)
-        enc = _uint(m, 3, 1)
-        size = _uint(m, 4, 64 * 1024 * 1024)
-        digest = _bytes(m, 5, 32, 32)
-        chunk = _uint(m, 6, 1 << 20)
-        offer_id = m.get(8) if isinstance(m.get(8), int) else None
+        offer_id = m.get(8)
+        self.job = self._offer(_uint(m, 1, 0xffffffff), _bytes(m, 2, 1024), _uint(m, 3, 1), _uint(m, 4, 64 * 1024 * 1024),
+                               _bytes(m, 5, 32, 32), _uint(m, 6, 1 << 20), offer_id if isinstance(offer_id, int) else None)
+
+    def _offer(self, session, blob, enc, size, digest, chunk, offer_id):
         try:
-            man = verify_manifest(blob, self.keys, self.measure)
+            man = yield from verify_manifest(blob, self.keys)
         except Refused as e:
             self.reject(session, e.reason, e.detail)
             return
-        gc.collect()
-        run = self.running()
-        cmp = compare_versions(man.version, run[0])
-        if man.hw != self.hw:
-            return self.reject(session, R.WRONG_HARDWARE, 'release is for %s, this node is %s' % (man.hw, self.hw), man.version)
-        if cmp == 0 and man.digest == run[1]:
-            self.report(session, CONFIRMED, R.NONE, man.version, 'already running')
+        refusal = self._check(man, enc, size, digest, chunk)
+        if refusal:
+            if refusal[0] == R.NONE:
+                self.report(session, CONFIRMED, R.NONE, man.version, 'already running')
+            else:
+                self.reject(session, refusal[0], refusal[1], man.version)
             return
-        if cmp <= 0:
-            return self.reject(session, R.DOWNGRADE, '%s is not newer than %s' % (man.version, run[0]), man.version)
-        if man.security_version < self.rec.get(N_COUNTER, 0):
-            return self.reject(session, R.SECURITY_DOWNGRADE, 'security version %d < %d' % (man.security_version, self.rec[N_COUNTER]), man.version)
-        inactive = 1 - self.slot
-        part = self.port.partition(inactive)
-        room = part.ioctl(4, 0) * part.ioctl(5, 0)
-        if man.size > room:
-            return self.reject(session, R.NO_SPACE, '%d-byte image does not fit the %d-byte slot' % (man.size, room), man.version)
-        if enc != 0:
-            return self.reject(session, R.DELTA_FAILED, 'this node does not apply delta patches', man.version)
-        if size != man.size or digest != man.digest:
-            return self.reject(session, R.BAD_FIELD, 'full-image offer must carry the manifest size and digest', man.version)
-        fits = self.max_message - 7 - len(self.topic_dn) - CHUNK_OVERHEAD
-        if chunk < 1 or chunk > fits or chunk_count(size, chunk) > 65536:
-            return self.reject(session, R.OVERSIZE if chunk > fits else R.BAD_FIELD, 'chunk size %d is not usable (room %d)' % (chunk, fits), man.version)
         meta = {1: session, 2: enc, 3: size, 4: chunk, 5: digest, 6: None, 7: blob}
         d = self.download
         if d and d.meta[5] == digest and d.meta[4] == chunk and d.meta[3] == size and d.meta[2] == enc:
@@ -336,30 +300,48 @@ class Node:
                 d.adopt(meta)
             self.log('resumed session %d: %d/%d chunks stored' % (session, d.bitmap.count, d.total))
         else:
-            d = None
-            self.download = None
-            gc.collect()
-            d = Download.begin(self.store, inactive, part, meta, self.save_every)
-            self.download = d
+            self.download = d = None
+            inactive = 1 - self.slot
+            d = self.download = Download.begin(self.store, inactive, self.port.partition(inactive), meta, self.save_every)
             self.log('downloading session %d: %s, %d bytes in %d chunks of %d' % (session, man.version, size, d.total, chunk))
         self._ack(True, offer_id)
         if d.complete():
-            self.finish(d)
+            yield from self._finish(d)
 
-    def _ack(self, everything=False, offer_id=None):
-        self.ack_due = True
-        if everything:
-            self.ack_all = True
-        if offer_id is not None:
-            self.ack_offer = offer_id
+    def _check(self, man, enc, size, digest, chunk):
+        # Section 3's checks after the signature, in order. Reason none = already running it.
+        run = self.running()
+        if man.hw != self.hw:
+            return R.WRONG_HARDWARE, 'release is for %s, this node is %s' % (man.hw, self.hw)
+        cmp = compare_versions(man.version, run[0])
+        if cmp == 0 and man.digest == run[1]:
+            return R.NONE, 'already running'
+        if cmp <= 0:
+            return R.DOWNGRADE, '%s is not newer than %s' % (man.version, run[0])
+        if man.security_version < self.rec.get(L.N_COUNTER, 0):
+            return R.SECURITY_DOWNGRADE, 'security version %d < %d' % (man.security_version, self.rec[L.N_COUNTER])
+        part = self.port.partition(1 - self.slot)
+        room = part.ioctl(4, 0) * part.ioctl(5, 0)
+        if man.size > room:
+            return R.NO_SPACE, '%d-byte image does not fit the %d-byte slot' % (man.size, room)
+        if enc != 0:
+            return R.DELTA_FAILED, 'this node does not apply delta patches'
+        if size != man.size or digest != man.digest:
+            return R.BAD_FIELD, 'full-image offer must carry the manifest size and digest'
+        fits = self.max_message - 7 - len(self.topic_dn) - CHUNK_OVERHEAD
+        if chunk > fits:
+            return R.OVERSIZE, 'chunk size %d exceeds what max-message %d allows' % (chunk, self.max_message)
+        if chunk < 1 or chunk_count(size, chunk) > 65536:
+            return R.BAD_FIELD, 'chunk size %d is not usable for %d bytes' % (chunk, size)
+        return None
 
     def on_chunk(self, msg):
-        # Fast path for {0: 17, 1: session, 2: index, 3: data}: no decode into objects.
+        # Fast path for {0: 17, 1: session, 2: index, 3: data}: nothing decoded into objects,
+        # the data goes to flash from a view of the received message.
         n = len(msg)
-        p = 3
-        if msg[p] != 1:
+        if msg[3] != 1:
             return self.on_chunk_map(cbor.decode_all(msg))
-        session, p = _uint_at(msg, p + 1, n)
+        session, p = _uint_at(msg, 4, n)
         if p >= n or msg[p] != 2:
             return self.on_chunk_map(cbor.decode_all(msg))
         index, p = _uint_at(msg, p + 1, n)
@@ -383,28 +365,31 @@ class Node:
         if index >= d.total or len(data) != d.expected_length(index):
             self.log('chunk %d of %d bytes does not fit the transfer' % (index, len(data)))
             return
-        self.measure()
         if not d.store_chunk(index, data):
             self._ack()
             return
         self.new_since_ack += 1
         if d.complete():
             self._ack()
-            self.finish(d)
+            self.job = self._finish(d)
         elif self.new_since_ack >= max(1, self.window // 2):
             self._ack()
 
-    def finish(self, d):
-        # Every chunk is stored: verify the manifest again, read the slot back, compare digests.
-        man = verify_manifest(d.meta[7], self.keys, self.measure)
-        gc.collect()
-        digest = d.digest_of_stored(self.io, self.port.wdt_feed)
-        self.measure()
+    def _finish(self, d):
+        # Every chunk is stored: check the manifest again, read the slot back, compare digests.
+        man = yield from verify_manifest(d.meta[7], self.keys)
+        h = d.hasher()
+        while not h.done():
+            h.step(self.io)
+            self.port.wdt_feed()
+            yield
+        digest = h.digest()
         if digest != d.meta[5] or digest != man.digest:
             Download.discard(self.store)
             self.download = None
-            return self.reject(d.session, R.DIGEST_MISMATCH, 'stored image does not match its digest', man.version)
-        self.rec[N_SLOTS][d.slot] = [man.version, digest, man.size, man.security_version]
+            self.reject(d.session, R.DIGEST_MISMATCH, 'stored image does not match its digest', man.version)
+            return
+        self.rec[L.N_SLOTS][d.slot] = [man.version, digest, man.size, man.security_version]
         self.save()
         d.verified = True
         self.log('verified', man.version, man.size, 'bytes')
@@ -417,24 +402,20 @@ class Node:
             return
         d = self.download
         if d is None or d.session != session:
-            o = self.rec.get(N_OUTCOME)
+            o = self.rec.get(L.N_OUTCOME)
             if o and d is None and o[1] == CONFIRMED and o[0] == self.running()[0]:
                 self.report(session, CONFIRMED, R.NONE, o[0])
             elif not self.in_trial():
                 self.reject(session, R.UNKNOWN_SESSION, 'no verified transfer with session %d' % session)
             return
         if not d.complete():
-            return self.reject(session, R.BAD_FIELD, 'activate before the transfer is complete (%d/%d)' % (d.bitmap.count, d.total))
+            self.reject(session, R.BAD_FIELD, 'activate before the transfer is complete (%d/%d)' % (d.bitmap.count, d.total))
+            return
         if not d.verified:
-            self.finish(d)
-            if not d.verified:
-                return
-        e = self.rec[N_SLOTS][d.slot]
-        # The trial record goes to flash before the boot slot changes: whichever image boots next
-        # knows what was tried.
-        self.rec[N_TRIAL] = [d.slot, self.slot, e[0], session, False, e[3], None]
-        self.save()
-        self.port.set_boot(d.slot)
+            self.job = self._finish(d)  # reports verified when done; the agent repeats Activate
+            return
+        e = self.rec[L.N_SLOTS][d.slot]
+        L.begin_trial(self, d.slot, e, session)
         Download.discard(self.store)
         self.download = None
         self.activated = session
@@ -449,42 +430,10 @@ class Node:
             return  # not ours, or already marked for the trial boot: our reports tell the truth
         Download.discard(self.store)
         self.download = None
+        self.job = None
         self.ack_due = False
         self.log('cancelled session', session)
         self.report(session, REJECTED, R.CANCELLED, None, 'cancelled by the agent')
-
-    # ---- trial boot ----------------------------------------------------------------------------
-    def self_test(self):
-        t = self.rec[N_TRIAL]
-        t[4] = True
-        self.save()
-        self.log('self-test of', t[2])
-        ok = False
-        try:
-            ok = self.port.self_test(t[2])
-        except Exception as e:
-            self.record_error('self-test', e)
-        if ok:
-            try:
-                self.port.mark_valid()
-            except OSError as e:
-                self.record_error('mark valid', e)  # a firmware without rollback support
-            self.rec[N_COUNTER] = max(self.rec.get(N_COUNTER, 0), t[5])
-            self.rec[N_OUTCOME] = [t[2], CONFIRMED, R.NONE]
-            self.rec[N_TRIAL] = None
-            self.rec[N_RECOVERY] = None
-            self.rec[N_STARTS] = 0
-            self.save()
-            self.log('confirmed', t[2])
-            self.report(t[3], CONFIRMED, R.NONE, t[2])
-            self.hello_due = True
-            return
-        t[6] = R.SELF_TEST_FAILED
-        self.rec[N_TRIAL] = t
-        self.save()
-        self.log('self-test failed: rolling back to slot', t[1])
-        self.port.set_boot(t[1])
-        self.reboot_due = True
 
 
 def _uint(m, key, limit):
@@ -508,7 +457,6 @@ def _bytes(m, key, limit, exact=None):
 
 
 def _uint_at(buf, p, n):
-    # An unsigned integer item at p: (value, next position).
     major, v, p = cbor.head(buf, p, n)
     if major != 0:
         raise Refused(R.BAD_FIELD, 'chunk: expected an unsigned integer')

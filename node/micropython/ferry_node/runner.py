@@ -1,65 +1,100 @@
 # The main loop: umqtt.simple-shaped calls only (connect, subscribe, check_msg, publish, ping),
 # so the same loop runs on an ESP32 and in the host tests. The port supplies the rest.
-import gc
+# step() does one bounded piece of work; run() is the board's forever loop around it.
 import time
 from .node import Node
 
 KEEPALIVE_S = 60
 
 
-def run(port, cfg, app=None):
-    node = Node(port, cfg)
-    node.boot()
-    if app is not None and not node.recovery:
+class Runner:
+    def __init__(self, port, cfg, app=None):
+        self.port = port
+        self.node = Node(port, cfg)
+        self.app = app
+        self.client = None
+        self.backoff = 500
+        self.retry_at = None
+        self.pinged = 0
+
+    def start(self):
+        node = self.node
+        node.boot()
+        if self.app is not None and not node.recovery:
+            try:
+                self.app.start(node.running()[0])
+            except Exception as e:
+                # An application that cannot start: remember why and reset; the failed-start
+                # streak grows and ends in recovery mode (seed 000).
+                node.record_error('app start', e)
+                self.port.reset()
+
+    def step(self):
+        # Returns True when there is more to do at once, False when the caller may idle.
+        port = self.port
+        node = self.node
+        port.wdt_feed()
+        client = self.client
         try:
-            app.start(node.running()[0])
-        except Exception as e:
-            # An application that cannot start: remember why and reset; the failed-start streak
-            # grows and ends in recovery mode (seed 000).
-            node.record_error('app start', e)
-            port.reset()
-    backoff = 500
-    while True:
-        client = port.mqtt_client(node.id, KEEPALIVE_S)
-        try:
-            client.set_callback(node.on_message)
-            client.connect()
-            client.subscribe(node.topic_dn, 1)
-            node.on_connect(port.ticks_ms())
-            backoff = 500
-            pinged = port.ticks_ms()
-            while True:
-                port.wdt_feed()
+            if client is None:
+                return self._connect()
+            if node.job is not None:
+                node.run_job()
+            else:
                 node.received = False
                 client.check_msg()
-                now = port.ticks_ms()
-                node.tick(now)
-                node.flush(client)
-                if node.reboot_due:
-                    _close(client)
-                    port.reset()
-                if node.received:
-                    node.measure()
-                    gc.collect()
-                    continue
-                if time.ticks_diff(now, pinged) > KEEPALIVE_S * 500:
-                    client.ping()
-                    pinged = now
-                port.idle(10)
+                node.tick(port.ticks_ms())
+            node.flush(client)
+            node.measure()
+            if node.reboot_due:
+                _close(client)
+                port.reset()
+            if node.received or node.job is not None:
+                return True
+            now = port.ticks_ms()
+            if time.ticks_diff(now, self.pinged) > KEEPALIVE_S * 500:
+                client.ping()
+                self.pinged = now
+            return False
         except OSError as e:
             node.on_disconnect()
             node.log('connection lost:', e)
-            _close(client)
-            port.idle(backoff)
-            backoff = min(backoff * 2, 30000)
+            _close(self.client)
+            self.client = None
+            self.retry_at = time.ticks_add(port.ticks_ms(), self.backoff)
+            self.backoff = min(self.backoff * 2, 30000)
+            return False
         except Exception as e:
             # Anything else is a bug: keep the evidence, then start clean (seed 001 #5).
             node.record_error('main loop', e)
-            _close(client)
+            _close(self.client)
             port.reset()
+
+    def _connect(self):
+        port = self.port
+        node = self.node
+        if self.retry_at is not None and time.ticks_diff(port.ticks_ms(), self.retry_at) < 0:
+            return False
+        client = port.mqtt_client(node.id, KEEPALIVE_S)
+        client.set_callback(node.on_message)
+        self.client = client
+        client.connect()
+        client.subscribe(node.topic_dn, 1)
+        self.pinged = port.ticks_ms()
+        node.on_connect(self.pinged)
+        self.backoff = 500
+        return True
+
+    def run(self):
+        self.start()
+        while True:
+            if not self.step():
+                self.port.idle(10)
 
 
 def _close(client):
+    if client is None:
+        return
     try:
         client.disconnect()
     except Exception:

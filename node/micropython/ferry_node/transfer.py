@@ -163,23 +163,28 @@ class Download:
         self.store.save('bits', {1: self.meta[5][:8], 2: self.bitmap.bits})
         self.since_save = 0
 
-    def digest_of_stored(self, buf, feed=None):
+    def hasher(self):
         # Reads the payload back from flash and hashes it: a running hash is never trusted.
-        return digest_of(self.part, self.meta[3], buf, feed)
+        return SlotHash(self.part, self.meta[3])
 
 
-def digest_of(part, size, buf, feed=None):
-    h = hashlib.sha256()
-    mv = memoryview(buf)
-    n = len(buf)
-    block = 0
-    left = size
-    while left > 0:
-        part.readblocks(block, buf, 0)
-        take = n if left > n else left
-        h.update(mv[:take])
-        left -= take
-        block += n // BLOCK
-        if feed:
-            feed()
-    return h.digest()
+class SlotHash:
+    # SHA-256 of the first `size` bytes of a slot, one block per step.
+    def __init__(self, part, size):
+        self.part = part
+        self.left = size
+        self.block = 0
+        self.h = hashlib.sha256()
+
+    def done(self):
+        return self.left <= 0
+
+    def step(self, buf):
+        self.part.readblocks(self.block, buf, 0)
+        take = min(len(buf), self.left)
+        self.h.update(memoryview(buf)[:take] if take < len(buf) else buf)
+        self.left -= take
+        self.block += len(buf) // BLOCK
+
+    def digest(self):
+        return self.h.digest()
