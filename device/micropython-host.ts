@@ -65,6 +65,7 @@ export class MicroPythonNode extends EventEmitter {
   private pump: NodeJS.Timeout | undefined;
   private running = false;
   private nextCut: number | undefined;
+  private pendingCut = 0;
   /** Highest gc.mem_alloc() the client saw, over all boots. */
   peakHeap = 0;
   boots = 0;
@@ -123,6 +124,17 @@ export class MicroPythonNode extends EventEmitter {
     this.nextCut = n;
   }
 
+  /** The running boot cuts power at its n-th flash operation from now (tearing a write). */
+  cutAfterFlashOps(n: number): void {
+    if (this.worker) Atomics.store(this.ctl, Ctl.cutIn, n);
+    else this.pendingCut = n; // between boots: counts from the next boot's start
+  }
+
+  /** The image a slot holds (its first `size` bytes). */
+  slotImage(slot: number, size: number): Buffer {
+    return fs.readFileSync(path.join(this.opts.flashDir, `ota_${slot}.bin`)).subarray(0, size);
+  }
+
   /** The bootloader: ESP-IDF's otadata rules over /flash/otadata.json (new → pending; pending again → aborted, boot the other slot). */
   private selectSlot(): number {
     const file = path.join(this.opts.flashDir, 'otadata.json');
@@ -148,6 +160,8 @@ export class MicroPythonNode extends EventEmitter {
     this.ctl = new Int32Array(new SharedArrayBuffer(4 * CTL_SLOTS));
     this.ring = new Uint8Array(new SharedArrayBuffer(RING_BYTES));
     this.pending = [];
+    Atomics.store(this.ctl, Ctl.cutIn, this.pendingCut);
+    this.pendingCut = 0;
     const o = this.opts;
     const cfg: WorkerConfig = {
       flashDir: o.flashDir,

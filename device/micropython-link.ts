@@ -20,6 +20,8 @@ export const Ctl = {
   used: 5,
   /** Set by the owner to cut power at the worker's next flash operation or idle. */
   cut: 6,
+  /** Set by the owner to n > 0: the n-th flash operation from now is torn in half and power is cut. */
+  cutIn: 7,
 } as const;
 export const CTL_SLOTS = 8;
 

@@ -56,6 +56,7 @@ function powerCut(): never {
 function flashOp(): boolean {
   flashOps++;
   if (Atomics.load(ctl, Ctl.cut)) powerCut();
+  if (Atomics.load(ctl, Ctl.cutIn) > 0 && Atomics.sub(ctl, Ctl.cutIn, 1) === 1) return true;
   return cfg.cutAtFlashOp !== undefined && flashOps === cfg.cutAtFlashOp;
 }
 
