@@ -123,15 +123,65 @@ async function updateFigures() {
   }
 }
 
+/** Bytes one stored chunk allocates inside the client (the received message itself not counted). */
+async function perChunkFigures() {
+  const mp = await loadMicroPython({ stdout: (l) => process.stderr.write(`${l}\n`) });
+  mp.FS.mkdir('/lib');
+  mp.FS.mkdir('/lib/ferry_node');
+  const pkg = path.join(MICROPYTHON_SOURCE, 'ferry_node');
+  for (const f of fs.readdirSync(pkg)) if (f.endsWith('.py')) mp.FS.writeFile(`/lib/ferry_node/${f}`, fs.readFileSync(path.join(pkg, f)));
+  mp.runPython(`
+import sys, gc
+sys.path.append('/lib')
+from ferry_node.node import Node
+from ferry_node.transfer import Download
+from ferry_node import cbor
+class Slot:
+    # RAM slot with esp32.Partition's block protocol
+    def __init__(self, blocks):
+        self.mem = bytearray(blocks * 4096)
+        self.mv = memoryview(self.mem)
+    def readblocks(self, b, buf, off=0):
+        buf[:] = self.mv[b * 4096 + off:b * 4096 + off + len(buf)]
+    def writeblocks(self, b, buf, off=0):
+        self.mv[b * 4096 + off:b * 4096 + off + len(buf)] = buf
+    def ioctl(self, op, arg):
+        return 64 if op == 4 else 4096 if op == 5 else 0
+class Port:
+    def running_slot(self): return 0
+    def partition(self, slot): return SLOT
+    def ticks_ms(self): return 0
+SLOT = Slot(64)
+n = Node(Port(), {'id': 'b', 'hw': 'b', 'version': '1.0.0', 'keys': [], 'dir': '/st', 'window': 1024, 'save_every': 1000})
+n.boot()
+n.download = Download.begin(n.store, 1, SLOT, {1: 5, 2: 0, 3: 64 * 4096, 4: 4096, 5: bytes(32), 6: None, 7: b''}, 1000)
+msgs = [cbor.encode({0: 17, 1: 5, 2: i, 3: bytes(4096)}) for i in range(8)]
+def one(i):
+    gc.collect()
+    gc.disable()
+    a = gc.mem_alloc()
+    n.on_message(n.topic_dn, msgs[i])
+    d = gc.mem_alloc() - a
+    gc.enable()
+    return d
+`);
+  const one = mp.globals.get('one') as (i: number) => number;
+  const per: number[] = [];
+  for (let i = 0; i < 8; i++) per.push(one(i));
+  return Math.max(...per.slice(1));
+}
+
 const v = await verifyFigures();
+const perChunk = await perChunkFigures();
 const u = await updateFigures();
-if (json) process.stdout.write(`${JSON.stringify({ verify: v, update: { imageSize, ...u } })}\n`);
+if (json) process.stdout.write(`${JSON.stringify({ verify: v, perChunkBytes: perChunk, update: { imageSize, ...u } })}\n`);
 else {
   const kb = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
   console.log(`MicroPython client (MicroPython 1.27 WebAssembly, ${runs} runs, medians)`);
   console.log(`code on the heap        ${kb(v.code)} (the package imported from .py)`);
   console.log(`full update            ${kb(imageSize)} in ${u.chunks} chunks of 4 KiB, ${u.seconds.toFixed(1)} s to confirmed`);
   console.log(`peak heap              ${u.peakHeap} B (${kb(u.peakHeap)}; ${u.peakHeap <= 65536 ? 'within' : 'OVER'} 64 KiB), first step after boot ${kb(u.bootHeap)}`);
+  console.log(`per chunk              ${perChunk} B allocated by the client per stored 4 KiB chunk (beyond the message)`);
   console.log(`manifest verify        stepped ${v.steppedMs.toFixed(1)} ms in ${v.steps} steps (max ${kb(v.maxStepGarbage)} garbage per step), one call ${v.singleCallMs} ms`);
   console.log(`native (Node) verify   ${v.nativeMs.toFixed(3)} ms: pure Python is ${(v.singleCallMs / v.nativeMs).toFixed(0)}x slower here`);
 }

@@ -58,6 +58,7 @@ class Node:
         self.connected = False
         self.last_reject = {}
         self.peak = 0
+        self._p = 0
         self._report_peak = getattr(port, 'report_peak', None)
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -336,21 +337,43 @@ class Node:
         return None
 
     def on_chunk(self, msg):
-        # Fast path for {0: 17, 1: session, 2: index, 3: data}: nothing decoded into objects,
-        # the data goes to flash from a view of the received message.
+        # Fast path for {0: 17, 1: session, 2: index, 3: data}: nothing decoded into objects, the
+        # data goes to flash from a view of the received message (no tuples, no copies).
         n = len(msg)
-        if msg[3] != 1:
+        self._p = 3
+        session = self._arg(msg, n, 1, 0)
+        index = self._arg(msg, n, 2, 0) if session is not None else None
+        length = self._arg(msg, n, 3, 2) if index is not None else None
+        if length is None:
             return self.on_chunk_map(cbor.decode_all(msg))
-        session, p = _uint_at(msg, 4, n)
-        if p >= n or msg[p] != 2:
-            return self.on_chunk_map(cbor.decode_all(msg))
-        index, p = _uint_at(msg, p + 1, n)
-        if p + 1 >= n or msg[p] != 3 or msg[p + 1] >> 5 != 2:
-            return self.on_chunk_map(cbor.decode_all(msg))
-        _, length, p = cbor.head(msg, p + 1, n)
+        p = self._p
         if p + length != n:
             raise Refused(R.MALFORMED, 'chunk: data length does not match the message')
         self._store(session, index, memoryview(msg)[p:n])
+
+    def _arg(self, buf, n, key, major):
+        # Reads `key` then an item of `major` at self._p: its argument, or None when the message
+        # is not laid out that way. Advances self._p past the header.
+        p = self._p
+        if p + 1 >= n or buf[p] != key or buf[p + 1] >> 5 != major:
+            return None
+        info = buf[p + 1] & 31
+        p += 2
+        if info < 24:
+            self._p = p
+            return info
+        if info > 27:
+            return None
+        size = 1 << (info - 24)
+        if p + size > n:
+            return None
+        v = 0
+        end = p + size
+        while p < end:
+            v = (v << 8) | buf[p]
+            p += 1
+        self._p = p
+        return v
 
     def on_chunk_map(self, m):
         if not isinstance(m, dict) or m.get(0) != CHUNK:
@@ -454,10 +477,3 @@ def _bytes(m, key, limit, exact=None):
     if len(v) > limit:
         raise Refused(R.OVERSIZE, 'key %d: %d bytes exceeds %d' % (key, len(v), limit))
     return v
-
-
-def _uint_at(buf, p, n):
-    major, v, p = cbor.head(buf, p, n)
-    if major != 0:
-        raise Refused(R.BAD_FIELD, 'chunk: expected an unsigned integer')
-    return v, p

@@ -131,26 +131,27 @@ class Download:
         self.meta = meta
         self.store.save('xfer', meta)
 
-    def _blocks(self, i):
-        start = i * self.meta[4]
-        return start // BLOCK, (start + self.expected_length(i) - 1) // BLOCK
-
     def _mark_blocks(self, i):
-        a, b = self._blocks(i)
-        for s in range(a, b + 1):
+        start = i * self.meta[4]
+        s = start // BLOCK
+        last = (start + self.expected_length(i) - 1) // BLOCK
+        while s <= last:
             self.erased[s >> 3] |= 1 << (s & 7)
+            s += 1
 
     def store_chunk(self, i, data):
         # data: a buffer of exactly expected_length(i) bytes. Returns False for a duplicate.
         if self.bitmap.has(i):
             return False
-        a, b = self._blocks(i)
-        for s in range(a, b + 1):
+        off = i * self.meta[4]
+        s = off // BLOCK
+        last = (off + len(data) - 1) // BLOCK
+        while s <= last:
             m = 1 << (s & 7)
             if not self.erased[s >> 3] & m:
                 self.part.ioctl(6, s)
                 self.erased[s >> 3] |= m
-        off = i * self.meta[4]
+            s += 1
         self.part.writeblocks(off // BLOCK, data, off % BLOCK)
         self.bitmap.set(i)
         self.verified = False
