@@ -8,16 +8,17 @@ from . import cbor
 from . import errors as R
 from . import lifecycle as L
 from .errors import Refused
-from .manifest import verify as verify_manifest, compare_versions
+from .manifest import verify as verify_manifest
+from .offer import check as check_offer, CHUNK_OVERHEAD
+from .wire import uint, bytes_, arg
 from .store import Store
-from .transfer import Download, chunk_count, BLOCK
+from .transfer import Download, BLOCK
 
 HELLO, ACK, REPORT = 1, 2, 3
 OFFER, CHUNK, ACTIVATE, CANCEL, ERROR, QUERY = 16, 17, 18, 19, 20, 21
 VERIFIED, REBOOTING, CONFIRMED, ROLLED_BACK, REJECTED = 1, 2, 3, 4, 5
 VALID, PENDING_VERIFY, RECOVERY = 2, 1, 6
 CAP_ROLLBACK, CAP_ANTI_ROLLBACK = 2, 4
-CHUNK_OVERHEAD = 20  # CBOR framing of a Chunk around its data, worst case (section 5)
 MAX_ACK_BITS = 8192
 
 
@@ -58,7 +59,7 @@ class Node:
         self.connected = False
         self.last_reject = {}
         self.peak = 0
-        self._p = 0
+        self._at = [0]
         self._report_peak = getattr(port, 'report_peak', None)
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -278,8 +279,8 @@ class Node:
             self.log('offer ignored: trial boot or reboot under way')
             return
         offer_id = m.get(8)
-        self.job = self._offer(_uint(m, 1, 0xffffffff), _bytes(m, 2, 1024), _uint(m, 3, 1), _uint(m, 4, 64 * 1024 * 1024),
-                               _bytes(m, 5, 32, 32), _uint(m, 6, 1 << 20), offer_id if isinstance(offer_id, int) else None)
+        self.job = self._offer(uint(m, 1, 0xffffffff), bytes_(m, 2, 1024), uint(m, 3, 1), uint(m, 4, 64 * 1024 * 1024),
+                               bytes_(m, 5, 32, 32), uint(m, 6, 1 << 20), offer_id if isinstance(offer_id, int) else None)
 
     def _offer(self, session, blob, enc, size, digest, chunk, offer_id):
         try:
@@ -287,7 +288,7 @@ class Node:
         except Refused as e:
             self.reject(session, e.reason, e.detail)
             return
-        refusal = self._check(man, enc, size, digest, chunk)
+        refusal = check_offer(self, man, enc, size, digest, chunk)
         if refusal:
             if refusal[0] == R.NONE:
                 self.report(session, CONFIRMED, R.NONE, man.version, 'already running')
@@ -309,76 +310,25 @@ class Node:
         if d.complete():
             yield from self._finish(d)
 
-    def _check(self, man, enc, size, digest, chunk):
-        # Section 3's checks after the signature, in order. Reason none = already running it.
-        run = self.running()
-        if man.hw != self.hw:
-            return R.WRONG_HARDWARE, 'release is for %s, this node is %s' % (man.hw, self.hw)
-        cmp = compare_versions(man.version, run[0])
-        if cmp == 0 and man.digest == run[1]:
-            return R.NONE, 'already running'
-        if cmp <= 0:
-            return R.DOWNGRADE, '%s is not newer than %s' % (man.version, run[0])
-        if man.security_version < self.rec.get(L.N_COUNTER, 0):
-            return R.SECURITY_DOWNGRADE, 'security version %d < %d' % (man.security_version, self.rec[L.N_COUNTER])
-        part = self.port.partition(1 - self.slot)
-        room = part.ioctl(4, 0) * part.ioctl(5, 0)
-        if man.size > room:
-            return R.NO_SPACE, '%d-byte image does not fit the %d-byte slot' % (man.size, room)
-        if enc != 0:
-            return R.DELTA_FAILED, 'this node does not apply delta patches'
-        if size != man.size or digest != man.digest:
-            return R.BAD_FIELD, 'full-image offer must carry the manifest size and digest'
-        fits = self.max_message - 7 - len(self.topic_dn) - CHUNK_OVERHEAD
-        if chunk > fits:
-            return R.OVERSIZE, 'chunk size %d exceeds what max-message %d allows' % (chunk, self.max_message)
-        if chunk < 1 or chunk_count(size, chunk) > 65536:
-            return R.BAD_FIELD, 'chunk size %d is not usable for %d bytes' % (chunk, size)
-        return None
-
     def on_chunk(self, msg):
         # Fast path for {0: 17, 1: session, 2: index, 3: data}: nothing decoded into objects, the
         # data goes to flash from a view of the received message (no tuples, no copies).
         n = len(msg)
-        self._p = 3
-        session = self._arg(msg, n, 1, 0)
-        index = self._arg(msg, n, 2, 0) if session is not None else None
-        length = self._arg(msg, n, 3, 2) if index is not None else None
+        self._at[0] = 3
+        session = arg(self._at, msg, n, 1, 0)
+        index = arg(self._at, msg, n, 2, 0) if session is not None else None
+        length = arg(self._at, msg, n, 3, 2) if index is not None else None
         if length is None:
             return self.on_chunk_map(cbor.decode_all(msg))
-        p = self._p
+        p = self._at[0]
         if p + length != n:
             raise Refused(R.MALFORMED, 'chunk: data length does not match the message')
         self._store(session, index, memoryview(msg)[p:n])
 
-    def _arg(self, buf, n, key, major):
-        # Reads `key` then an item of `major` at self._p: its argument, or None when the message
-        # is not laid out that way. Advances self._p past the header.
-        p = self._p
-        if p + 1 >= n or buf[p] != key or buf[p + 1] >> 5 != major:
-            return None
-        info = buf[p + 1] & 31
-        p += 2
-        if info < 24:
-            self._p = p
-            return info
-        if info > 27:
-            return None
-        size = 1 << (info - 24)
-        if p + size > n:
-            return None
-        v = 0
-        end = p + size
-        while p < end:
-            v = (v << 8) | buf[p]
-            p += 1
-        self._p = p
-        return v
-
     def on_chunk_map(self, m):
         if not isinstance(m, dict) or m.get(0) != CHUNK:
             raise Refused(R.MALFORMED, 'chunk is not a map')
-        self._store(_uint(m, 1, 0xffffffff), _uint(m, 2, 65535), _bytes(m, 3, 1 << 20))
+        self._store(uint(m, 1, 0xffffffff), uint(m, 2, 65535), bytes_(m, 3, 1 << 20))
 
     def _store(self, session, index, data):
         d = self.download
@@ -419,7 +369,7 @@ class Node:
         self.report(d.session, VERIFIED, R.NONE, man.version)
 
     def on_activate(self, m):
-        session = _uint(m, 1, 0xffffffff)
+        session = uint(m, 1, 0xffffffff)
         if self.activated == session:
             self.report(session, REBOOTING, R.NONE, None, 'already activated, rebooting')
             return
@@ -447,7 +397,7 @@ class Node:
         self.log('activated', e[0], 'in slot', d.slot)
 
     def on_cancel(self, m):
-        session = _uint(m, 1, 0xffffffff)
+        session = uint(m, 1, 0xffffffff)
         d = self.download
         if d is None or d.session != session or self.activated is not None:
             return  # not ours, or already marked for the trial boot: our reports tell the truth
@@ -457,23 +407,3 @@ class Node:
         self.ack_due = False
         self.log('cancelled session', session)
         self.report(session, REJECTED, R.CANCELLED, None, 'cancelled by the agent')
-
-
-def _uint(m, key, limit):
-    v = m.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-        raise Refused(R.BAD_FIELD, 'key %d: expected an unsigned integer' % key)
-    if v > limit:
-        raise Refused(R.OVERSIZE, 'key %d: %d exceeds %d' % (key, v, limit))
-    return v
-
-
-def _bytes(m, key, limit, exact=None):
-    v = m.get(key)
-    if not isinstance(v, bytes):
-        raise Refused(R.BAD_FIELD, 'key %d: expected a byte string' % key)
-    if exact is not None and len(v) != exact:
-        raise Refused(R.BAD_FIELD, 'key %d: expected %d bytes' % (key, exact))
-    if len(v) > limit:
-        raise Refused(R.OVERSIZE, 'key %d: %d bytes exceeds %d' % (key, len(v), limit))
-    return v
