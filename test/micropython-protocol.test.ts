@@ -91,6 +91,16 @@ t.test('offer-id echo, Query, Cancel and refusals of malformed input', async (t)
   const h3 = await next((m) => m.type === MsgType.hello, 'hello after cancel');
   t.equal(h3.msg.type === MsgType.hello && h3.msg.transfer, undefined, 'the transfer-state is forgotten');
 
+  // An Offer repeated while the node still checks the signature: the answer names the newest.
+  const image2 = demoImage(HW, '1.2.0', 40 * 1024);
+  const manifest2 = signManifest({ hw: HW, version: '1.2.0', securityVersion: 0, size: image2.length, digest: sha256(image2), created: 1, flags: 0 }, key.privateKey);
+  const offer2 = (session: number, offerId: number) =>
+    new Map<number, unknown>([[0, MsgType.offer], [1, session], [2, manifest2], [3, 0], [4, image2.length], [5, sha256(image2)], [6, 4096], [8, offerId]]);
+  await send(offer2(20, 201));
+  await send(offer2(21, 202));
+  a = await next((m) => m.type === MsgType.ack, 'ack answering the repeated offer');
+  t.same([a.raw.get(4), a.msg.type === MsgType.ack && a.msg.session], [202, 21], 'the answer carries the newest offer id and session');
+
   await agent.publishAsync(`ferry/d/${ID}/dn`, Buffer.from([0xd8, 0x40, 0x41, 0x00]), { qos: 1 });
   const bad = await next((m) => m.type === MsgType.report, 'refusal of a tag');
   t.match(bad.msg, { stage: Stage.rejected, reason: Reason.malformed }, 'a tagged item is refused as malformed');

@@ -10,7 +10,7 @@ import { MICROPYTHON_SOURCE } from '../device/micropython-host.js';
  */
 const PKG = path.join(MICROPYTHON_SOURCE, 'ferry_node');
 /** Modules of MicroPython's ESP32 port (and micropython-lib's umqtt.simple) the package may use. */
-const ON_ESP32 = new Set(['gc', 'time', 'os', 'hashlib', 'binascii', 'json', 'sys', 'esp32', 'machine', 'umqtt.simple']);
+const ON_ESP32 = new Set(['gc', 'time', 'os', 'hashlib', 'binascii', 'json', 'sys', 'esp32', 'machine', 'network', 'umqtt.simple']);
 
 t.test('every module compiles and imports in MicroPython; only the board port needs board modules', async (t) => {
   const out: string[] = [];

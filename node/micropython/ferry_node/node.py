@@ -7,6 +7,7 @@ import time
 from . import cbor
 from . import errors as R
 from . import lifecycle as L
+from . import uplink
 from .errors import Refused
 from .manifest import verify as verify_manifest
 from .offer import check as check_offer, CHUNK_OVERHEAD
@@ -17,9 +18,6 @@ from .transfer import Download, BLOCK
 HELLO, ACK, REPORT = 1, 2, 3
 OFFER, CHUNK, ACTIVATE, CANCEL, ERROR, QUERY = 16, 17, 18, 19, 20, 21
 VERIFIED, REBOOTING, CONFIRMED, ROLLED_BACK, REJECTED = 1, 2, 3, 4, 5
-VALID, PENDING_VERIFY, RECOVERY = 2, 1, 6
-CAP_ROLLBACK, CAP_ANTI_ROLLBACK = 2, 4
-MAX_ACK_BITS = 8192
 
 
 class Node:
@@ -44,6 +42,8 @@ class Node:
         self.slot = 0
         self.download = None
         self.job = None
+        self.offer = None
+        self.trusted = None
         self.pending = []
         self.outbox = []
         self.hello_due = False
@@ -169,30 +169,11 @@ class Node:
 
     # ---- messages out --------------------------------------------------------------------------
     def hello(self):
-        v = self.running()
-        rec = self.rec
-        state = RECOVERY if self.recovery else PENDING_VERIFY if self.in_trial() else VALID
-        m = {0: HELLO, 1: 1, 2: self.id, 3: self.hw, 4: v[0], 5: v[1], 6: rec.get(L.N_COUNTER, 0), 7: self.slot, 8: state,
-             9: self.max_message, 10: CAP_ROLLBACK | CAP_ANTI_ROLLBACK, 11: self.window, 14: rec[L.N_BOOTS]}
-        d = self.download
-        if d:
-            m[12] = {1: d.session, 2: d.meta[5], 3: d.meta[4], 4: d.bitmap.bits}
-        o = rec.get(L.N_OUTCOME)
-        if o:
-            m[13] = {1: o[0], 2: o[1], 3: o[2]}
-        return cbor.encode(m)
+        return uplink.hello(self)
 
     def ack(self):
-        # base = first missing chunk, then what is stored after it; the answer to an Offer covers
-        # everything (and carries the offer id, key 4).
-        d = self.download
-        base = d.bitmap.first_missing()
-        span = MAX_ACK_BITS if self.ack_all else min(MAX_ACK_BITS, max(1024, 16 * self.window))
-        m = {0: ACK, 1: d.session, 2: base, 4: self.ack_offer}
-        if base < d.total:
-            m[3] = d.bitmap.since(base, span)
         self.new_since_ack = 0
-        return cbor.encode(m)
+        return uplink.ack(self, self.ack_all, self.ack_offer)
 
     def report(self, session, stage, reason, version=None, detail=None):
         if len(self.outbox) >= 8:
@@ -262,7 +243,7 @@ class Node:
         except Refused as e:
             self.reject(0, e.reason, e.detail)
             return
-        if self.job is not None and t in (OFFER, ACTIVATE, CHUNK):
+        if self.job is not None and t in (ACTIVATE, CHUNK):
             # Busy checking a signature or a digest: the agent repeats these.
             self.log('busy: message type', t, 'dropped')
             return
@@ -279,15 +260,38 @@ class Node:
             self.log('offer ignored: trial boot or reboot under way')
             return
         offer_id = m.get(8)
-        self.job = self._offer(uint(m, 1, 0xffffffff), bytes_(m, 2, 1024), uint(m, 3, 1), uint(m, 4, 64 * 1024 * 1024),
-                               bytes_(m, 5, 32, 32), uint(m, 6, 1 << 20), offer_id if isinstance(offer_id, int) else None)
-
-    def _offer(self, session, blob, enc, size, digest, chunk, offer_id):
-        try:
-            man = yield from verify_manifest(blob, self.keys)
-        except Refused as e:
-            self.reject(session, e.reason, e.detail)
+        o = (uint(m, 1, 0xffffffff), bytes_(m, 2, 1024), uint(m, 3, 1), uint(m, 4, 64 * 1024 * 1024),
+             bytes_(m, 5, 32, 32), uint(m, 6, 1 << 20), offer_id if isinstance(offer_id, int) else None)
+        if self.job is not None:
+            # The agent repeated its Offer while we still check the signature: the answer goes to
+            # the newest one (its session and offer id), or the agent would never take it.
+            if self.offer is not None and self.offer[1:6] == o[1:6]:
+                self.offer = o
             return
+        self.offer = o
+        self.job = self._offer()
+
+    def _trusted(self, blob):
+        # The manifest, checked once per boot: a repeated Offer or the final check of the same
+        # bytes reuses the verdict instead of paying for Ed25519 again.
+        t = self.trusted
+        if t is not None and t[0] == blob:
+            return t[1]
+        man = yield from verify_manifest(blob, self.keys)
+        self.trusted = (blob, man)
+        return man
+
+    def _offer(self):
+        blob = self.offer[1]
+        try:
+            try:
+                man = yield from self._trusted(blob)
+            except Refused as e:
+                self.reject(self.offer[0], e.reason, e.detail)
+                return
+            session, blob, enc, size, digest, chunk, offer_id = self.offer
+        finally:
+            self.offer = None
         refusal = check_offer(self, man, enc, size, digest, chunk)
         if refusal:
             if refusal[0] == R.NONE:
@@ -350,7 +354,7 @@ class Node:
 
     def _finish(self, d):
         # Every chunk is stored: check the manifest again, read the slot back, compare digests.
-        man = yield from verify_manifest(d.meta[7], self.keys)
+        man = yield from self._trusted(d.meta[7])
         h = d.hasher()
         while not h.done():
             h.step(self.io)

@@ -2,6 +2,7 @@
 # Other boards implement the same methods (see docs/node-micropython.md, "Porting").
 import esp32
 import machine
+import network
 import time
 from umqtt.simple import MQTTClient
 
@@ -13,6 +14,24 @@ class Esp32Port:
         self.wdt = machine.WDT(timeout=wdt_ms) if wdt_ms else None
         self._running = esp32.Partition(esp32.Partition.RUNNING)
         self._slots = {}
+
+    def _network(self):
+        # Wi-Fi from the provisioning file ("wifi": {"ssid", "password"}), if it has one; an
+        # OSError here makes the runner back off and try again (seed 001 #4, #12).
+        w = self.cfg.get('wifi')
+        if not w:
+            return
+        sta = network.WLAN(network.STA_IF)
+        sta.active(True)
+        if sta.isconnected():
+            return
+        sta.connect(w['ssid'], w.get('password') or '')
+        for _ in range(100):
+            if sta.isconnected():
+                return
+            self.wdt_feed()
+            time.sleep_ms(100)
+        raise OSError(116, 'wifi: not connected to %s' % w['ssid'])
 
     def running_slot(self):
         return self._label_slot(self._running.info()[4])
@@ -56,6 +75,7 @@ class Esp32Port:
         return self._self_test(version) if self._self_test else True
 
     def mqtt_client(self, client_id, keepalive):
+        self._network()
         c = self.cfg
         return MQTTClient(client_id, c['broker'], port=c.get('port', 0), user=c.get('user', client_id),
                           password=c.get('password'), keepalive=keepalive)

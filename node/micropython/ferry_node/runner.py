@@ -16,6 +16,7 @@ class Runner:
         self.backoff = 500
         self.retry_at = None
         self.pinged = 0
+        self.turn = 0
 
     def start(self):
         node = self.node
@@ -38,9 +39,12 @@ class Runner:
         try:
             if client is None:
                 return self._connect()
-            if node.job is not None:
+            self.turn ^= 1
+            if node.job is not None and self.turn:
                 node.run_job()
             else:
+                # Messages are read during long work too (every other step), so a repeated Offer
+                # or a Query is seen while a signature is being checked.
                 node.received = False
                 client.check_msg()
                 node.tick(port.ticks_ms())
