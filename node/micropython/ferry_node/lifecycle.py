@@ -4,8 +4,9 @@ from . import errors as R
 
 # Keys of the 'node' record.
 N_SLOTS, N_COUNTER, N_OUTCOME, N_RECOVERY, N_TRIAL, N_BOOTS, N_STARTS, N_ERROR = 1, 2, 3, 4, 5, 6, 7, 8
-# Trial record: [slot, previous slot, version, session, self-test started, security version, reason]
-T_SLOT, T_PREV, T_VERSION, T_SESSION, T_STARTED, T_SECURITY, T_REASON = 0, 1, 2, 3, 4, 5, 6
+# Trial record: [slot, previous slot, version, session, self-test started, security version, reason,
+#                boot slot switched]
+T_SLOT, T_PREV, T_VERSION, T_SESSION, T_STARTED, T_SECURITY, T_REASON, T_SWITCHED = 0, 1, 2, 3, 4, 5, 6, 7
 REPORT = 3
 CONFIRMED, ROLLED_BACK = 3, 4
 ZERO_DIGEST = bytes(32)
@@ -54,6 +55,12 @@ def settle_trial(node):
         node.port.set_boot(t[T_PREV])
         node.port.reset()
         return
+    if len(t) <= T_SWITCHED or not t[T_SWITCHED]:
+        # Power went during the activation, before the boot selection was known to be switched:
+        # nothing was tried. The verified transfer is still stored; the agent activates again.
+        rec[N_TRIAL] = None
+        node.log('activation of', t[T_VERSION], 'was interrupted: not switched')
+        return
     reason = t[T_REASON] or (R.WATCHDOG if t[T_STARTED] else R.BOOT_FAILED)
     rec[N_OUTCOME] = [t[T_VERSION], ROLLED_BACK, reason]
     rec[N_TRIAL] = None
@@ -64,9 +71,12 @@ def settle_trial(node):
 def begin_trial(node, slot, entry, session):
     # The trial record reaches flash before the boot slot changes: whichever image boots next
     # knows what was tried.
-    node.rec[N_TRIAL] = [slot, node.slot, entry[0], session, False, entry[3], None]
+    t = [slot, node.slot, entry[0], session, False, entry[3], None, False]
+    node.rec[N_TRIAL] = t
     node.save()
     node.port.set_boot(slot)
+    t[T_SWITCHED] = True
+    node.save()
 
 
 def app_up(node):
