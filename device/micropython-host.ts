@@ -207,7 +207,7 @@ export class MicroPythonNode extends EventEmitter {
   private dropLink(abrupt: boolean): void {
     const c = this.client;
     this.client = undefined;
-    if (this.pump) clearInterval(this.pump);
+    if (this.pump) clearTimeout(this.pump);
     this.pump = undefined;
     if (!c) return;
     c.removeAllListeners('message');
@@ -291,7 +291,6 @@ export class MicroPythonNode extends EventEmitter {
     };
     c.on('close', down);
     c.on('error', down);
-    this.pump = setInterval(() => this.flushPending(ctl, ring), 2);
   }
 
   /** Messages wait here while the ring is full (the node is busy, as TCP would make them wait). */
@@ -299,7 +298,13 @@ export class MicroPythonNode extends EventEmitter {
     if (ctl !== this.ctl) return;
     while (this.pending.length > 0) {
       const m = this.pending[0];
-      if (!ringWrite(ctl, ring, m.topic, m.payload)) return;
+      if (!ringWrite(ctl, ring, m.topic, m.payload)) {
+        this.pump ??= setTimeout(() => {
+          this.pump = undefined;
+          this.flushPending(ctl, ring);
+        }, 2);
+        return;
+      }
       this.pending.shift();
     }
   }
