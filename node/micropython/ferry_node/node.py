@@ -165,7 +165,9 @@ class Node:
             self.ack_offer = None
             client.publish(self.topic_up, msg, False, 1)
         while self.outbox:
-            client.publish(self.topic_up, cbor.encode(self.outbox.pop(0)), False, 1)
+            # Taken off the queue only once published: a report is not lost with the connection.
+            client.publish(self.topic_up, cbor.encode(self.outbox[0]), False, 1)
+            self.outbox.pop(0)
 
     # ---- messages out --------------------------------------------------------------------------
     def hello(self):
