@@ -101,6 +101,22 @@ t.test('offer-id echo, Query, Cancel and refusals of malformed input', async (t)
   a = await next((m) => m.type === MsgType.ack, 'ack answering the repeated offer');
   t.same([a.raw.get(4), a.msg.type === MsgType.ack && a.msg.session], [202, 21], 'the answer carries the newest offer id and session');
 
+  // Section 3's refusals, each with its reason and the release's version.
+  const refusals: [string, { hw?: string; version?: string; size?: number; securityVersion?: number }, number][] = [
+    ['another hardware class', { hw: 'other-board' }, Reason.wrongHardware],
+    ['an older version', { version: '0.9.0' }, Reason.downgrade],
+    ['an image larger than the slot', { version: '3.0.0', size: 65 * 1024 }, Reason.noSpace],
+  ];
+  let session = 30;
+  for (const [what, m, reason] of refusals) {
+    const img = demoImage(HW, m.version ?? '2.0.0', m.size ?? 8 * 1024);
+    const blob = signManifest({ hw: m.hw ?? HW, version: m.version ?? '2.0.0', securityVersion: 0, size: img.length, digest: sha256(img), created: 1, flags: 0 }, key.privateKey);
+    session++;
+    await send(new Map<number, unknown>([[0, MsgType.offer], [1, session], [2, blob], [3, 0], [4, img.length], [5, sha256(img)], [6, 4096], [8, 300 + session]]));
+    const r2 = await next((x) => x.type === MsgType.report, what);
+    t.match(r2.msg, { stage: Stage.rejected, reason, session, version: m.version ?? '2.0.0' }, `${what} is refused`);
+  }
+
   await agent.publishAsync(`ferry/d/${ID}/dn`, Buffer.from([0xd8, 0x40, 0x41, 0x00]), { qos: 1 });
   const bad = await next((m) => m.type === MsgType.report, 'refusal of a tag');
   t.match(bad.msg, { stage: Stage.rejected, reason: Reason.malformed }, 'a tagged item is refused as malformed');
