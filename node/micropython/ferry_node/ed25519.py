@@ -143,7 +143,7 @@ def _double(p):
 
 
 def _pow(b, e):
-    # b ** e mod p, yielding every 16 bits (the built-in three-argument pow runs in one go).
+    # b ** e mod p, yielding every 8 bits (the built-in three-argument pow runs in one go).
     r = 1
     b %= _P
     n = 0
@@ -153,8 +153,9 @@ def _pow(b, e):
         b = b * b % _P
         e >>= 1
         n += 1
-        if n & 15 == 0:
+        if n & 7 == 0:
             yield
+    yield
     return r
 
 
@@ -220,4 +221,6 @@ def verify(public, msg, sig):
         elif kb:
             q = _add(q, neg_a)
         yield
+    global _K
+    _K = None  # 80 constants, ~3 KiB: rebuilt on the next check rather than kept on the heap
     return (yield from _encode_point(q)) == bytes(sig[:32])

@@ -37,7 +37,6 @@ class Node:
         self.safe_mode_after = cfg.get('safe_mode_after', 3)
         self.selftest_delay = cfg.get('selftest_delay_ms', 50)
         self.store = Store(cfg.get('dir', '/ferry'))
-        self.io = bytearray(BLOCK)  # the one read buffer, for hashing what the slot holds
         self.rec = None
         self.slot = 0
         self.download = None
@@ -358,8 +357,9 @@ class Node:
         # Every chunk is stored: check the manifest again, read the slot back, compare digests.
         man = yield from self._trusted(d.meta[7])
         h = d.hasher()
+        buf = bytearray(BLOCK)  # the read buffer, only while hashing what the slot holds
         while not h.done():
-            h.step(self.io)
+            h.step(buf)
             self.port.wdt_feed()
             yield
         digest = h.digest()
