@@ -9,6 +9,7 @@ import { provision } from '../broker/provision.js';
 import { startBroker } from '../broker/server.js';
 import { fleetIds, startFleet } from '../device/fleet.js';
 import { demoImage } from '../harness/images.js';
+import { startMicroPythonFleet } from '../device/micropython-fleet.js';
 import { generateOperatorKey } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
 import { makeLogger, UsageError } from './common.js';
@@ -25,6 +26,7 @@ interface Args {
   'data-dir'?: string;
   verbose: boolean;
   json: boolean;
+  node: 'sim' | 'micropython';
 }
 
 const FINAL = new Set(['confirmed', 'rolledBack', 'rejected', 'timedOut', 'failed']);
@@ -49,6 +51,7 @@ export const demoCommand: CommandModule<object, Args> = {
       timeout: { type: 'number', default: 120, describe: 'give up after this many seconds' },
       'data-dir': { type: 'string', describe: 'agent state directory (default: a fresh temp dir)' },
       verbose: { type: 'boolean', default: false, describe: 'also print agent log lines' },
+      node: { choices: ['sim', 'micropython'], default: 'sim', describe: 'node client: the TypeScript simulator, or the MicroPython client (node/micropython) in real MicroPython' },
       json: { type: 'boolean', default: false, describe: 'print the summary as JSON' },
     }) as never,
   handler: async (argv) => {
@@ -85,8 +88,14 @@ export const demoCommand: CommandModule<object, Args> = {
     say(`agent    state in ${dataDir}`);
 
     const perNode = Object.fromEntries(ids.map((id) => [id, { ...nodeCreds.get(id)! }]));
-    const fleet = await startFleet({ brokerUrl: broker.url, count: n, hw: argv.hw, version: '1.0.0', trust: [publicKey], failSelfTest: k, perNode });
-    say(`nodes    ${n} simulated ${argv.hw} nodes on 1.0.0 (${k} with a failing self-test)`);
+    const fleet =
+      argv.node === 'micropython'
+        ? await startMicroPythonFleet({
+            brokerUrl: broker.url, count: n, hw: argv.hw, version: '1.0.0', trust: [publicKey], image: demoImage(argv.hw, '1.0.0', Math.min(argv['image-size'], 64 * 1024)),
+            maxImage: argv['image-size'], failSelfTest: k, failVersion: '1.1.0', perNode,
+          })
+        : await startFleet({ brokerUrl: broker.url, count: n, hw: argv.hw, version: '1.0.0', trust: [publicKey], failSelfTest: k, perNode });
+    say(`nodes    ${n} ${argv.node === 'micropython' ? 'MicroPython (real interpreter, node/micropython)' : 'simulated'} ${argv.hw} nodes on 1.0.0 (${k} with a failing self-test)`);
     await waitFor(() => agent.statuses().length >= n, 15_000, 'every node to say hello');
 
     const image = demoImage(argv.hw, '1.1.0', argv['image-size']);

@@ -1,0 +1,1 @@
+# ferry node client for MicroPython (protocol v1, docs/protocol.md).
