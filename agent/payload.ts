@@ -1,5 +1,6 @@
 import { Capability, Encoding } from '../shared/messages.js';
 import { sha256 } from '../shared/manifest.js';
+import { deltaArchFor } from '../shared/delta/index.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { PatchCache } from './patches.js';
 import type { NodeRow, Payload, Release } from './types.js';
@@ -44,8 +45,11 @@ export class PayloadChooser {
       o.event(row.id, 'payload', `full image: the agent does not hold the image the node runs (${row.runningVersion})`);
       return full;
     }
+    // A node that decodes the release's instruction set gets a patch that predicts moved references.
+    const arch = deltaArchFor(row.caps, release.image);
     const pair = `${release.row.hw} ${base.row.version} -> ${release.row.version}`;
-    let patch = o.patches.cached(base.row.digest, release.row.digest);
+    const predicted = arch === 'none' ? '' : `, ${arch} prediction`;
+    let patch = o.patches.cached(base.row.digest, release.row.digest, arch);
     if (!patch) {
       o.log('info', `node ${row.id}: making delta patch ${pair} in the background (${o.patches.pending} other job(s) pending)`);
       o.progress(row.id, `making delta patch ${pair}`);
@@ -56,7 +60,7 @@ export class PayloadChooser {
           const step = `${phase} ${Math.floor(pct / 25) * 25} %`; // the log gets quarters, the status every report
           if (step !== logged) o.log('info', `delta patch ${pair}: ${(logged = step)}`);
           o.progress(row.id, `making delta patch ${pair}: ${phase} ${pct} %`);
-        });
+        }, arch);
       } catch (err) {
         if (o.closed()) return full;
         o.log('warn', `node ${row.id}: no delta ${pair}: ${(err as Error).message}; sending the full image`);
@@ -73,7 +77,7 @@ export class PayloadChooser {
       o.event(row.id, 'payload', msg);
       return full;
     }
-    o.event(row.id, 'payload', `delta ${pair}: ${patch.length} B for a ${release.image.length} B image`);
+    o.event(row.id, 'payload', `delta ${pair}: ${patch.length} B for a ${release.image.length} B image${predicted}`);
     return { bytes: patch, encoding: Encoding.delta, digest: sha256(patch), baseDigest: base.row.digest };
   }
 

@@ -157,7 +157,7 @@ t.test('a patch the node cannot apply (damaged in the cache) falls back; the cac
   // Damage the cached patch's body (its header still checks out), restart, and offer it to a third node.
   const file = path.join(dir, files[0]);
   const bytes = fs.readFileSync(file);
-  for (let i = 100; i < bytes.length; i += 7) bytes[i] ^= 0xa5;
+  for (let i = 128; i < bytes.length; i += 7) bytes[i] ^= 0xa5; // past the longest (v3) header
   fs.writeFileSync(file, bytes);
   await world.restartAgent();
   const wireC = watchWire(world.broker.aedes, 'prog-c');
