@@ -4,7 +4,7 @@ import mqtt, { type MqttClient } from 'mqtt';
 import { ProtocolError, Reason, reasonName } from '../shared/errors.js';
 import { verifyManifest, ManifestFlag, type Manifest } from '../shared/manifest.js';
 import {
-  Capability, CHUNK_CBOR_OVERHEAD, decodeDown, encodeMessage, Encoding, ImageState, LIMITS, MsgType, PROTOCOL_VERSION, Stage,
+  ackInterval, Capability, CHUNK_CBOR_OVERHEAD, decodeDown, encodeMessage, Encoding, ImageState, LIMITS, MsgType, PROTOCOL_VERSION, Stage,
   type Activate, type Cancel, type Chunk, type DownMessage, type ImageStateCode, type LastOutcome, type Offer, type Report, type StageCode, type UpMessage,
 } from '../shared/messages.js';
 import { topics, type Topics } from '../shared/topics.js';
@@ -629,7 +629,7 @@ export class SimNode extends EventEmitter {
     if (d.complete) {
       this.sendAck(d);
       this.finishDownload(d);
-    } else if (this.newSinceAck >= Math.max(1, Math.floor(this.window / 2))) {
+    } else if (this.newSinceAck >= ackInterval(this.window)) {
       this.sendAck(d);
     }
   }
