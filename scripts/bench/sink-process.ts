@@ -10,7 +10,7 @@
  *
  * From the parent: {type: 'begin', ...} starts one receiver (node: id, maxMessage, window, trust PEM;
  * raw: topic, size, chunk, sha256 hex), {type: 'end'} stops it. To the parent: {type: 'ready'} when
- * it is connected and subscribed, {type: 'done'} (raw: the image is stored and verified),
+ * it is connected and subscribed, {type: 'done'} (the image is stored and verified),
  * {type: 'ended'}, {type: 'error', message}.
  */
 import { createPublicKey } from 'node:crypto';
@@ -34,6 +34,10 @@ function tell(m: SinkReport): void {
 
 async function beginNode(brokerUrl: string, c: { id: string; maxMessage: number; window: number; trustPem: string }): Promise<() => Promise<void>> {
   const node = new SimNode({ brokerUrl, deviceId: c.id, hw: 'bench', version: '1.0.0', trust: [createPublicKey(c.trustPem)], maxMessage: c.maxMessage, window: c.window });
+  // Stored and verified (read back, hashed, matched): the raw sink's 'done' at the same point.
+  node.on('stage', (name: string) => {
+    if (name === 'verified') tell({ type: 'done' });
+  });
   await node.start();
   return () => node.stop();
 }
