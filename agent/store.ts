@@ -146,6 +146,8 @@ export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
   private readonly upsertNode: Database.Statement;
   private readonly insertEvent: Database.Statement;
   private eventsSinceTrim = 0;
+  /** SQLite statements that wrote, since open: the wear and I/O figure of the agent's state. */
+  writes = 0;
 
   constructor(dataDir: string) {
     super();
@@ -199,6 +201,7 @@ export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
          VALUES (@id, @hw, @version, @securityVersion, @size, @digest, @manifest, @flags, @receivedAt)`,
       )
       .run(row);
+    this.writes++;
   }
 
   hasRelease(id: string): boolean {
@@ -219,6 +222,7 @@ export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
 
   saveNode(row: NodeRow): void {
     this.upsertNode.run(row);
+    this.writes++;
   }
 
   nodes(): NodeRow[] {
@@ -228,6 +232,7 @@ export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
   event(node: string | null, kind: string, detail = ''): void {
     const at = Date.now();
     this.insertEvent.run(at, node, kind, detail);
+    this.writes++;
     if (this.listenerCount('event') > 0) this.emit('event', { at, node, kind, detail });
     if (++this.eventsSinceTrim >= 1000) {
       this.eventsSinceTrim = 0;

@@ -4,11 +4,13 @@ import { IdentityStore } from '../broker/identity-store.js';
 import { startBroker } from '../broker/server.js';
 import { agentOptions, createAgent, type AgentArgs } from './agent.js';
 import { makeLogger, untilSignal, UsageError } from './common.js';
+import { startStatsFile } from './stats-file.js';
 
 interface GatewayArgs extends AgentArgs {
   port: number;
   host: string;
   'allow-anonymous': boolean;
+  'stats-file'?: string;
 }
 
 /** The in-process agent's own identity on the gateway's broker: re-keyed at every start, never printed. */
@@ -27,6 +29,7 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
       port: { type: 'number', default: 1883, describe: 'MQTT listen port' },
       host: { type: 'string', default: '0.0.0.0', describe: 'listen address' },
       'allow-anonymous': { type: 'boolean', default: false, describe: 'admit clients without a username (never to ferry topics)' },
+      'stats-file': { type: 'string', describe: 'write CPU, memory and store-write counters here as JSON twice a second (for benchmarks)' },
       ...agentOptions,
     }) as never,
   handler: async (argv) => {
@@ -38,8 +41,10 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
     const broker = await startBroker({ port: argv.port, host: argv.host, ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log } });
     const agent = createAgent(broker.url, argv, { username: GATEWAY_AGENT, password });
     await agent.start();
+    const stopStats = argv['stats-file'] ? startStatsFile(argv['stats-file'], agent) : undefined;
     log('info', `ferry gateway: broker on ${argv.host}:${broker.port}, agent state and identities in ${argv['data-dir']}`);
     await untilSignal();
+    stopStats?.();
     await agent.stop();
     await broker.close();
     store.close();
