@@ -11,7 +11,7 @@
  *   - bytes on the wire per node: the sim process's socket bytes both ways (/proc/<pid>/io rchar +
  *     wchar, less what it wrote to stdout/stderr), over the publish-to-confirmed interval.
  *
- *   node dist/scripts/bench/fleet.js [--devices N (1000)] [--quick (= --devices 100)] [--size B] [--max-concurrent K] [--window W] [--json]
+ *   node dist/scripts/bench/fleet.js [--devices N (1000)] [--quick (= --devices 100)] [--size B] [--max-concurrent K] [--window W] [--cpu-prof DIR] [--json]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -45,8 +45,11 @@ interface FleetResult {
   simCpuSeconds: number;
 }
 
-function ferry(args: string[], opts: { stdio?: 'pipe' | 'ignore' } = {}): ChildProcess {
-  return spawn(process.execPath, [FERRY, ...args], { stdio: ['ignore', opts.stdio ?? 'pipe', 'pipe'] });
+/** With --cpu-prof DIR, the gateway runs under `node --cpu-prof` and leaves its profile there. */
+let gatewayProfileDir: string | undefined;
+
+function ferry(args: string[], opts: { stdio?: 'pipe' | 'ignore'; nodeArgs?: string[] } = {}): ChildProcess {
+  return spawn(process.execPath, [...(opts.nodeArgs ?? []), FERRY, ...args], { stdio: ['ignore', opts.stdio ?? 'pipe', 'pipe'] });
 }
 
 function runFerry(args: string[]): Promise<string> {
@@ -120,7 +123,10 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
     const port = await freePort();
     const broker = `mqtt://127.0.0.1:${port}`;
     const statsFile = path.join(dir, 'gateway-stats.json');
-    const gateway = ferry(['gateway', '--port', String(port), '--host', '127.0.0.1', '--data-dir', dir, '--stats-file', statsFile, '--max-concurrent', String(maxConcurrent), '--json'], { stdio: 'ignore' });
+    const gateway = ferry(['gateway', '--port', String(port), '--host', '127.0.0.1', '--data-dir', dir, '--stats-file', statsFile, '--max-concurrent', String(maxConcurrent), '--json'], {
+      stdio: 'ignore',
+      nodeArgs: gatewayProfileDir ? ['--cpu-prof', `--cpu-prof-dir=${path.resolve(gatewayProfileDir)}`, `--cpu-prof-name=gateway-${devices}.cpuprofile`] : [],
+    });
     children.push(gateway);
     let gatewayErr = '';
     gateway.stderr!.on('data', (d: Buffer) => (gatewayErr = (gatewayErr + d.toString()).slice(-2000)));
@@ -139,6 +145,7 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
     let outBytes = 0;
     sim.stderr!.on('data', (d: Buffer) => (outBytes += d.length));
     const started = { all: false };
+    const connected = new Set<string>();
     const downloadAt = new Map<string, number>();
     const confirmedAt = new Map<string, number>();
     const failed: string[] = [];
@@ -152,6 +159,7 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
       }
       const at = Date.parse(e.at);
       if (e.id === 'sim' && e.event === 'started') started.all = true;
+      if (e.event === 'connected') connected.add(e.id);
       if (e.event === 'downloading' && !downloadAt.has(e.id)) downloadAt.set(e.id, at);
       if (e.event === 'outcome') {
         if (e.stage === 'confirmed') confirmedAt.set(e.id, at);
@@ -159,6 +167,8 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
       }
     });
     await until(`${devices} simulated nodes to start`, 300_000, () => (started.all ? true : undefined));
+    // Every node through the gateway's authentication (scrypt per connect) and connected.
+    await until(`${devices} simulated nodes to connect`, 600_000, () => (connected.size >= devices ? true : undefined));
     // Let the gateway hear every Hello (each node is then idle on 1.0.0) before the release goes out.
     await new Promise((r) => setTimeout(r, Math.min(10_000, 1000 + devices * 5)));
     progress(`${devices} nodes up; publishing`);
@@ -168,7 +178,16 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
     const out0 = outBytes;
     const simCpu0 = procCpuSeconds(pid);
     const t0 = Date.now();
-    await runFerry(['release', 'publish', '--broker', broker, '--image', imageFile, '--version', '1.1.0', '--hw', 'fleet', '--key', path.join(dir, 'keys', 'operator.key'), '--username', 'bench-op', '--password', op.password, '--json']);
+    const publish = ['release', 'publish', '--broker', broker, '--image', imageFile, '--version', '1.1.0', '--hw', 'fleet', '--key', path.join(dir, 'keys', 'operator.key'), '--username', 'bench-op', '--password', op.password, '--json'];
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await runFerry(publish);
+        break;
+      } catch (err) {
+        if (attempt >= 3) throw err;
+        progress(`${(err as Error).message}; publishing again`);
+      }
+    }
     let lastShown = 0;
     await until(`all ${devices} nodes confirmed`, 60 * 60_000, () => {
       if (failed.length > 0) throw new Error(`nodes did not confirm: ${failed.slice(0, 5).join(', ')}`);
@@ -239,9 +258,10 @@ async function main(): Promise<void> {
   };
   const json = args.includes('--json');
   const devices = Number(arg('devices', args.includes('--quick') ? '100' : '1000'));
-  const size = Number(arg('size', String(128 * 1024)));
+  const size = Number(arg('size', String(256 * 1024)));
   const maxConcurrent = Number(arg('max-concurrent', '16'));
   const window = Number(arg('window', '16'));
+  gatewayProfileDir = args.includes('--cpu-prof') ? arg('cpu-prof', '.') : undefined;
   if (!Number.isInteger(devices) || devices < 1 || devices > 1000 || !Number.isInteger(size) || size < 4096 || !Number.isInteger(maxConcurrent) || maxConcurrent < 1 || !Number.isInteger(window) || window < 1 || window > 1024) {
     throw new Error('usage: fleet [--devices 1..1000 | --quick] [--size BYTES>=4096] [--max-concurrent K] [--window W] [--json]');
   }
