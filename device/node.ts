@@ -87,6 +87,9 @@ export interface NodeOutcome {
 /** Most bits an Ack carries after its base: keeps acks small for a node's MQTT output buffer. */
 const MAX_ACK_BITS = 8192;
 
+/** Longest wait between failed connection attempts (with the default, backed-off reconnect period). */
+const RECONNECT_MAX_MS = 15_000;
+
 export class SimNode extends EventEmitter {
   readonly flash: Flash;
   readonly layout: Layout;
@@ -347,7 +350,8 @@ export class SimNode extends EventEmitter {
 
   private connect(life: number): Promise<void> {
     return new Promise((resolve) => {
-      const reconnectPeriod = this.opts.reconnectPeriod ?? 500 + Math.floor(Math.random() * 500);
+      const base = this.opts.reconnectPeriod ?? 500 + Math.floor(Math.random() * 500);
+      const reconnectPeriod = base;
       const client = mqtt.connect(this.opts.brokerUrl, {
         protocolVersion: 4,
         clean: true,
@@ -390,8 +394,25 @@ export class SimNode extends EventEmitter {
         if (life !== this.life) return;
         this.onMessage(topic, payload);
       });
+      // Failed attempts back off (doubling, with jitter, up to RECONNECT_MAX_MS) unless the caller
+      // fixed the period: a thousand nodes reconnecting to a gateway at once (its restart) would
+      // otherwise keep retrying every second while the broker is still checking the first
+      // attempts' passwords, and never all get in. A session that was up starts again at the base.
+      let upThisAttempt = false;
+      let failures = 0;
+      client.on('connect', () => {
+        upThisAttempt = true;
+        failures = 0;
+        client.options.reconnectPeriod = base;
+      });
       client.on('close', () => {
         if (life === this.life) this.helloSent = false;
+        if (!upThisAttempt && this.opts.reconnectPeriod === undefined) {
+          failures++;
+          const ceiling = Math.min(RECONNECT_MAX_MS, base * 2 ** failures);
+          client.options.reconnectPeriod = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
+        }
+        upThisAttempt = false;
       });
       client.on('error', (err) => {
         if (life === this.life) this.log('warn', `mqtt: ${err.message}`);
