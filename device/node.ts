@@ -73,6 +73,8 @@ export interface SimNodeOptions {
   rebootMs?: number;
   /** MQTT reconnect period in ms. Default 500..1000, jittered per node. */
   reconnectPeriod?: number;
+  /** How long to wait for CONNACK before trying again, ms (default 30 s). */
+  connectTimeoutMs?: number;
   /** Diagnostic log lines (default: none). */
   log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
 }
@@ -359,7 +361,10 @@ export class SimNode extends EventEmitter {
         username: this.opts.username,
         password: this.opts.password,
         reconnectPeriod,
-        connectTimeout: 5000,
+        // MQTT.js's default. A shorter one (it was 5 s) abandons attempts the broker is still
+        // authenticating when many nodes connect at once, and each retry costs the broker another
+        // password hash: a thousand nodes then never all got in.
+        connectTimeout: this.opts.connectTimeoutMs ?? 30_000,
         keepalive: 30,
         // Nothing queued while offline: every connect starts with Hello, which resynchronises.
         queueQoSZero: false,
