@@ -29,7 +29,7 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
       port: { type: 'number', default: 1883, describe: 'MQTT listen port' },
       host: { type: 'string', default: '0.0.0.0', describe: 'listen address' },
       'allow-anonymous': { type: 'boolean', default: false, describe: 'admit clients without a username (never to ferry topics)' },
-      'stats-file': { type: 'string', describe: 'write CPU, memory and store-write counters here as JSON twice a second (for benchmarks)' },
+      'stats-file': { type: 'string', describe: 'write CPU, memory and store-write counters here as JSON at start, on SIGUSR2 and at exit (for benchmarks)' },
       ...agentOptions,
     }) as never,
   handler: async (argv) => {

@@ -16,10 +16,11 @@ export interface ProcessStats {
 }
 
 /**
- * Writes ProcessStats as JSON to `file` every `everyMs` (and once more on stop), replacing it with a
- * rename so a reader never sees half a file: benchmarks read it from outside the process.
+ * Writes ProcessStats as JSON to `file` at start, whenever the process gets SIGUSR2, and on stop,
+ * replacing it with a rename so a reader never sees half a file: a benchmark asks for a fresh copy
+ * when it wants one, so the measured process does no periodic work for it.
  */
-export function startStatsFile(file: string, agent: Agent, everyMs = 500): () => void {
+export function startStatsFile(file: string, agent: Agent): () => void {
   const write = () => {
     const cpu = process.cpuUsage();
     const mem = process.memoryUsage();
@@ -42,10 +43,9 @@ export function startStatsFile(file: string, agent: Agent, everyMs = 500): () =>
     }
   };
   write();
-  const timer = setInterval(write, everyMs);
-  timer.unref();
+  process.on('SIGUSR2', write);
   return () => {
-    clearInterval(timer);
+    process.off('SIGUSR2', write);
     write();
   };
 }

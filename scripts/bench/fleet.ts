@@ -38,6 +38,10 @@ interface FleetResult {
   medianTransferSeconds: number;
   cpuSeconds: number;
   cpuSecondsPerMiB: number;
+  /** The event loop alone (broker + agent), without the thread pool (scrypt for each reconnect after reboot). */
+  mainThreadCpuSecondsPerMiB: number;
+  otherThreadsCpuSeconds: number;
+  retransmitsPerNode: number;
   peakRssMB: number;
   storeWritesPerChunk: number;
   wireBytesPerNode: number;
@@ -83,10 +87,36 @@ function vmHwmBytes(pid: number): number {
 }
 
 /** utime + stime of a process, seconds (/proc/<pid>/stat fields 14 and 15, in clock ticks of 1/100 s). */
-function procCpuSeconds(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+function procCpuSeconds(pid: number, file = `/proc/${pid}/stat`): number {
+  const stat = fs.readFileSync(file, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
+/** CPU seconds of a process's main thread (the event loop: broker + agent) and of all its other threads (libuv pool: scrypt, fs; V8 helpers). */
+function threadCpuSeconds(pid: number): { main: number; others: number } {
+  let main = 0;
+  let others = 0;
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const s = procCpuSeconds(Number(tid), `/proc/${pid}/task/${tid}/stat`);
+      if (Number(tid) === pid) main += s;
+      else others += s;
+    } catch {
+      // a thread that ended between the listing and the read
+    }
+  }
+  return { main, others };
+}
+
+/** Asks the gateway for a fresh --stats-file (SIGUSR2) and reads it. */
+async function freshStats(pid: number, file: string): Promise<ProcessStats> {
+  const asked = Date.now();
+  process.kill(pid, 'SIGUSR2');
+  return until('a fresh stats file', 10_000, () => {
+    const s = readStats(file);
+    return s && s.at >= asked ? s : undefined;
+  });
 }
 
 function readStats(file: string): ProcessStats | undefined {
@@ -173,7 +203,8 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
     await new Promise((r) => setTimeout(r, Math.min(10_000, 1000 + devices * 5)));
     progress(`${devices} nodes up; publishing`);
 
-    const stats0 = readStats(statsFile)!;
+    const stats0 = await freshStats(gateway.pid!, statsFile);
+    const threads0 = threadCpuSeconds(gateway.pid!);
     const io0 = procIo(pid);
     const out0 = outBytes;
     const simCpu0 = procCpuSeconds(pid);
@@ -198,11 +229,10 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
       return confirmedAt.size === devices ? true : undefined;
     });
     const tEnd = Math.max(...confirmedAt.values());
-    // The last stats write is at most half a second old; wait for one after the last confirm.
-    const stats1 = await until('a fresh stats file', 5000, () => {
-      const s = readStats(statsFile);
-      return s && s.at > tEnd + 100 ? s : undefined;
-    });
+    const stats1 = await freshStats(gateway.pid!, statsFile);
+    const threads1 = threadCpuSeconds(gateway.pid!);
+    const statuses = JSON.parse(await runFerry(['status', '--broker', broker, '--username', 'bench-op', '--password', op.password, '--json'])) as { retransmits: number }[];
+    const retransmits = statuses.reduce((sum, st) => sum + (st.retransmits ?? 0), 0);
     const io1 = procIo(pid);
     const simCpu1 = procCpuSeconds(pid);
     const hwm = vmHwmBytes(gateway.pid!);
@@ -224,6 +254,9 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
       medianTransferSeconds: median(transfer) / 1000,
       cpuSeconds: cpu,
       cpuSecondsPerMiB: cpu / mib,
+      mainThreadCpuSecondsPerMiB: (threads1.main - threads0.main) / mib,
+      otherThreadsCpuSeconds: threads1.others - threads0.others,
+      retransmitsPerNode: retransmits / devices,
       peakRssMB: Math.max(hwm, stats1.maxRssBytes) / 1048576,
       storeWritesPerChunk: (stats1.storeWrites - stats0.storeWrites) / chunksDelivered,
       wireBytesPerNode: wire / devices,
@@ -277,6 +310,7 @@ async function main(): Promise<void> {
   const out = rows.map((r) => ({
     ...r,
     cpuPerMiBOverOneNode: Number((r.cpuSecondsPerMiB / one.cpuSecondsPerMiB).toFixed(2)),
+    mainThreadPerMiBOverOneNode: Number((r.mainThreadCpuSecondsPerMiB / one.mainThreadCpuSecondsPerMiB).toFixed(2)),
   }));
   if (json) {
     process.stdout.write(`${JSON.stringify(out)}\n`);
@@ -288,13 +322,14 @@ async function main(): Promise<void> {
       `max-concurrent ${maxConcurrent}; ${os.cpus().length}-core machine shared with other work\n`,
   );
   process.stdout.write(
-    '| nodes | all confirmed | completion max/median | transfer max/median (median) | gateway CPU s | CPU s per MiB (× one node) | gateway peak RSS | SQLite writes per chunk | wire bytes per node (/ image) | sim CPU s |\n' +
-      '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n',
+    '| nodes | all confirmed | completion max/median | transfer max/median (median) | gateway CPU s (thread pool) | CPU s per MiB (× one node) | event loop CPU s per MiB (× one node) | gateway peak RSS | SQLite writes per chunk | wire bytes per node (/ image) | retransmits per node | sim CPU s |\n' +
+      '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n',
   );
   for (const r of out) {
     process.stdout.write(
-      `| ${r.devices} | ${f(r.allConfirmedSeconds, 1)} s | ${f(r.completionMaxOverMedian)} | ${f(r.transferMaxOverMedian)} (${f(r.medianTransferSeconds)} s) | ${f(r.cpuSeconds, 1)} | ` +
-        `${f(r.cpuSecondsPerMiB, 3)} (${r.cpuPerMiBOverOneNode}) | ${f(r.peakRssMB, 0)} MB | ${f(r.storeWritesPerChunk, 3)} | ${Math.round(r.wireBytesPerNode)} (${f(r.wireOverImage, 3)}) | ${f(r.simCpuSeconds, 1)} |\n`,
+      `| ${r.devices} | ${f(r.allConfirmedSeconds, 1)} s | ${f(r.completionMaxOverMedian)} | ${f(r.transferMaxOverMedian)} (${f(r.medianTransferSeconds)} s) | ${f(r.cpuSeconds, 1)} (${f(r.otherThreadsCpuSeconds, 1)}) | ` +
+        `${f(r.cpuSecondsPerMiB, 3)} (${r.cpuPerMiBOverOneNode}) | ${f(r.mainThreadCpuSecondsPerMiB, 3)} (${r.mainThreadPerMiBOverOneNode}) | ${f(r.peakRssMB, 0)} MB | ${f(r.storeWritesPerChunk, 3)} | ` +
+        `${Math.round(r.wireBytesPerNode)} (${f(r.wireOverImage, 3)}) | ${f(r.retransmitsPerNode, 1)} | ${f(r.simCpuSeconds, 1)} |\n`,
     );
   }
 }

@@ -227,8 +227,8 @@ async function main(): Promise<void> {
   const rows = [];
   for (const name of names) {
     const p = PROFILES[name];
-    // About half a second of bulk at the link rate, for the self-check.
-    const check = await measureLink(p, Math.max(32 * 1024, Math.round(p.rateBps / 8 / 2)));
+    // About a second of bulk at the link rate, for the self-check.
+    const check = await measureLink(p, Math.max(64 * 1024, Math.round(p.rateBps / 8)));
     const ferry: FerryRun[] = [];
     const saw: number[] = [];
     for (let r = 0; r < runs; r++) {
