@@ -13,6 +13,7 @@ export interface ProcessStats {
   maxRssBytes: number;
   heapUsedBytes: number;
   storeWrites: number;
+  storeCommits: number;
 }
 
 /**
@@ -33,6 +34,7 @@ export function startStatsFile(file: string, agent: Agent): () => void {
       maxRssBytes: process.resourceUsage().maxRSS * 1024,
       heapUsedBytes: mem.heapUsed,
       storeWrites: agent.store.writes,
+      storeCommits: agent.store.commits,
     };
     const tmp = `${file}.${process.pid}.tmp`;
     try {

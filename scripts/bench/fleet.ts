@@ -44,6 +44,9 @@ interface FleetResult {
   retransmitsPerNode: number;
   peakRssMB: number;
   storeWritesPerChunk: number;
+  storeCommitsPerChunk: number;
+  /** Gateway peak RSS before the release went out (the nodes' connections and their authentication). */
+  peakRssBeforeMB: number;
   wireBytesPerNode: number;
   wireOverImage: number;
   simCpuSeconds: number;
@@ -205,6 +208,7 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
 
     const stats0 = await freshStats(gateway.pid!, statsFile);
     const threads0 = threadCpuSeconds(gateway.pid!);
+    const hwm0 = vmHwmBytes(gateway.pid!);
     const io0 = procIo(pid);
     const out0 = outBytes;
     const simCpu0 = procCpuSeconds(pid);
@@ -259,6 +263,8 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
       retransmitsPerNode: retransmits / devices,
       peakRssMB: Math.max(hwm, stats1.maxRssBytes) / 1048576,
       storeWritesPerChunk: (stats1.storeWrites - stats0.storeWrites) / chunksDelivered,
+      storeCommitsPerChunk: (stats1.storeCommits - stats0.storeCommits) / chunksDelivered,
+      peakRssBeforeMB: hwm0 / 1048576,
       wireBytesPerNode: wire / devices,
       wireOverImage: wire / devices / size,
       simCpuSeconds: simCpu1 - simCpu0,
@@ -322,13 +328,13 @@ async function main(): Promise<void> {
       `max-concurrent ${maxConcurrent}; ${os.cpus().length}-core machine shared with other work\n`,
   );
   process.stdout.write(
-    '| nodes | all confirmed | completion max/median | transfer max/median (median) | gateway CPU s (thread pool) | CPU s per MiB (× one node) | event loop CPU s per MiB (× one node) | gateway peak RSS | SQLite writes per chunk | wire bytes per node (/ image) | retransmits per node | sim CPU s |\n' +
+    '| nodes | all confirmed | completion max/median | transfer max/median (median) | gateway CPU s (thread pool) | CPU s per MiB (× one node) | event loop CPU s per MiB (× one node) | gateway peak RSS (before the release) | SQLite writes (commits) per chunk | wire bytes per node (/ image) | retransmits per node | sim CPU s |\n' +
       '|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n',
   );
   for (const r of out) {
     process.stdout.write(
       `| ${r.devices} | ${f(r.allConfirmedSeconds, 1)} s | ${f(r.completionMaxOverMedian)} | ${f(r.transferMaxOverMedian)} (${f(r.medianTransferSeconds)} s) | ${f(r.cpuSeconds, 1)} (${f(r.otherThreadsCpuSeconds, 1)}) | ` +
-        `${f(r.cpuSecondsPerMiB, 3)} (${r.cpuPerMiBOverOneNode}) | ${f(r.mainThreadCpuSecondsPerMiB, 3)} (${r.mainThreadPerMiBOverOneNode}) | ${f(r.peakRssMB, 0)} MB | ${f(r.storeWritesPerChunk, 3)} | ` +
+        `${f(r.cpuSecondsPerMiB, 3)} (${r.cpuPerMiBOverOneNode}) | ${f(r.mainThreadCpuSecondsPerMiB, 3)} (${r.mainThreadPerMiBOverOneNode}) | ${f(r.peakRssMB, 0)} MB (${f(r.peakRssBeforeMB, 0)} MB) | ${f(r.storeWritesPerChunk, 3)} (${f(r.storeCommitsPerChunk, 3)}) | ` +
         `${Math.round(r.wireBytesPerNode)} (${f(r.wireOverImage, 3)}) | ${f(r.retransmitsPerNode, 1)} | ${f(r.simCpuSeconds, 1)} |\n`,
     );
   }
