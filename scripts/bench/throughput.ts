@@ -10,7 +10,7 @@
  *
  * With --nagle, also runs the agent with TCP_NODELAY off (the MQTT.js default).
  *
- *   node dist/scripts/bench/throughput.js [--size BYTES] [--runs N] [--max-message B,B] [--nagle] [--json]
+ *   node dist/scripts/bench/throughput.js [--size BYTES] [--runs N] [--max-message B,B] [--window W] [--nagle] [--json]
  */
 import fs from 'node:fs';
 import net from 'node:net';
@@ -71,8 +71,8 @@ async function countingBroker(): Promise<CountingBroker> {
   };
 }
 
-/** The node's receive window in this bench (it acks every min(window/2, 8) chunks). */
-const WINDOW = Number(process.env.BENCH_WINDOW ?? 32);
+/** The node's receive window (--window; it acks every min(window/2, 8) chunks). */
+let WINDOW = 128;
 
 /** Goodput is the image over the data phase: first chunk sent to the image verified at the receiver. */
 interface Result {
@@ -239,8 +239,9 @@ async function main(): Promise<void> {
   const maxMessages = arg('max-message', '4096,16500').split(',').map(Number);
   const json = args.includes('--json');
   const withNagle = args.includes('--nagle');
-  if (!Number.isInteger(size) || size < 1024 || !Number.isInteger(runs) || runs < 1 || maxMessages.some((m) => !Number.isInteger(m) || m < 256)) {
-    throw new Error('usage: throughput [--size BYTES>=1024] [--runs N>=1] [--max-message B[,B...]] [--json]');
+  WINDOW = Number(arg('window', '128'));
+  if (!Number.isInteger(size) || size < 1024 || !Number.isInteger(runs) || runs < 1 || maxMessages.some((m) => !Number.isInteger(m) || m < 256) || !Number.isInteger(WINDOW) || WINDOW < 1 || WINDOW > 1024) {
+    throw new Error('usage: throughput [--size BYTES>=1024] [--runs N>=1] [--max-message B[,B...]] [--window 1..1024] [--nagle] [--json]');
   }
   const image = demoImage('bench', '1.1.0', size);
   const rows = [];
