@@ -1,5 +1,6 @@
 import t from 'tap';
 import { bottleneckRate, growthStep, initialGrowth, targetWindow, type GrowthInput, type GrowthState } from '../agent/window-growth.js';
+import { ackInterval } from '../shared/messages.js';
 import { simulateTransfer } from './helpers/link-sim.js';
 
 // Sans-IO, fake clock: every time below is a number passed in, no timers.
@@ -13,6 +14,11 @@ function measured(phase: 'startup' | 'steady', nodeWindow: number, cwnd: number,
   const m = { ...base, cwnd, minRtt, rates: [rate], round: { seq: 1000, delivered: 0, at: 0 } };
   return phase === 'startup' ? { ...m, phase: 'startup', fullRate: rate, flatRounds: 0 } : { ...m, phase: 'steady' };
 }
+
+t.test('a node acks every min(window / 2, 8) new chunks, at least every chunk', async (t) => {
+  const rows: [number, number][] = [[1, 1], [2, 1], [3, 1], [4, 2], [16, 8], [17, 8], [128, 8], [1024, 8]];
+  for (const [w, want] of rows) t.equal(ackInterval(w), want, `window ${w}`);
+});
 
 t.test('initial window: min(node window, 32), never below the ack interval', async (t) => {
   const rows: [number, number][] = [[1, 1], [4, 4], [16, 16], [128, 32], [1024, 32]];
