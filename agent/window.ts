@@ -1,5 +1,7 @@
 import { ChunkBitmap } from '../shared/bitmap.js';
+import { ackInterval } from '../shared/messages.js';
 import type { RttEstimator } from './rtt.js';
+import { growthStep, initialGrowth, type GrowthEffect, type GrowthState } from './window-growth.js';
 
 const NOT_IN_FLIGHT = -1;
 
@@ -9,9 +11,10 @@ const NOT_IN_FLIGHT = -1;
  * the node's acks and the retransmission timer (the oldest chunk in flight overdue by one RTO) has
  * declared it lost, so nothing the node has acked is ever sent again.
  *
- * Congestion window: starts at the node's receive window and halves on each loss event, never
- * below half the node's window: the node acks every window/2 chunks, so a smaller burst would only
- * be acked by the retransmission timer.
+ * Congestion window (window-growth.ts): starts at min(node window, 32), grows from the measured
+ * delivery rate and round trip towards twice the bandwidth-delay product, and halves on each loss
+ * event; never above the node's receive window, never below the node's ack interval (half its
+ * window, at most 8): a smaller burst would only be acked by the retransmission timer.
  *
  * Silence: when a loss event follows a loss event with no ack in between, the node is probably gone
  * (link down, power cut) or the link is stalled. Then only the oldest chunk is resent, as a probe,
@@ -23,14 +26,20 @@ export class TransferWindow {
   private readonly sends: Uint8Array;
   /** Send order of each chunk's latest copy: delivery to the node keeps this order. */
   private readonly sentSeq: Float64Array;
+  /** Chunks acked, and when the latest of them was, at each chunk's latest send: its delivery-rate sample's start. */
+  private readonly deliveredAtSend: Float64Array;
+  private readonly deliveredTimeAtSend: Float64Array;
+  private delivered = 0;
+  private deliveredTime = -1;
   private seq = 0;
   /** Chunks in send order with their send time; entries go stale when acked or resent. */
   private fifo: { index: number; at: number }[] = [];
   private fifoHead = 0;
   private cursor = 0;
   private inFlight = 0;
-  private cwnd: number;
-  private readonly floor: number;
+  private growth: GrowthState;
+  /** The window's changes, newest last (bounded), for benches and diagnostics. */
+  readonly windowLog: (GrowthEffect & { at: number })[] = [];
   /** Loss events since the last ack: from the second one on, the window probes instead of resending. */
   private expiriesSinceAck = 0;
   private probing = false;
@@ -57,8 +66,9 @@ export class TransferWindow {
     this.sentAt = new Float64Array(count).fill(NOT_IN_FLIGHT);
     this.sends = new Uint8Array(count);
     this.sentSeq = new Float64Array(count);
-    this.cwnd = nodeWindow;
-    this.floor = Math.max(1, Math.ceil(nodeWindow / 2));
+    this.deliveredAtSend = new Float64Array(count);
+    this.deliveredTimeAtSend = new Float64Array(count);
+    this.growth = initialGrowth({ nodeWindow, floor: ackInterval(nodeWindow) }, 0);
   }
 
   /** Chunks the node holds, as far as the sender knows. */
@@ -75,7 +85,25 @@ export class TransferWindow {
   }
 
   get congestionWindow(): number {
-    return this.cwnd;
+    return this.growth.cwnd;
+  }
+
+  /** Growth phase, measured delivery rate (chunks per ms, max of recent rounds) and smallest round trip. */
+  get growthState(): GrowthState {
+    return this.growth;
+  }
+
+  private get cwnd(): number {
+    return this.growth.cwnd;
+  }
+
+  private grow(input: Parameters<typeof growthStep>[1], now: number): void {
+    const { state, effects } = growthStep(this.growth, input, now);
+    this.growth = state;
+    for (const e of effects) {
+      if (this.windowLog.length >= 256) this.windowLog.shift();
+      this.windowLog.push({ ...e, at: now });
+    }
   }
 
   get outstanding(): number {
@@ -144,6 +172,11 @@ export class TransferWindow {
       this.lostPending = 0; // the lowest unsent chunk is new: every lost one has gone again
       return undefined;
     }
+    // The first round trip is timed from the first send, not from when the window was made.
+    if (this.seq === 0) this.growth = { ...this.growth, round: { seq: 0, delivered: this.growth.delivered, at: now } };
+    if (this.deliveredTime < 0) this.deliveredTime = now;
+    this.deliveredAtSend[i] = this.delivered;
+    this.deliveredTimeAtSend[i] = this.deliveredTime;
     this.sentAt[i] = now;
     this.sentSeq[i] = ++this.seq;
     if (this.sends[i] > 0) this.retransmits++;
@@ -162,16 +195,27 @@ export class TransferWindow {
     this.probing = false;
     const fresh = this.acked.applyAck(base, selective);
     let newestOnce: number | undefined;
+    let oldestOnce: number | undefined;
     let newestSeq = 0;
+    let newestIndex = -1;
     for (const i of fresh) {
       if (this.sentAt[i] !== NOT_IN_FLIGHT) {
         this.inFlight--;
         if (this.sends[i] === 1 && (newestOnce === undefined || this.sentAt[i] > newestOnce)) newestOnce = this.sentAt[i];
-        newestSeq = Math.max(newestSeq, this.sentSeq[i]);
+        if (this.sends[i] === 1 && (oldestOnce === undefined || this.sentAt[i] < oldestOnce)) oldestOnce = this.sentAt[i];
+        if (this.sentSeq[i] > newestSeq) {
+          newestSeq = this.sentSeq[i];
+          newestIndex = i;
+        }
         this.sentAt[i] = NOT_IN_FLIGHT;
       }
     }
-    if (newestOnce !== undefined) this.rtt.sample(now - newestOnce);
+    // The timer runs on the oldest chunk in flight, and the node acks a batch when its last chunk
+    // arrives: so the retransmission timeout is estimated from the oldest chunk of the batch (its
+    // wait includes the node's ack interval, as a delayed ack's does in TCP), while the window's
+    // round trip comes from the newest (the path itself).
+    const rttMs = newestOnce === undefined ? undefined : now - newestOnce;
+    if (oldestOnce !== undefined) this.rtt.sample(now - oldestOnce);
     // Chunks reach the node in the order they were sent (one agent connection, one broker, one node
     // connection). So a chunk sent before one the node now acks, which this ack describes as missing,
     // was lost (typically sent just before the node's subscription was back): it goes again now,
@@ -187,7 +231,18 @@ export class TransferWindow {
         if (e.index < this.cursor) this.cursor = e.index;
       }
     }
-    if (fresh.length > 0 && this.cwnd < this.nodeWindow) this.cwnd = Math.min(this.nodeWindow, this.cwnd + 1);
+    let rate: number | undefined;
+    if (fresh.length > 0) {
+      this.delivered += fresh.length;
+      this.deliveredTime = now;
+      // Delivery rate (as BBR measures it): what was acked since the newest acked chunk was sent,
+      // over the time since the ack before that send.
+      if (newestIndex >= 0) {
+        const elapsed = now - this.deliveredTimeAtSend[newestIndex];
+        if (elapsed > 0) rate = (this.delivered - this.deliveredAtSend[newestIndex]) / elapsed;
+      }
+      this.grow({ type: 'ack', fresh: fresh.length, newestSeq, seqNow: this.seq, rttMs, rate }, now);
+    }
     this.compactFifo();
     return fresh.length;
   }
@@ -225,7 +280,7 @@ export class TransferWindow {
       this.rtt.backoff();
       // Chunks still in flight now expire within the backed-off RTO: they belong to this event.
       this.lastEventRto = this.rtt.rto;
-      this.cwnd = Math.max(this.floor, Math.floor(this.cwnd / 2));
+      this.grow({ type: 'loss' }, now);
       this.probeBudget = this.probing ? 1 : 0;
     }
     // Probing: the oldest overdue chunk is the probe (once per event); the others wait another RTO.

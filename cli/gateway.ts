@@ -7,11 +7,13 @@ import { lockBrokerState } from './broker.js';
 import { untilSignalOnceStarted } from './common.js';
 import { isListenError, listenProblem } from './startup.js';
 import { listenPort } from './validate.js';
+import { startStatsFile } from './stats-file.js';
 
 interface GatewayArgs extends AgentArgs {
   port: number;
   host: string;
   'allow-anonymous': boolean;
+  'stats-file'?: string;
 }
 
 /** The in-process agent's own identity on the gateway's broker: re-keyed at every start, never printed. */
@@ -30,6 +32,7 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
       port: { type: 'number', default: 1883, describe: 'MQTT listen port' },
       host: { type: 'string', default: '0.0.0.0', describe: 'listen address' },
       'allow-anonymous': { type: 'boolean', default: false, describe: 'admit clients without a username (never to ferry topics)' },
+      'stats-file': { type: 'string', describe: 'write CPU, memory and store-write counters here as JSON at start, on SIGUSR2 and at exit (for benchmarks)' },
       ...agentOptions,
     }) as never,
   handler: async (argv) => {
@@ -46,7 +49,12 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
     });
     log('info', `ferry gateway: broker on ${argv.host}:${broker.port}, agent state and identities in ${argv['data-dir']}`);
     const agent = createAgent(plan, broker.url, { username: GATEWAY_AGENT, password });
-    await untilSignalOnceStarted(agent.start());
+    const stopStats = argv['stats-file'] ? startStatsFile(argv['stats-file'], agent) : undefined;
+    try {
+      await untilSignalOnceStarted(agent.start());
+    } finally {
+      stopStats?.();
+    }
     await agent.stop();
     await broker.close();
     store.close();

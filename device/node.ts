@@ -5,7 +5,7 @@ import { ALL_ARCH_CAPABILITIES } from '../shared/delta/choose.js';
 import { ProtocolError, Reason, reasonName } from '../shared/errors.js';
 import { verifyManifest, ManifestFlag, type Manifest } from '../shared/manifest.js';
 import {
-  Capability, CHUNK_CBOR_OVERHEAD, decodeDown, encodeMessage, Encoding, ImageState, LIMITS, MsgType, PROTOCOL_VERSION, Stage,
+  ackInterval, Capability, CHUNK_CBOR_OVERHEAD, decodeDown, encodeMessage, Encoding, ImageState, LIMITS, MsgType, PROTOCOL_VERSION, Stage,
   type Activate, type Cancel, type Chunk, type DownMessage, type ImageStateCode, type LastOutcome, type Offer, type Report, type StageCode, type UpMessage,
 } from '../shared/messages.js';
 import { topics, type Topics } from '../shared/topics.js';
@@ -74,6 +74,8 @@ export interface SimNodeOptions {
   rebootMs?: number;
   /** MQTT reconnect period in ms. Default 500..1000, jittered per node. */
   reconnectPeriod?: number;
+  /** How long to wait for CONNACK before trying again, ms (default 30 s). */
+  connectTimeoutMs?: number;
   /** Diagnostic log lines (default: none). */
   log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
 }
@@ -87,6 +89,9 @@ export interface NodeOutcome {
 
 /** Most bits an Ack carries after its base: keeps acks small for a node's MQTT output buffer. */
 const MAX_ACK_BITS = 8192;
+
+/** Longest wait between failed connection attempts (with the default, backed-off reconnect period). */
+const RECONNECT_MAX_MS = 15_000;
 
 export class SimNode extends EventEmitter {
   readonly flash: Flash;
@@ -349,7 +354,8 @@ export class SimNode extends EventEmitter {
 
   private connect(life: number): Promise<void> {
     return new Promise((resolve) => {
-      const reconnectPeriod = this.opts.reconnectPeriod ?? 500 + Math.floor(Math.random() * 500);
+      const base = this.opts.reconnectPeriod ?? 500 + Math.floor(Math.random() * 500);
+      const reconnectPeriod = base;
       const client = mqtt.connect(this.opts.brokerUrl, {
         protocolVersion: 4,
         clean: true,
@@ -357,7 +363,10 @@ export class SimNode extends EventEmitter {
         username: this.opts.username,
         password: this.opts.password,
         reconnectPeriod,
-        connectTimeout: 5000,
+        // MQTT.js's default. A shorter one (it was 5 s) abandons attempts the broker is still
+        // authenticating when many nodes connect at once, and each retry costs the broker another
+        // password hash: a thousand nodes then never all got in.
+        connectTimeout: this.opts.connectTimeoutMs ?? 30_000,
         keepalive: 30,
         // Nothing queued while offline: every connect starts with Hello, which resynchronises.
         queueQoSZero: false,
@@ -392,8 +401,25 @@ export class SimNode extends EventEmitter {
         if (life !== this.life) return;
         this.onMessage(topic, payload);
       });
+      // Failed attempts back off (doubling, with jitter, up to RECONNECT_MAX_MS) unless the caller
+      // fixed the period: a thousand nodes reconnecting to a gateway at once (its restart) would
+      // otherwise keep retrying every second while the broker is still checking the first
+      // attempts' passwords, and never all get in. A session that was up starts again at the base.
+      let upThisAttempt = false;
+      let failures = 0;
+      client.on('connect', () => {
+        upThisAttempt = true;
+        failures = 0;
+        client.options.reconnectPeriod = base;
+      });
       client.on('close', () => {
         if (life === this.life) this.helloSent = false;
+        if (!upThisAttempt && this.opts.reconnectPeriod === undefined) {
+          failures++;
+          const ceiling = Math.min(RECONNECT_MAX_MS, base * 2 ** failures);
+          client.options.reconnectPeriod = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
+        }
+        upThisAttempt = false;
       });
       client.on('error', (err) => {
         if (life === this.life) this.log('warn', `mqtt: ${err.message}`);
@@ -631,7 +657,7 @@ export class SimNode extends EventEmitter {
     if (d.complete) {
       this.sendAck(d);
       this.finishDownload(d);
-    } else if (this.newSinceAck >= Math.max(1, Math.floor(this.window / 2))) {
+    } else if (this.newSinceAck >= ackInterval(this.window)) {
       this.sendAck(d);
     }
   }

@@ -101,6 +101,19 @@ export const LIMITS = {
   maxWindow: 1024,
 } as const;
 
+/** A node acks at least this often (in new chunks), however large its window. */
+export const MAX_ACK_INTERVAL = 8;
+
+/**
+ * New chunks a node takes before it must send an Ack: half its window, at most MAX_ACK_INTERVAL.
+ * The cap keeps acks (the sender's clock and its delivery-rate samples) coming at least every 8
+ * chunks when a node advertises a large window for a long link, and keeps the smallest burst that
+ * draws an ack small, so a sender can start well below a large window.
+ */
+export function ackInterval(window: number): number {
+  return Math.max(1, Math.min(Math.floor(window / 2), MAX_ACK_INTERVAL));
+}
+
 export interface TransferState {
   session: number;
   /** SHA-256 of the payload being received (image for full, patch for delta). */

@@ -350,7 +350,7 @@ class Node:
         if d.complete():
             self._ack()
             self.job = self._finish(d)
-        elif self.new_since_ack >= max(1, self.window // 2):
+        elif self.new_since_ack >= max(1, min(self.window // 2, 8)):
             self._ack()
 
     def _finish(self, d):
