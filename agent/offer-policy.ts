@@ -34,14 +34,22 @@ export function decide(row: NodeRow, u: Update, release: Release | undefined, re
     return { kind: 'none' };
   }
   if (refused) return { kind: 'none' }; // rolled back or rejected before: not offered again
-  if (compareVersions(r.version, row.runningVersion) <= 0) return { kind: 'none' };
-  if (r.securityVersion < row.securityVersion) return { kind: 'none' };
+  // What the node would refuse is not sent: the status says why instead of a silent idle.
+  const refuse = (reason: number, why: string): Decision => {
+    if (u.target?.id === r.id && p.kind === 'done' && p.outcome === 'rejected') return { kind: 'none' };
+    return { kind: 'finish', outcome: 'rejected', reason, detail: `not offered by the agent: ${why}`, release: target };
+  };
+  if (compareVersions(r.version, row.runningVersion) <= 0) {
+    // Running it unsettled (trial boot, recovery), or an update to it in progress: that update
+    // decides the outcome.
+    if (row.runningDigest?.equals(r.digest) || (u.target?.id === r.id && p.kind !== 'done')) return { kind: 'none' };
+    return refuse(Reason.downgrade, `${r.version} is not newer than the running ${row.runningVersion}`);
+  }
+  if (r.securityVersion < row.securityVersion) {
+    return refuse(Reason.securityDowngrade, `security version ${r.securityVersion} is below the node's ${row.securityVersion}`);
+  }
   if (!(row.caps & Capability.rollback) && !(r.flags & ManifestFlag.allowNoRollback)) {
-    if (u.target?.id !== r.id || p.kind !== 'done' || p.outcome !== 'rejected') {
-      const detail = 'bootloader cannot roll back and the release does not allow that (publish with --allow-no-rollback)';
-      return { kind: 'finish', outcome: 'rejected', reason: Reason.noRollbackSupport, detail, release: target };
-    }
-    return { kind: 'none' };
+    return refuse(Reason.noRollbackSupport, 'bootloader cannot roll back and the release does not allow that (publish with --allow-no-rollback)');
   }
   const sameTarget = u.target?.id === r.id;
   if (sameTarget && (holdsSlot(p) || p.kind === 'queued' || p.kind === 'confirming')) return { kind: 'none' };

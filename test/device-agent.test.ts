@@ -147,6 +147,31 @@ t.test('capability gating: a node whose bootloader cannot roll back is warned ab
   }
 });
 
+t.test('the agent refuses what the node would refuse: a downgrade and a security downgrade end rejected with the reason, never a silent idle', async (t) => {
+  const world = await makeWorld();
+  const ahead = await node(world, 'a-ahead', { version: '2.0.0' });
+  const fused = await node(world, 'a-fused', { securityVersion: 5 });
+  const plain = await node(world, 'a-plain');
+  t.teardown(async () => {
+    for (const n of [ahead, fused, plain]) await n.stop();
+    await world.close();
+  });
+  const erases = [ahead.flash.stats.erases, fused.flash.stats.erases];
+  await world.publish({ hw: HW, version: '1.1.0', size: SIZE, securityVersion: 2 });
+  await world.until('a-plain', (s) => s.state === 'confirmed', 'the ordinary node is updated');
+  const a = await world.until('a-ahead', (s) => s.state === 'rejected', 'refused by the agent');
+  t.equal(a.reason, 'downgrade');
+  t.match(a.detail, /^not offered by the agent: 1\.1\.0 is not newer than the running 2\.0\.0/);
+  const f = await world.until('a-fused', (s) => s.state === 'rejected', 'refused by the agent');
+  t.equal(f.reason, 'securityDowngrade');
+  t.match(f.detail, /^not offered by the agent: security version 2 is below the node's 5/);
+  t.same([ahead.flash.stats.erases, fused.flash.stats.erases], erases, 'neither was offered anything (nothing erased)');
+  // A later release the node accepts is offered normally.
+  await world.publish({ hw: HW, version: '1.2.0', size: SIZE, securityVersion: 5 });
+  const s = await world.until('a-fused', (s) => s.state === 'confirmed' && s.targetVersion === '1.2.0', 'updated once the release is acceptable');
+  t.equal(s.runningVersion, '1.2.0');
+});
+
 t.test('a file-backed node keeps its profile state across a process restart (MCUboot trailers live in flash)', async (t) => {
   const world = await makeWorld();
   const file = `${world.dataDir}/node.flash`;
