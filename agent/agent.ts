@@ -209,11 +209,12 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   async start(): Promise<void> {
-    const id = this.opts.clientId ?? `ferry-agent-${randomInt(1e9).toString(36)}`;
+    // The client id is the identity's name: a ferry broker admits an agent under no other (no takeover).
+    const id = this.opts.clientId ?? this.opts.username ?? `ferry-agent-${randomInt(1e9).toString(36)}`;
     const client = this.connect(this.opts.brokerUrl, id, this.opts.username, this.opts.password, 'nodes');
     this.client = client;
     this.outbox = this.makeOutbox(client);
-    const upstream = this.opts.upstreamUrl ? this.connect(this.opts.upstreamUrl, id, this.opts.upstreamUsername, this.opts.upstreamPassword, 'upstream') : client;
+    const upstream = this.opts.upstreamUrl ? this.connect(this.opts.upstreamUrl, this.opts.clientId ?? this.opts.upstreamUsername ?? id, this.opts.upstreamUsername, this.opts.upstreamPassword, 'upstream') : client;
     this.opClient = upstream;
     this.opOutbox = upstream === client ? this.outbox : this.makeOutbox(upstream);
     // Subscriptions are made on every connect (not by MQTT.js's resubscribe) so that the agent knows

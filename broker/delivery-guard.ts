@@ -1,0 +1,71 @@
+import type { Client } from 'aedes';
+
+/**
+ * Per-subscriber isolation: a client that stops reading costs only itself.
+ *
+ * What blocks in aedes 1.2: `lib/write.js` writes each outgoing packet to the client's socket and,
+ * when `write()` returns false (the socket's buffer is above its high-water mark), waits for that
+ * socket's `drain` before calling back (`client.waitForDrain`). That callback is the subscriber's
+ * delivery callback in mqemitter, and the publisher's handler (`lib/handlers/publish.js` →
+ * `broker.publish` → `mq.emit`) only completes when every matching delivery has called back; the
+ * publisher's connection reads its next packet only then. So one subscriber whose socket never drains
+ * stops the publishing connection (the agent, which talks to every node) until aedes' drainTimeout
+ * (60 s) destroys the stuck socket, and its `concurrency` slots fill meanwhile.
+ *
+ * The guard replaces `waitForDrain` on each client: the write is already buffered in the socket, so
+ * the delivery is reported done at once and nobody else waits. The backlog of a non-reading client
+ * is bounded instead: QoS 0 deliveries are dropped while its socket holds more than
+ * `dropQos0Above` bytes (the plugin's authorizeForward checks {@link backlogOf}); above
+ * `maxBacklog` bytes, or when its socket has not drained for `drainTimeoutMs`, it is disconnected.
+ */
+export interface DeliveryLimits {
+  /** Socket backlog (bytes) above which QoS 0 deliveries to the client are dropped. */
+  dropQos0Above: number;
+  /** Socket backlog (bytes) above which the client is disconnected (QoS 1 and 2 are never dropped). */
+  maxBacklog: number;
+  /** A client whose socket stays over its high-water mark this long is disconnected. */
+  drainTimeoutMs: number;
+}
+
+interface Conn {
+  writableLength: number;
+  destroyed: boolean;
+  once(ev: 'drain', f: () => void): unknown;
+  removeListener(ev: 'drain', f: () => void): unknown;
+  destroy(err?: Error): void;
+}
+
+/** The socket backlog of a client in bytes (what its socket holds that the kernel has not taken). */
+export function backlogOf(client: Client): number {
+  return (client.conn as unknown as Conn).writableLength ?? 0;
+}
+
+/**
+ * Installs the guard on one client. `onDisconnect` is told why before the socket is destroyed
+ * (for the log); aedes then cleans the client up through its normal close path.
+ */
+export function guardDeliveries(client: Client, limits: () => DeliveryLimits, onDisconnect: (why: string) => void): void {
+  const conn = client.conn as unknown as Conn;
+  let timer: NodeJS.Timeout | undefined;
+  const drained = () => {
+    if (timer) clearTimeout(timer);
+    timer = undefined;
+  };
+  const kill = (why: string) => {
+    drained();
+    conn.removeListener('drain', drained);
+    if (conn.destroyed) return;
+    onDisconnect(why);
+    conn.destroy(new Error(why));
+  };
+  (client as unknown as { waitForDrain(cb: (err: Error | null, c: Client) => void): void }).waitForDrain = (cb) => {
+    setImmediate(cb, null, client);
+    const l = limits();
+    const backlog = conn.writableLength;
+    if (backlog > l.maxBacklog) return kill(`outgoing backlog of ${backlog} bytes exceeds ${l.maxBacklog}`);
+    if (timer) return;
+    conn.once('drain', drained);
+    timer = setTimeout(() => kill(`socket did not drain within ${l.drainTimeoutMs} ms`), l.drainTimeoutMs);
+    timer.unref();
+  };
+}
