@@ -111,12 +111,12 @@ export function guardFrames(socket: Duplex, limits: FrameLimits, on: { refused(r
   socket.push = (chunk: unknown, encoding?: BufferEncoding) => {
     if (refused) return false;
     if (chunk === null || chunk === undefined || !(chunk instanceof Uint8Array)) return push(chunk, encoding);
+    const { state: next, verdict } = scanFrames(state, chunk, authenticated ? limits.maxPacket : limits.maxPacketBeforeAuth);
+    if (!verdict.ok) return refuse(authenticated ? verdict.reason : `${verdict.reason} before authentication`);
     if (!authenticated) {
       before += chunk.length;
       if (before > limits.maxBytesBeforeAuth) return refuse(`${before} bytes before authentication, limit ${limits.maxBytesBeforeAuth}`);
     }
-    const { state: next, verdict } = scanFrames(state, chunk, authenticated ? limits.maxPacket : limits.maxPacketBeforeAuth);
-    if (!verdict.ok) return refuse(authenticated ? verdict.reason : `${verdict.reason} before authentication`);
     state = next;
     return push(chunk, encoding);
   };

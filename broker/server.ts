@@ -162,7 +162,7 @@ function pendingAdmission(plugin: FerryPlugin, log: LogFn): (socket: net.Socket)
 }
 
 /** A logger that says at most a few lines a second and counts what it held back: floods must not flood the log. */
-function throttled(log: LogFn | undefined, perSecond = 5): LogFn {
+function throttled(log: LogFn | undefined, perSecond = 20): LogFn {
   if (!log) return () => {};
   let windowStart = 0;
   let said = 0;
