@@ -15,7 +15,8 @@ import type { Client } from 'aedes';
  * The guard replaces `waitForDrain` on each client: the write is already buffered in the socket, so
  * the delivery is reported done at once and nobody else waits. The backlog of a non-reading client
  * is bounded instead: QoS 0 deliveries are dropped while its socket holds more than
- * `dropQos0Above` bytes (the plugin's authorizeForward checks {@link backlogOf}); above
+ * `dropQos0Above` bytes (the plugin's authorizeForward checks {@link backlogOf} and counts what it
+ * forwards with {@link noteForwarded}); above
  * `maxBacklog` bytes, or when its socket has not drained for `drainTimeoutMs`, it is disconnected.
  */
 export interface DeliveryLimits {
@@ -30,14 +31,36 @@ export interface DeliveryLimits {
 interface Conn {
   writableLength: number;
   destroyed: boolean;
+  write(...args: unknown[]): boolean;
   once(ev: 'drain', f: () => void): unknown;
   removeListener(ev: 'drain', f: () => void): unknown;
   destroy(err?: Error): void;
 }
 
-/** The socket backlog of a client in bytes (what its socket holds that the kernel has not taken). */
+/** Bytes forwarded to a client but not yet handed to its socket (aedes writes on the next turn). */
+const unwritten = new WeakMap<Client, { bytes: number }>();
+
+/**
+ * What a client has not read yet, in bytes: its socket's backlog plus deliveries already forwarded
+ * but not yet written. The second part matters: aedes decides a whole burst of deliveries before
+ * it writes any, so the socket alone would show nothing until the burst has been queued.
+ */
 export function backlogOf(client: Client): number {
-  return (client.conn as unknown as Conn).writableLength ?? 0;
+  return (client.conn as unknown as Conn).writableLength + Math.max(0, unwritten.get(client)?.bytes ?? 0);
+}
+
+/**
+ * Counts a delivery that authorizeForward let through, at its exact size on the wire (fixed header,
+ * topic, packet id, payload), so that the writes that follow cancel it out byte for byte.
+ */
+export function noteForwarded(client: Client, packet: { topic: string; payload: Buffer | string; qos: number }): void {
+  const u = unwritten.get(client);
+  if (!u) return;
+  // aedes downgrades to the QoS of an exact-topic subscription (lib/client.js deliverQoS), as here.
+  const sub = packet.qos > 0 ? (client as unknown as { subscriptions: Record<string, { qos?: number } | undefined> }).subscriptions[packet.topic] : undefined;
+  const qos = sub && (sub.qos ?? 0) < packet.qos ? (sub.qos ?? 0) : packet.qos;
+  const remaining = 2 + Buffer.byteLength(packet.topic) + (qos > 0 ? 2 : 0) + Buffer.byteLength(packet.payload);
+  u.bytes += 1 + (remaining < 128 ? 1 : remaining < 16_384 ? 2 : remaining < 2_097_152 ? 3 : 4) + remaining;
 }
 
 /**
@@ -46,6 +69,14 @@ export function backlogOf(client: Client): number {
  */
 export function guardDeliveries(client: Client, limits: () => DeliveryLimits, onDisconnect: (why: string) => void): void {
   const conn = client.conn as unknown as Conn;
+  const pending = { bytes: 0 };
+  unwritten.set(client, pending);
+  const write = conn.write.bind(conn);
+  conn.write = (...args: unknown[]) => {
+    const chunk = args[0] as { length?: number } | undefined;
+    pending.bytes = Math.max(0, pending.bytes - (chunk?.length ?? 0));
+    return write(...args);
+  };
   let timer: NodeJS.Timeout | undefined;
   const drained = () => {
     if (timer) clearTimeout(timer);

@@ -84,9 +84,9 @@ export const DEFAULT_LIMITS: Limits = {
     maxBytesBeforeAuth: 4096,
   },
   delivery: {
-    // Several chunks of the largest size: a node that reads normally never gets near it.
-    dropQos0Above: 256 * 1024,
-    maxBacklog: { node: 1024 * 1024, anonymous: 1024 * 1024, agent: 16 * 1024 * 1024, operator: 16 * 1024 * 1024 },
+    // Beyond what the kernel already holds: a burst of chunks to a node that reads stays under it.
+    dropQos0Above: 1024 * 1024,
+    maxBacklog: { node: 4 * 1024 * 1024, anonymous: 4 * 1024 * 1024, agent: 16 * 1024 * 1024, operator: 16 * 1024 * 1024 },
     drainTimeoutMs: 10_000,
   },
   auth: { maxConcurrent: 2, maxWaiting: 64, freeFailures: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, maxAddresses: 10_000 },

@@ -3,7 +3,7 @@ import { decodeUp, MsgType } from '../shared/messages.js';
 import { DEFAULT_PREFIX, topics as makeTopics } from '../shared/topics.js';
 import { servesMatcher, TopicAcl, type Principal } from './acl.js';
 import { makeAuthenticator, principalFrom, type Done } from './authenticate.js';
-import { backlogOf, guardDeliveries } from './delivery-guard.js';
+import { backlogOf, guardDeliveries, noteForwarded } from './delivery-guard.js';
 import { frameGuardOf } from './frame-guard.js';
 import type { IdentityStore } from './identity-store.js';
 import { payloadCap, resolveLimits, TokenBucket, type Limits, type LimitsInput } from './limits.js';
@@ -51,9 +51,13 @@ interface Session {
   servesCache: Map<string, boolean>;
   serves: (id: string) => boolean;
   servesGroup: (group: string) => boolean;
-  /** QoS 0 deliveries are being dropped because the client does not read (logged once per episode). */
-  droppingQos0: boolean;
+  /** QoS 0 deliveries dropped because the client does not read, since the last log line about it. */
+  qos0Dropped: number;
+  lastDropLog: number;
 }
+
+/** At most one log line per client per this interval about dropped QoS 0 deliveries. */
+const DROP_LOG_MS = 10_000;
 
 /** Who a retained message is charged to: the identity, or one shared account for all anonymous clients. */
 const retainOwner = (p: Principal) => (p.role === 'anonymous' ? 'anonymous' : `${p.role}:${p.id}`);
@@ -95,7 +99,8 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
                 return v;
               },
       servesGroup: principal.role === 'agent' ? matcher.group : () => false,
-      droppingQos0: false,
+      qos0Dropped: 0,
+      lastDropLog: -Infinity,
     };
   };
   const who = (s: Session | undefined, client: Client | null) =>
@@ -214,17 +219,27 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   aedes.authorizeForward = (client, packet: AedesPublishPacket) => {
     const s = sessions.get(client);
     if (!s) return null;
-    if (packet.qos === 0 && backlogOf(client) > limits.delivery.dropQos0Above) {
-      if (!s.droppingQos0) log('warn', `dropping QoS 0 deliveries to ${who(s, client)}: it is not reading (backlog above ${limits.delivery.dropQos0Above} bytes)`);
-      s.droppingQos0 = true;
-      return null;
+    if (packet.qos === 0) {
+      const backlog = backlogOf(client);
+      if (backlog > limits.delivery.dropQos0Above) {
+        s.qos0Dropped++;
+        const now = performance.now();
+        if (now - s.lastDropLog >= DROP_LOG_MS) {
+          log('warn', `dropped ${s.qos0Dropped} QoS 0 deliveries to ${who(s, client)}: ${backlog} bytes unread, above ${limits.delivery.dropQos0Above}`);
+          s.lastDropLog = now;
+          s.qos0Dropped = 0;
+        }
+        return null;
+      }
     }
-    s.droppingQos0 = false;
     const topic = packet.topic;
-    if (topic.charCodeAt(0) === 36 /* $ */) return mayReadSys(s.principal) ? packet : null;
+    let ok: boolean;
+    if (topic.charCodeAt(0) === 36 /* $ */) ok = mayReadSys(s.principal);
     // Fast path: the bulk of a busy plain broker never enters the ACL.
-    if (!topic.startsWith(prefix)) return packet;
-    return acl.canRead(s.principal, topic, s.serves) ? packet : null;
+    else ok = !topic.startsWith(prefix) || acl.canRead(s.principal, topic, s.serves);
+    if (!ok) return null;
+    noteForwarded(client, packet);
+    return packet;
   };
 
   // Presence hangs off CONNACK rather than clientReady: aedes handles the client's next packets
