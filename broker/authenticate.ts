@@ -85,12 +85,18 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
 
   const verifyPassword = async (client: Client, username: string, password: Buffer, done: Done) => {
     const addr = addressOf(client);
-    const wait = backoff.blockedFor(addr);
-    if (wait > 0) return refuse(done, client, RC.serverUnavailable, `too many failed logins from ${addr}: back-off for ${Math.ceil(wait / 1000)} s more`);
+    const backedOff = () => {
+      const wait = backoff.blockedFor(addr);
+      if (wait > 0) refuse(done, client, RC.serverUnavailable, `too many failed logins from ${addr}: back-off for ${Math.ceil(wait / 1000)} s more`);
+      return wait > 0;
+    };
+    if (backedOff()) return;
     const release = await slots.acquire();
     if (!release) return refuse(done, client, RC.serverUnavailable, `${d.limits().auth.maxWaiting} logins already waiting for verification`);
     try {
       if (client.closed) return; // gave up while queued: no KDF for nobody
+      // Again after the wait: the failures of those queued before it may have started a back-off.
+      if (backedOff()) return;
       const result = await store!.verify(username, password);
       if (!result.ok) {
         backoff.failed(addr);
