@@ -8,6 +8,9 @@ export interface AuthLimits {
   maxConcurrent: number;
   /** Verifications waiting for a slot; beyond this a connect is refused as "server unavailable". */
   maxWaiting: number;
+  /** Verifications per second for addresses without a recent login (token bucket rate and size). */
+  newAddressRate: number;
+  newAddressBurst: number;
   /** Failures an address may have before back-off starts. */
   freeFailures: number;
   /** First back-off, doubled with every further failure up to `backoffMaxMs`. */
@@ -71,26 +74,28 @@ export class FailureBackoff {
   }
 }
 
-/** A counting semaphore with a bounded queue. */
+/** A counting semaphore with a bounded queue; priority waiters are served first. */
 export class Semaphore {
   private running = 0;
   private readonly waiting: (() => void)[] = [];
+  private readonly urgent: (() => void)[] = [];
 
   constructor(private readonly limits: () => { maxConcurrent: number; maxWaiting: number }) {}
 
   /** Resolves with a release function, or undefined at once when the queue is full. */
-  acquire(): Promise<(() => void) | undefined> {
+  acquire(priority = false): Promise<(() => void) | undefined> {
     const { maxConcurrent, maxWaiting } = this.limits();
     if (this.running < maxConcurrent) {
       this.running++;
       return Promise.resolve(this.releaser());
     }
-    if (this.waiting.length >= maxWaiting) return Promise.resolve(undefined);
-    return new Promise((resolve) => this.waiting.push(() => resolve(this.releaser())));
+    const queue = priority ? this.urgent : this.waiting;
+    if (queue.length >= maxWaiting) return Promise.resolve(undefined);
+    return new Promise((resolve) => queue.push(() => resolve(this.releaser())));
   }
 
   get queued(): number {
-    return this.waiting.length;
+    return this.waiting.length + this.urgent.length;
   }
 
   private releaser(): () => void {
@@ -98,9 +103,36 @@ export class Semaphore {
     return () => {
       if (done) return;
       done = true;
-      const next = this.waiting.shift();
+      const next = this.urgent.shift() ?? this.waiting.shift();
       if (next) next();
       else this.running--;
     };
+  }
+}
+
+/** Addresses with a successful login in the last `ttlMs`, at most `max` of them (oldest dropped first). */
+export class RecentLogins {
+  private readonly seen = new Map<string, number>();
+
+  constructor(
+    private readonly ttlMs: number,
+    private readonly max: () => number,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  add(addr: string): void {
+    this.seen.delete(addr);
+    this.seen.set(addr, this.now());
+    while (this.seen.size > this.max()) this.seen.delete(this.seen.keys().next().value as string);
+  }
+
+  has(addr: string): boolean {
+    const at = this.seen.get(addr);
+    if (at === undefined) return false;
+    if (this.now() - at > this.ttlMs) {
+      this.seen.delete(addr);
+      return false;
+    }
+    return true;
   }
 }

@@ -2,17 +2,18 @@ import { randomUUID } from 'node:crypto';
 import type { TLSSocket } from 'node:tls';
 import type { AuthenticateError, Client } from 'aedes';
 import type { Principal } from './acl.js';
-import { FailureBackoff, Semaphore } from './auth-guard.js';
+import { FailureBackoff, RecentLogins, Semaphore } from './auth-guard.js';
 import type { Identity, IdentityStore } from './identity-store.js';
-import type { Limits } from './limits.js';
+import { TokenBucket, type Limits } from './limits.js';
 import type { LogFn } from './plugin.js';
 
 /**
  * The authenticate hook and the client-id rules around it:
  *
  * - a verified TLS client certificate names the identity (no password);
- * - a username/password pair is verified through a small semaphore, and an address with repeated
- *   failures is refused without running the KDF for a doubling back-off (broker/auth-guard.ts);
+ * - a username/password pair is verified through a small semaphore, an address with repeated
+ *   failures is refused without running the KDF for a doubling back-off, and addresses without a
+ *   recent login share a verification rate budget and queue behind those with one (broker/auth-guard.ts);
  * - a node's client id must be its device id; an agent's or operator's is its name or `name/<suffix>`
  *   ({@link namespacedClientId} rewrites any other at CONNECT), so client ids are namespaced by
  *   principal and nobody can take over another principal's session;
@@ -50,6 +51,8 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
   const { store, log } = d;
   const backoff = new FailureBackoff(() => d.limits().auth);
   const slots = new Semaphore(() => d.limits().auth);
+  const recent = new RecentLogins(3_600_000, () => d.limits().auth.maxAddresses);
+  const budget = new TokenBucket({ rate: d.limits().auth.newAddressRate, burst: d.limits().auth.newAddressBurst });
 
   const refuse = (done: Done, client: Client, code: number, why: string) => {
     log('warn', `connect refused for client ${JSON.stringify(client.id)} from ${addressOf(client)}: ${why}`);
@@ -91,7 +94,9 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
       return wait > 0;
     };
     if (backedOff()) return;
-    const release = await slots.acquire();
+    const known = recent.has(addr);
+    if (!known && !budget.take()) return refuse(done, client, RC.serverUnavailable, `verification budget for new addresses spent (${d.limits().auth.newAddressRate}/s): try again later`);
+    const release = await slots.acquire(known);
     if (!release) return refuse(done, client, RC.serverUnavailable, `${d.limits().auth.maxWaiting} logins already waiting for verification`);
     try {
       if (client.closed) return; // gave up while queued: no KDF for nobody
@@ -103,6 +108,7 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
         return refuse(done, client, RC.badCredentials, result.reason);
       }
       backoff.succeeded(addr);
+      recent.add(addr);
       accept(client, principalFrom(result.identity), done);
     } finally {
       release();

@@ -46,6 +46,8 @@ export interface Limits {
   auth: AuthLimits;
   /** Connections accepted but not yet authenticated: in total and per remote address. */
   pending: { total: number; perAddress: number };
+  /** New connections per second from one address (token bucket), for at most maxAddresses addresses. */
+  connections: { perAddressRate: number; perAddressBurst: number; maxAddresses: number };
 }
 
 /** The largest legitimate ferry packet: a 64 KiB release part + 1 KiB, its topic and header, rounded up. */
@@ -89,8 +91,11 @@ export const DEFAULT_LIMITS: Limits = {
     maxBacklog: { node: 4 * 1024 * 1024, anonymous: 4 * 1024 * 1024, agent: 16 * 1024 * 1024, operator: 16 * 1024 * 1024 },
     drainTimeoutMs: 10_000,
   },
-  auth: { maxConcurrent: 2, maxWaiting: 64, freeFailures: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, maxAddresses: 10_000 },
+  // One scrypt at a time: on a 2-core gateway a second would take the core the broker needs.
+  auth: { maxConcurrent: 1, maxWaiting: 64, newAddressRate: 10, newAddressBurst: 30, freeFailures: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, maxAddresses: 10_000 },
   pending: { total: 1024, perAddress: 128 },
+  // Generous: a whole simulated fleet may reconnect from one host at once; a flood may not.
+  connections: { perAddressRate: 100, perAddressBurst: 500, maxAddresses: 10_000 },
 };
 
 /** A partial {@link Limits}: every group may be given in part. */
@@ -102,6 +107,7 @@ export interface LimitsInput {
   delivery?: Partial<Omit<Limits['delivery'], 'maxBacklog'>> & { maxBacklog?: Partial<Limits['delivery']['maxBacklog']> };
   auth?: Partial<AuthLimits>;
   pending?: Partial<Limits['pending']>;
+  connections?: Partial<Limits['connections']>;
 }
 
 /** Merges a partial limits object over the defaults and checks that every figure is usable. */
@@ -120,6 +126,7 @@ export function resolveLimits(partial: LimitsInput = {}): Limits {
     delivery: { ...d.delivery, ...partial.delivery, maxBacklog: { ...d.delivery.maxBacklog, ...partial.delivery?.maxBacklog } },
     auth: { ...d.auth, ...partial.auth },
     pending: { ...d.pending, ...partial.pending },
+    connections: { ...d.connections, ...partial.connections },
   };
   const numbers: [string, number][] = [
     ...Object.entries(l.payload).map(([k, v]): [string, number] => [`payload.${k}`, v]),
@@ -131,6 +138,7 @@ export function resolveLimits(partial: LimitsInput = {}): Limits {
     ...Object.entries(l.delivery.maxBacklog).map(([k, v]): [string, number] => [`delivery.maxBacklog.${k}`, v]),
     ...Object.entries(l.auth).map(([k, v]): [string, number] => [`auth.${k}`, v]),
     ...Object.entries(l.pending).map(([k, v]): [string, number] => [`pending.${k}`, v]),
+    ...Object.entries(l.connections).map(([k, v]): [string, number] => [`connections.${k}`, v]),
   ];
   for (const [name, v] of numbers) {
     if (typeof v !== 'number' || !Number.isFinite(v) || v < 0) throw new Error(`limit ${name} must be a number >= 0, got ${String(v)}`);

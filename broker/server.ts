@@ -3,6 +3,7 @@ import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { Aedes, type AedesOptions } from 'aedes';
 import { guardFrames } from './frame-guard.js';
+import { TokenBucket } from './limits.js';
 import { installFerryPlugin, type FerryPlugin, type FerryPluginOptions, type LogFn } from './plugin.js';
 import { redisBackends, type RedisBackends } from './redis.js';
 import { retainedStore, type RetainedStore } from './retained-store.js';
@@ -125,16 +126,30 @@ export async function startBroker(opts: BrokerOptions = {}): Promise<RunningBrok
 }
 
 /**
- * Admission of a new socket: refused when too many connections are still unauthenticated (in total
- * or from its address), otherwise put behind the frame guard and counted until it authenticates or
- * closes. Returns false for a refused (destroyed) socket.
+ * Admission of a new socket: refused when its address opens connections faster than its rate, or
+ * when too many connections are still unauthenticated (in total or from its address); otherwise put
+ * behind the frame guard and counted until it authenticates or closes. Returns false for a refused
+ * (destroyed) socket. Refusing at accept costs far less than letting aedes parse and answer.
  */
 function pendingAdmission(plugin: FerryPlugin, log: LogFn): (socket: net.Socket) => boolean {
-  const { frames, pending } = plugin.limits;
+  const { frames, pending, connections } = plugin.limits;
   const perAddress = new Map<string, number>();
+  const rates = new Map<string, TokenBucket>();
   let total = 0;
   return (socket) => {
     const addr = socket.remoteAddress ?? 'unknown';
+    let bucket = rates.get(addr);
+    if (!bucket) {
+      bucket = new TokenBucket({ rate: connections.perAddressRate, burst: connections.perAddressBurst });
+      rates.set(addr, bucket);
+      // Forgetting an address only hands it a full bucket again: the table may be bounded freely.
+      while (rates.size > connections.maxAddresses) rates.delete(rates.keys().next().value as string);
+    }
+    if (!bucket.take()) {
+      log('warn', `connection from ${addr} refused: more than ${connections.perAddressRate} new connections/s from this address`);
+      socket.destroy();
+      return false;
+    }
     const mine = perAddress.get(addr) ?? 0;
     if (total >= pending.total || mine >= pending.perAddress) {
       log('warn', `connection from ${addr} refused: ${total >= pending.total ? `${total} connections` : `${mine} connections from this address`} not yet authenticated`);

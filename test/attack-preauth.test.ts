@@ -87,3 +87,14 @@ t.test('connections not yet authenticated are capped; the cap frees as they go',
   t.equal(connectPacket({ clientId: 'a' }).length < 1024, true);
   t.equal(publishPacket('a', 1).total, 4);
 });
+
+t.test('an address opening connections faster than its rate is refused at accept; others are not', async (t) => {
+  const b = await startBroker({ ferry: { store, log: (l, m) => logs.push(`${l} ${m}`), limits: { connections: { perAddressRate: 1, perAddressBurst: 5 } } } });
+  t.teardown(() => b.close());
+  const results = await Promise.all(Array.from({ length: 20 }, () => rawConnect(b.port, { clientId: 'x', localAddress: '127.0.0.6' })));
+  t.ok(results.filter((r) => r === 'closed').length >= 10, `most were closed at accept (${results.join(',')})`);
+  t.ok(logs.some((l) => /connection from 127\.0\.0\.6 refused: more than 1 new connections\/s/.test(l)), 'logged with the address');
+  const n = await connect(b.url, { ...c.node, clientId: 'node-1' });
+  t.ok(n.connected, 'a node from another address connects');
+  await end(n);
+});

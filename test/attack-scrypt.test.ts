@@ -76,3 +76,29 @@ t.test('the verification queue is bounded: beyond it, connects are refused at on
   t.ok(codes.filter((c) => c === 3).length >= 1, `some were refused as server unavailable (${codes.join(',')})`);
   t.ok(codes.filter((c) => c === 4).length >= 1, 'some were verified (and were wrong)');
 });
+
+t.test('a flood from many addresses spends only the new-address budget; a node that logged in before gets in first', async (t) => {
+  const cred = await store.add('node', 'node-s');
+  const broker = await startBroker({ ferry: { store, log: (l, m) => logs.push(`${l} ${m}`), limits: { auth: { newAddressRate: 5, newAddressBurst: 10 } } } });
+  t.teardown(() => broker.close());
+  const first = await connect(broker.url, { ...cred, clientId: 'node-s' });
+  await end(first);
+  const before = kdfRuns;
+  let next = 0;
+  const codes = new Map<number | 'closed', number>();
+  const worker = async () => {
+    while (next < 200) {
+      const i = next++;
+      const rc = await rawConnect(broker.port, { clientId: 'node-s', username: 'node-s', password: 'wrong-wrong-wrong-2', localAddress: `127.0.2.${(i % 100) + 1}` });
+      codes.set(rc, (codes.get(rc) ?? 0) + 1);
+    }
+  };
+  const flood = Promise.all(Array.from({ length: 20 }, worker));
+  const again = await connect(broker.url, { ...cred, clientId: 'node-s' });
+  t.ok(again.connected, 'the node that was already there reconnects during the flood');
+  await flood;
+  t.ok((codes.get(3) ?? 0) > 100, `most of the 200 were refused unverified (${JSON.stringify([...codes])})`);
+  t.ok(kdfRuns - before < 60, `scrypt ran ${kdfRuns - before} times for 200 attempts from 100 addresses`);
+  t.ok(logs.some((l) => /verification budget for new addresses spent \(5\/s\)/.test(l)), 'the budget refusal is logged');
+  await end(again);
+});

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { FailureBackoff, Semaphore, type AuthLimits } from '../broker/auth-guard.js';
+import { FailureBackoff, RecentLogins, Semaphore, type AuthLimits } from '../broker/auth-guard.js';
 import { FRAME_START, scanFrames, type FrameScan } from '../broker/frame-guard.js';
 import { DEFAULT_LIMITS, parseLimitFlags, resolveLimits } from '../broker/limits.js';
 import { RetainedQuota } from '../broker/retained-quota.js';
@@ -108,4 +108,24 @@ t.test('--limit flags', async (t) => {
   t.throws(() => parseLimitFlags(['constructor.name=1']), /unknown limit/);
   t.throws(() => parseLimitFlags(['__proto__=1']), /NAME=NUMBER|unknown limit/);
   t.throws(() => resolveLimits({ auth: { maxConcurrent: 0 } }), /auth.maxConcurrent must be at least 1/);
+});
+
+t.test('Semaphore priority and RecentLogins', async (t) => {
+  const s = new Semaphore(() => ({ maxConcurrent: 1, maxWaiting: 4 }));
+  const r = await s.acquire();
+  const order: string[] = [];
+  const a = s.acquire().then((rel) => (order.push('normal'), rel!()));
+  const b = s.acquire(true).then((rel) => (order.push('priority'), rel!()));
+  r!();
+  await Promise.all([a, b]);
+  t.same(order, ['priority', 'normal'], 'a priority waiter goes first');
+  let now = 0;
+  const recent = new RecentLogins(1000, () => 2, () => now);
+  recent.add('a');
+  recent.add('b');
+  recent.add('c');
+  t.notOk(recent.has('a'), 'bounded: the oldest is forgotten');
+  t.ok(recent.has('c'));
+  now = 1001;
+  t.notOk(recent.has('c'), 'and entries expire');
 });
