@@ -80,8 +80,8 @@ export async function rawConnect(port: number, o: Parameters<typeof connectPacke
  * Writes `header` then filler as fast as the socket takes it, up to `limit` bytes, until the broker
  * closes the connection. Resolves with the bytes written and whether the broker closed it.
  */
-export async function announceAndStream(port: number, header: Buffer, limit: number, chunk = 64 * 1024): Promise<{ written: number; closedByBroker: boolean }> {
-  const s = await openSocket(port);
+export async function announceAndStream(port: number, header: Buffer, limit: number, chunk = 64 * 1024, localAddress?: string): Promise<{ written: number; closedByBroker: boolean }> {
+  const s = await openSocket(port, localAddress);
   const filler = Buffer.alloc(chunk, 0x61);
   let written = 0;
   let closed = false;
