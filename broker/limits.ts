@@ -44,8 +44,8 @@ export interface Limits {
   delivery: { dropQos0Above: number; maxBacklog: Record<Role, number>; drainTimeoutMs: number };
   /** Password verification (broker/auth-guard.ts). */
   auth: AuthLimits;
-  /** Connections accepted but not yet authenticated: in total and per remote address. */
-  pending: { total: number; perAddress: number };
+  /** Connections accepted but not yet authenticated: in total and per remote address; time allowed for the CONNECT. */
+  pending: { total: number; perAddress: number; connectTimeoutMs: number };
   /** New connections per second from one address (token bucket), for at most maxAddresses addresses. */
   connections: { perAddressRate: number; perAddressBurst: number; maxAddresses: number };
 }
@@ -93,7 +93,7 @@ export const DEFAULT_LIMITS: Limits = {
   },
   // One scrypt at a time: on a 2-core gateway a second would take the core the broker needs.
   auth: { maxConcurrent: 1, maxWaiting: 64, newAddressRate: 10, newAddressBurst: 30, freeFailures: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, maxAddresses: 10_000 },
-  pending: { total: 1024, perAddress: 128 },
+  pending: { total: 1024, perAddress: 128, connectTimeoutMs: 10_000 },
   // Generous: a whole simulated fleet may reconnect from one host at once; a flood may not.
   connections: { perAddressRate: 100, perAddressBurst: 500, maxAddresses: 10_000 },
 };

@@ -75,6 +75,8 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   // aedes, so it marks the packet and the wrapped publish below swallows it (Mosquitto does the same).
   const dropped = new WeakSet<object>();
   const presence = new PresencePublisher(aedes, prefix, log);
+  // A socket that sends no CONNECT holds a pending slot until this fires (aedes' default is 30 s).
+  (aedes as unknown as { connectTimeout: number }).connectTimeout = limits.pending.connectTimeoutMs;
 
   const makeSession = (client: Client, principal: Principal): Session => {
     const matcher = servesMatcher(principal.serves);
