@@ -9,9 +9,10 @@ import { startStuckNode } from './helpers/stuck-node.js';
 import { makeWorld, quickNode } from './helpers/world.js';
 
 /**
- * Issue 10 item 2: a subscriber that stops reading must cost only itself. Every broker here has a
- * drain timeout of one hour, so nothing below can pass by the stuck client being timed out: the
- * publisher keeps going because the broker no longer waits for the stuck socket.
+ * Issue 10 item 2: a subscriber that stops reading must cost only itself. Every broker here has
+ * aedes' drainTimeout at 0 (wait forever) and the plugin's at one hour (except where the timeout is
+ * the subject), so nothing below can pass by the stuck client being timed out: the publisher keeps
+ * going because the broker no longer waits for the stuck socket.
  */
 const HOUR = 3_600_000;
 
@@ -19,7 +20,8 @@ async function brokerWith(name: string, limits: object) {
   const dir = tmpDir(name);
   const store = IdentityStore.open(dir);
   const logs: string[] = [];
-  const broker = await startBroker({ ferry: { store, log: (l, m) => logs.push(`${l} ${m}`), limits } });
+  // aedes' own drainTimeout 0: it would wait for a stuck socket forever; only the plugin's guard acts.
+  const broker = await startBroker({ aedes: { drainTimeout: 0 }, ferry: { store, log: (l, m) => logs.push(`${l} ${m}`), limits } });
   return {
     store, broker, logs,
     async close() {
@@ -103,7 +105,7 @@ t.test('a node that pauses its socket while acking base 0 does not hold up anoth
   const agentCred = await store.add('agent', 'agent-1');
   const op = await store.add('operator', 'op-1');
   const world = await makeWorld({
-    broker: { ferry: { store, log: (l, m) => logs.push(`${l} ${m}`), limits: { delivery: { drainTimeoutMs: HOUR } } } },
+    broker: { aedes: { drainTimeout: 0 }, ferry: { store, log: (l, m) => logs.push(`${l} ${m}`), limits: { delivery: { drainTimeoutMs: HOUR } } } },
     agent: { ...agentCred },
   });
   const stuckCred = await store.add('node', 'stuck');
@@ -126,14 +128,15 @@ t.test('a node that pauses its socket while acking base 0 does not hold up anoth
   for (let i = 0; i < 5000 && (conn()?.writableLength ?? 1) === 0; i++) await publish(filler, 'bulk/x', Buffer.alloc(16 * 1024));
   t.ok((conn()?.writableLength ?? 0) > 0, 'the broker holds a backlog for the stuck node');
   await end(filler);
+  // A new Hello: the agent answers the stuck node at once (an Offer), into the stuck socket.
+  stuck.helloAgain();
   if (process.env.SHOW_LOGS) world.agent.on('status', (st) => console.error('status', st.id, st.state, JSON.stringify(st).slice(0, 200)));
   const good = await quickNode(world, HW, 'good', { ...goodCred, maxMessage: 64 * 1024, slotSize: 1024 * 1024 });
   const done = await world.until('good', (s) => s.state === 'confirmed', 'good confirmed', 120_000);
   t.equal(done.runningVersion, '2.0.0', 'the reading node was updated');
   t.ok(good.runningDigest.equals(sha256(image)), 'with the signed image');
   t.ok(stuck.acks() > 0, `the stuck node kept acking base 0 (${stuck.acks()} acks)`);
-  const guard = logs.filter((l) => /stuck/.test(l) && /dropped|disconnecting/.test(l));
-  t.comment(guard.length > 0 ? `broker isolation engaged: ${guard[0]}` : 'the stuck node never filled its socket buffers in this run');
+  t.comment(`the broker holds ${conn()?.writableLength ?? 0} bytes for the stuck node, which is still ${conn() ? 'connected' : 'gone'}`);
   await stuck.stop();
   await good.stop();
 });

@@ -13,6 +13,8 @@ export interface StuckNode {
   /** Resolves once the socket is paused (after the first Offer). */
   paused: Promise<void>;
   acks(): number;
+  /** Says Hello again (it can still write): the agent answers with an Offer it cannot read. */
+  helloAgain(): void;
   stop(): Promise<void>;
 }
 
@@ -47,14 +49,16 @@ export async function startStuckNode(o: { url: string; id: string; hw: string; u
       resolve();
     });
   });
-  client.publish(up, encodeMessage({
+  const hello = () => client.publish(up, encodeMessage({
     type: MsgType.hello, proto: 1, deviceId: o.id, hw: o.hw, version: '0.0.1', digest: Buffer.alloc(32),
     securityVersion: 0, slot: 0, imageState: ImageState.valid, maxMessage: o.maxMessage ?? 64 * 1024, caps: Capability.rollback, window: 64,
   }), { qos: 0 });
+  hello();
   return {
     client,
     paused,
     acks: () => acks,
+    helloAgain: hello,
     async stop() {
       if (timer) clearInterval(timer);
       client.end(true);
