@@ -4,13 +4,14 @@
  * under the pre-authentication flood. All figures come from one run, side by side. Goals (issue 10):
  * every update ≤ 2× the time alone; RSS under the pre-auth flood ≤ +64 MiB.
  *
- *   node dist/scripts/bench/abuse.js [--size BYTES] [--rounds N] [--only name,name] [--json]
+ *   node dist/scripts/bench/abuse.js [--size BYTES] [--rounds N] [--warmup MS] [--only name,name] [--json]
  *
  * Each attack runs N rounds (default 3): an update alone, then one under the attack, each by a fresh
- * node; the ratio printed is the median of the per-round ratios (side by side, so that the load of a
- * shared machine drifting between rounds cancels out).
+ * node, the attack having run for --warmup ms (default 2000) before the update starts; the ratio
+ * printed is the median of the per-round ratios (side by side, so that the load of a shared machine
+ * drifting between rounds cancels out). "attack/s" is what the attacker managed per second.
  *
- * The attacks run in a separate process at nice 19, from loopback addresses other than the
+ * The attacks run in a separate process at nice 10, from loopback addresses other than the
  * legitimate node's (127.0.0.1): on this 2-core machine they stand in for attackers on other hosts,
  * whose own CPU would not be the gateway's. Attacks (each runs for the whole update, bounded):
  * - preauth-flood: 64 sockets announcing 200 MB CONNECTs and streaming, reconnecting when closed;
@@ -42,6 +43,8 @@ const arg = (name: string) => argv.find((a) => a.startsWith(`--${name}=`))?.slic
 const SIZE = Number(arg('size') ?? 256 * 1024);
 const ONLY = arg('only')?.split(',');
 const ROUNDS = Number(arg('rounds') ?? 3);
+/** How long each attack runs before the attacked update starts, so the gateway is in its attacked steady state. */
+const WARMUP_MS = Number(arg('warmup') ?? 2000);
 const UPDATE_TIMEOUT_MS = 180_000;
 const HW = 'bench-hw';
 const MiB = 1024 * 1024;
@@ -64,11 +67,17 @@ interface Abuse {
 
 const log = (s: string) => !json && process.stderr.write(`${s}\n`);
 
+/** Attack iterations (connections, publishes) made by this attacker process. */
+let attempts = 0;
+
 /** Runs `body` in a loop until stopped; each iteration is bounded by the socket closing. */
 function loop(workers: number, body: (worker: number) => Promise<unknown>): () => Promise<void> {
   let running = true;
   const all = Promise.all(Array.from({ length: workers }, async (_, w) => {
-    while (running) await body(w).catch(() => {});
+    while (running) {
+      attempts++;
+      await body(w).catch(() => {});
+    }
   }));
   return async () => {
     running = false;
@@ -95,7 +104,13 @@ const abuses: Abuse[] = [
       const filler = await mqtt.connectAsync(g.url, { protocolVersion: 4, ...g.op, clientId: 'bench-op/filler' });
       for (let i = 0; i < 1000; i++) await filler.publishAsync('bulk/x', Buffer.alloc(16 * 1024), { qos: 1 });
       await filler.endAsync();
-      return () => stuck.stop();
+      // A new Hello: the agent's answer (an Offer) goes into the stuck socket.
+      stuck.helloAgain();
+      const acksBefore = stuck.acks();
+      return () => {
+        attempts = stuck.acks() - acksBefore;
+        return stuck.stop();
+      };
     },
   },
   {
@@ -143,23 +158,31 @@ if (attackName) {
   const abuse = abuses.find((a) => a.name === attackName)!;
   const stop = await abuse.start(target);
   process.stdout.write('ready\n');
+  const started = performance.now();
   await new Promise<void>((resolve) => process.once('SIGTERM', () => resolve()));
+  const seconds = (performance.now() - started) / 1000;
   await Promise.race([stop(), new Promise((r) => setTimeout(r, 5000))]);
-  process.exit(0);
+  const perSecond = attempts / seconds;
+  // exit only once the line is out: stdout to a pipe is asynchronous.
+  process.stdout.write(`attempts ${perSecond.toFixed(1)}\n`, () => process.exit(0));
+  await new Promise(() => {});
 }
 
-/** Starts an attack in its own low-priority process; resolves once it is in effect. */
-function startAttacker(name: string, target: Target): Promise<() => Promise<void>> {
-  const child = spawn('nice', ['-n', '19', process.execPath, fileURLToPath(import.meta.url), '--attack', name], {
+/** Starts an attack in its own low-priority process; resolves once it is in effect. Stopping it gives its attempts/s. */
+function startAttacker(name: string, target: Target): Promise<() => Promise<number>> {
+  const child = spawn('nice', ['-n', '10', process.execPath, fileURLToPath(import.meta.url), '--attack', name], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, FERRY_BENCH_TARGET: JSON.stringify(target) },
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let out = '';
   return new Promise((resolve, reject) => {
     child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
       if (d.toString().includes('ready')) resolve(async () => {
         child.kill('SIGTERM');
         await exited;
+        return Number(/attempts ([0-9.]+)/.exec(out)?.[1] ?? NaN);
       });
     });
     void exited.then(() => reject(new Error(`attacker ${name} exited before it was ready`)));
@@ -221,24 +244,26 @@ interface Row {
   /** Median of the per-round ratios attacked / alone. */
   ratio: number | null;
   rssGrowthMiB?: number;
+  /** Attack iterations per second (connections, publishes, acks), per round. */
+  attackRate?: number[];
   error?: string;
   rssBeforeMiB?: number;
   rssPeakMiB?: number;
 }
 
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const g = await startFerry('gateway', ['--data-dir', dir, '--trust', trust]);
 const rows: Row[] = [];
 try {
   await publishRelease({ brokerUrl: g.url, image: demoImage(HW, '2.0.0', SIZE), hw: HW, version: '2.0.0', key: key.privateKey, ...op });
   log(`gateway pid ${g.child.pid} on ${g.url}; release ${HW} 2.0.0, ${SIZE} bytes`);
   let next = 0;
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   // A first update warms the gateway up (JIT, SQLite caches) and is not counted.
   await update(g.url, next++);
   const aloneAll: number[] = [];
   for (const a of abuses) {
     if (ONLY && !ONLY.includes(a.name)) continue;
-    const row: Row = { abuse: a.name, what: a.what, updateMs: null, ratio: null, samplesMs: [], aloneMs: [] };
+    const row: Row = { abuse: a.name, what: a.what, updateMs: null, ratio: null, samplesMs: [], aloneMs: [], attackRate: [] };
     const pid = g.child.pid!;
     for (let r = 0; r < ROUNDS && !row.error; r++) {
       // Side by side: an update alone, then one under the attack, so machine load drifts cancel out.
@@ -249,12 +274,13 @@ try {
       let peak = rssBefore;
       const sampler = setInterval(() => (peak = Math.max(peak, rssOf(pid))), 20);
       const stop = await startAttacker(a.name, { url: g.url, port: g.port, op, stuck: stuckCred, hoarder: bigCred });
+      await new Promise((r) => setTimeout(r, WARMUP_MS));
       try {
         row.samplesMs!.push(await update(g.url, next++));
       } catch (err) {
         row.error = (err as Error).message;
       }
-      await stop();
+      row.attackRate!.push(await stop());
       clearInterval(sampler);
       if (a.name === 'preauth-flood') {
         row.rssBeforeMiB = Math.min(row.rssBeforeMiB ?? Infinity, rssBefore / MiB);
@@ -267,7 +293,7 @@ try {
       row.ratio = median(row.samplesMs!.map((x, k) => x / row.aloneMs![k]));
     }
     rows.push(row);
-    log(`${a.name}: alone ${row.aloneMs!.map((x) => x.toFixed(0)).join(', ')} ms; attacked ${row.error ?? `${row.samplesMs!.map((x) => x.toFixed(0)).join(', ')} ms`}`);
+    log(`${a.name}: alone ${row.aloneMs!.map((x) => x.toFixed(0)).join(', ')} ms; attacked ${row.error ?? `${row.samplesMs!.map((x) => x.toFixed(0)).join(', ')} ms`} (attack: ${row.attackRate!.map((x) => x.toFixed(0)).join(', ')}/s)`);
   }
   rows.unshift({ abuse: 'none', what: 'the update alone (all rounds)', updateMs: median(aloneAll), samplesMs: aloneAll, ratio: 1 });
 } finally {
@@ -280,9 +306,10 @@ if (json) {
   process.stdout.write(`${JSON.stringify({ sizeBytes: SIZE, rows, goals: { maxRatio: 2, maxRssGrowthMiB: 64 } }, null, 2)}\n`);
 } else {
   const pad = (s: string, n: number) => s.padEnd(n);
-  console.log(`\n${pad('abuse', 24)}${pad('update', 12)}${pad('vs alone', 10)}what (medians of ${ROUNDS} rounds)`);
+  console.log(`\n${pad('abuse', 24)}${pad('update', 10)}${pad('vs alone', 10)}${pad('attack/s', 10)}what (medians of ${ROUNDS} rounds)`);
   for (const r of rows) {
-    console.log(`${pad(r.abuse, 24)}${pad(r.updateMs === null ? `FAILED` : `${(r.updateMs / 1000).toFixed(2)} s`, 12)}${pad(r.ratio === null ? '-' : `${r.ratio.toFixed(2)}×`, 10)}${r.what}${r.error ? ` (${r.error})` : ''}`);
+    const rate = r.attackRate?.length ? median(r.attackRate).toFixed(0) : '-';
+    console.log(`${pad(r.abuse, 24)}${pad(r.updateMs === null ? `FAILED` : `${(r.updateMs / 1000).toFixed(2)} s`, 10)}${pad(r.ratio === null ? '-' : `${r.ratio.toFixed(2)}×`, 10)}${pad(rate, 10)}${r.what}${r.error ? ` (${r.error})` : ''}`);
   }
   if (flood?.rssPeakMiB !== undefined) {
     console.log(`\npeak RSS under the pre-auth flood: ${flood.rssPeakMiB.toFixed(1)} MiB (at most +${flood.rssGrowthMiB!.toFixed(1)} MiB over the RSS just before a round; goal ≤ +64 MiB)`);
