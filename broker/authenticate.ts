@@ -6,6 +6,7 @@ import { FailureBackoff, RecentLogins, Semaphore } from './auth-guard.js';
 import type { Identity, IdentityStore } from './identity-store.js';
 import { TokenBucket, type Limits } from './limits.js';
 import type { LogFn } from './plugin.js';
+import { throttled } from './throttled-log.js';
 
 /**
  * The authenticate hook and the client-id rules around it:
@@ -48,10 +49,14 @@ export function principalFrom(identity: Identity): Principal {
 }
 
 export function makeAuthenticator(d: AuthDeps): Authenticator {
-  const { store, log } = d;
+  const { store } = d;
+  // Refusals come in floods when someone tries: the log says what happens without drowning.
+  const log = throttled(d.log);
   const backoff = new FailureBackoff(() => d.limits().auth);
   const slots = new Semaphore(() => d.limits().auth);
   const recent = new RecentLogins(3_600_000, () => d.limits().auth.maxAddresses);
+  /** Verifications queued or running per address (entries exist only while some are). */
+  const inFlight = new Map<string, number>();
   const budget = new TokenBucket({ rate: d.limits().auth.newAddressRate, burst: d.limits().auth.newAddressBurst });
 
   const refuse = (done: Done, client: Client, code: number, why: string) => {
@@ -94,11 +99,16 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
       return wait > 0;
     };
     if (backedOff()) return;
+    // One address cannot fill the queue or spend the shared budget in one burst: its failures must
+    // come back (and start its back-off) before it gets more verifications.
+    const mine = inFlight.get(addr) ?? 0;
+    if (mine >= d.limits().auth.perAddressInFlight) return refuse(done, client, RC.serverUnavailable, `${mine} logins from ${addr} already being verified`);
     const known = recent.has(addr);
     if (!known && !budget.take()) return refuse(done, client, RC.serverUnavailable, `verification budget for new addresses spent (${d.limits().auth.newAddressRate}/s): try again later`);
-    const release = await slots.acquire(known);
-    if (!release) return refuse(done, client, RC.serverUnavailable, `${d.limits().auth.maxWaiting} logins already waiting for verification`);
+    inFlight.set(addr, mine + 1);
+    const release = await slots.acquire(known).catch(() => undefined);
     try {
+      if (!release) return refuse(done, client, RC.serverUnavailable, `${d.limits().auth.maxWaiting} logins already waiting for verification`);
       if (client.closed) return; // gave up while queued: no KDF for nobody
       // Again after the wait: the failures of those queued before it may have started a back-off.
       if (backedOff()) return;
@@ -111,7 +121,10 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
       recent.add(addr);
       accept(client, principalFrom(result.identity), done);
     } finally {
-      release();
+      release?.();
+      const left = (inFlight.get(addr) ?? 1) - 1;
+      if (left > 0) inFlight.set(addr, left);
+      else inFlight.delete(addr);
     }
   };
 

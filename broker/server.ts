@@ -4,6 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { Aedes, type AedesOptions } from 'aedes';
 import { guardFrames } from './frame-guard.js';
 import { TokenBucket } from './limits.js';
+import { throttled } from './throttled-log.js';
 import { installFerryPlugin, type FerryPlugin, type FerryPluginOptions, type LogFn } from './plugin.js';
 import { redisBackends, type RedisBackends } from './redis.js';
 import { retainedStore, type RetainedStore } from './retained-store.js';
@@ -173,25 +174,6 @@ function pendingAdmission(plugin: FerryPlugin, log: LogFn): (socket: net.Socket)
       authenticated: uncount,
     });
     return true;
-  };
-}
-
-/** A logger that says at most a few lines a second and counts what it held back: floods must not flood the log. */
-function throttled(log: LogFn | undefined, perSecond = 20): LogFn {
-  if (!log) return () => {};
-  let windowStart = 0;
-  let said = 0;
-  let held = 0;
-  return (level, msg) => {
-    const now = Date.now();
-    if (now - windowStart >= 1000) {
-      if (held > 0) log('warn', `${held} similar connection messages not shown`);
-      windowStart = now;
-      said = 0;
-      held = 0;
-    }
-    if (said++ < perSecond) log(level, msg);
-    else held++;
   };
 }
 
