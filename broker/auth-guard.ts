@@ -8,8 +8,6 @@ export interface AuthLimits {
   maxConcurrent: number;
   /** Verifications waiting for a slot; beyond this a connect is refused as "server unavailable". */
   maxWaiting: number;
-  /** Verifications queued or running for one address at a time; more are refused at once. */
-  perAddressInFlight: number;
   /** Verifications per second for addresses without a recent login (token bucket rate and size). */
   newAddressRate: number;
   newAddressBurst: number;

@@ -55,8 +55,6 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
   const backoff = new FailureBackoff(() => d.limits().auth);
   const slots = new Semaphore(() => d.limits().auth);
   const recent = new RecentLogins(3_600_000, () => d.limits().auth.maxAddresses);
-  /** Verifications queued or running per address (entries exist only while some are). */
-  const inFlight = new Map<string, number>();
   const budget = new TokenBucket({ rate: d.limits().auth.newAddressRate, burst: d.limits().auth.newAddressBurst });
 
   const refuse = (done: Done, client: Client, code: number, why: string) => {
@@ -99,19 +97,16 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
       return wait > 0;
     };
     if (backedOff()) return;
-    // One address cannot fill the queue or spend the shared budget in one burst: its failures must
-    // come back (and start its back-off) before it gets more verifications.
-    const mine = inFlight.get(addr) ?? 0;
-    if (mine >= d.limits().auth.perAddressInFlight) return refuse(done, client, RC.serverUnavailable, `${mine} logins from ${addr} already being verified`);
-    const known = recent.has(addr);
-    if (!known && !budget.take()) return refuse(done, client, RC.serverUnavailable, `verification budget for new addresses spent (${d.limits().auth.newAddressRate}/s): try again later`);
-    inFlight.set(addr, mine + 1);
-    const release = await slots.acquire(known).catch(() => undefined);
+    // The queue needs no bound of its own: everything in it is a connection not yet authenticated,
+    // which the pending caps of broker/server.ts bound in total and per address.
+    const release = await slots.acquire(recent.has(addr));
     try {
       if (!release) return refuse(done, client, RC.serverUnavailable, `${d.limits().auth.maxWaiting} logins already waiting for verification`);
       if (client.closed) return; // gave up while queued: no KDF for nobody
       // Again after the wait: the failures of those queued before it may have started a back-off.
       if (backedOff()) return;
+      // Charged only now, so a burst from one address costs the budget no more than its free failures.
+      if (!recent.has(addr) && !budget.take()) return refuse(done, client, RC.serverUnavailable, `verification budget for new addresses spent (${d.limits().auth.newAddressRate}/s): try again later`);
       const result = await store!.verify(username, password);
       if (!result.ok) {
         backoff.failed(addr);
@@ -122,9 +117,6 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
       accept(client, principalFrom(result.identity), done);
     } finally {
       release?.();
-      const left = (inFlight.get(addr) ?? 1) - 1;
-      if (left > 0) inFlight.set(addr, left);
-      else inFlight.delete(addr);
     }
   };
 

@@ -92,7 +92,7 @@ export const DEFAULT_LIMITS: Limits = {
     drainTimeoutMs: 10_000,
   },
   // One scrypt at a time: on a 2-core gateway a second would take the core the broker needs.
-  auth: { maxConcurrent: 1, maxWaiting: 64, perAddressInFlight: 2, newAddressRate: 10, newAddressBurst: 30, freeFailures: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, maxAddresses: 10_000 },
+  auth: { maxConcurrent: 1, maxWaiting: 1024, newAddressRate: 10, newAddressBurst: 30, freeFailures: 3, backoffBaseMs: 1000, backoffMaxMs: 60_000, maxAddresses: 10_000 },
   pending: { total: 1024, perAddress: 128, connectTimeoutMs: 10_000 },
   // Generous: a whole simulated fleet may reconnect from one host at once; a flood may not.
   connections: { perAddressRate: 100, perAddressBurst: 500, maxAddresses: 10_000 },

@@ -49,7 +49,7 @@ t.test('a flood of wrong-password connects is backed off and a legitimate connec
   t.equal((codes.get(4) ?? 0) + (codes.get(3) ?? 0), FLOOD, `every flood connect was refused (${JSON.stringify([...codes])})`);
   t.ok((codes.get(3) ?? 0) > FLOOD / 2, 'most of them by the back-off, without a KDF');
   t.ok(kdfRuns <= 6, `scrypt ran ${kdfRuns} times for ${FLOOD} attempts`);
-  t.ok(logs.some((l) => /from 127\.0\.0\.2: (too many failed logins from 127\.0\.0\.2: back-off|\d+ logins from 127\.0\.0\.2 already being verified)/.test(l)), 'refusals are logged with the address');
+  t.ok(logs.some((l) => /from 127\.0\.0\.2: too many failed logins from 127\.0\.0\.2: back-off/.test(l)), 'back-off refusals are logged with the address');
   t.ok(logs.length < 60, `and the log is throttled (${logs.length} lines for ${FLOOD} refusals)`);
   await end(legit);
   const again = await connect(broker.url, { ...cred, clientId: 'node-1' });
@@ -71,7 +71,7 @@ t.test('unknown and known usernames get the same CONNACK code', async (t) => {
 
 t.test('the verification queue is bounded: beyond it, connects are refused at once as server unavailable', async (t) => {
   await store.add('operator', 'op-q');
-  const broker = await startBroker({ ferry: { store, limits: { auth: { maxConcurrent: 1, maxWaiting: 2, perAddressInFlight: 100, freeFailures: 1000 } } } });
+  const broker = await startBroker({ ferry: { store, limits: { auth: { maxConcurrent: 1, maxWaiting: 2, freeFailures: 1000 } } } });
   t.teardown(() => broker.close());
   const codes = await Promise.all(Array.from({ length: 12 }, () => rawConnect(broker.port, { clientId: 'op-q', username: 'op-q', password: 'not-the-secret!!', localAddress: '127.0.0.5' })));
   t.ok(codes.filter((c) => c === 3).length >= 1, `some were refused as server unavailable (${codes.join(',')})`);
