@@ -65,7 +65,8 @@ export function noteForwarded(client: Client, packet: { topic: string; payload: 
 
 /**
  * Installs the guard on one client. `onDisconnect` is told why before the socket is destroyed
- * (for the log); aedes then cleans the client up through its normal close path.
+ * (for the log); aedes then cleans the client up through its normal close path, reporting the
+ * error (marked `logged`) as a clientError.
  */
 export function guardDeliveries(client: Client, limits: () => DeliveryLimits, onDisconnect: (why: string) => void): void {
   const conn = client.conn as unknown as Conn;
@@ -87,7 +88,7 @@ export function guardDeliveries(client: Client, limits: () => DeliveryLimits, on
     conn.removeListener('drain', drained);
     if (conn.destroyed) return;
     onDisconnect(why);
-    conn.destroy(new Error(why));
+    conn.destroy(Object.assign(new Error(why), { logged: true }));
   };
   (client as unknown as { waitForDrain(cb: (err: Error | null, c: Client) => void): void }).waitForDrain = (cb) => {
     setImmediate(cb, null, client);

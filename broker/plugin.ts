@@ -261,7 +261,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   };
   const onClientError = (client: Client, err: Error) => {
     const s = sessions.get(client);
-    if (s) log('warn', `${who(s, client)}: ${err.message}`);
+    if (s && !(err as { logged?: boolean }).logged) log('warn', `${who(s, client)}: ${err.message}`);
   };
   aedes.on('connackSent', onConnack);
   aedes.on('subscribe', onSubscribe);
