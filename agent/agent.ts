@@ -61,7 +61,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.patches = new PatchCache(opts.dataDir, { log });
     this.links = new Links({
       ...opts,
-      clientId: opts.clientId ?? `ferry-agent-${randomInt(1e9).toString(36)}`,
+      // The client id is the identity's name: a ferry broker admits an agent under no other (no takeover).
+      clientId: opts.clientId ?? opts.username ?? `ferry-agent-${randomInt(1e9).toString(36)}`,
+      upstreamClientId: opts.clientId ?? opts.upstreamUsername,
       topics: this.topics,
       cfg: this.config,
       log,

@@ -15,6 +15,8 @@ export interface LinkOptions {
   upstreamUsername?: string;
   upstreamPassword?: string;
   clientId: string;
+  /** Upstream client id (default: clientId): the upstream identity's name. */
+  upstreamClientId?: string;
   topics: Topics;
   cfg: AgentConfig;
   log: (level: 'info' | 'warn' | 'error', msg: string) => void;
@@ -62,10 +64,10 @@ export class Links {
 
   async start(): Promise<void> {
     const o = this.o;
-    const client = this.connect(o.brokerUrl, o.username, o.password, 'nodes');
+    const client = this.connect(o.brokerUrl, o.username, o.password, 'nodes', o.clientId);
     this.nodes = client;
     this.outbox = this.makeOutbox(client, true);
-    const upstream = o.upstreamUrl ? this.connect(o.upstreamUrl, o.upstreamUsername, o.upstreamPassword, 'upstream') : client;
+    const upstream = o.upstreamUrl ? this.connect(o.upstreamUrl, o.upstreamUsername, o.upstreamPassword, 'upstream', o.upstreamClientId ?? o.clientId) : client;
     this.upstream = upstream;
     this.opOutbox = upstream === client ? this.outbox : this.makeOutbox(upstream, false);
     const t = o.topics;
@@ -111,10 +113,10 @@ export class Links {
     );
   }
 
-  private connect(url: string, username: string | undefined, password: string | undefined, link: LinkName): MqttClient {
+  private connect(url: string, username: string | undefined, password: string | undefined, link: LinkName, clientId: string): MqttClient {
     const client = mqtt.connect(url, {
       protocolVersion: 4,
-      clientId: this.o.clientId,
+      clientId,
       username,
       password,
       clean: true,

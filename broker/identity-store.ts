@@ -66,8 +66,12 @@ export class IdentityStore {
   /** Bumped on our own writes, which data_version does not count (it only counts other connections). */
   private localWrites = 0;
   private seenLocalWrites = 0;
-  /** A real hash to compare against for unknown names, so a miss costs as much as a wrong secret. */
-  private dummy: Promise<{ salt: Buffer; hash: Buffer }> | undefined;
+  /**
+   * Typical duration of one scrypt here (moving average, ms): an unknown name waits this long instead
+   * of burning the KDF, so it answers in about the time a wrong secret takes without costing CPU.
+   */
+  private scryptMs: number | undefined;
+  private calibration: Promise<void> | undefined;
 
   /** Opens (creating if needed) `<dataDir>/identities.sqlite`, or the file itself when it ends in .sqlite. */
   static open(dataDirOrFile: string): IdentityStore {
@@ -123,7 +127,7 @@ export class IdentityStore {
     if (existing && !existing.revoked_at && !opts.replace) throw new Error(`identity "${username}" already exists (${existing.role}); revoke it first or pass replace`);
     const password = opts.password ?? newSecret();
     const salt = crypto.randomBytes(16);
-    const hash = await scrypt(password, salt, HASH_LEN, SCRYPT);
+    const hash = await this.timedScrypt(password, salt);
     this.db
       .prepare(`INSERT OR REPLACE INTO identities (username, role, salt, hash, groups, serves, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)`)
       .run(username, role, salt, hash, JSON.stringify(groups), JSON.stringify(serves), new Date().toISOString());
@@ -131,14 +135,20 @@ export class IdentityStore {
     return { username, password };
   }
 
-  /** Checks a username/secret pair. Always runs one scrypt, so timing does not reveal which names exist. */
+  /**
+   * Checks a username/secret pair. A known name costs one scrypt; an unknown one costs none but
+   * waits about as long (see scryptMs), so neither timing nor the answer tells which names exist.
+   */
   async verify(username: string, password: Buffer | string): Promise<VerifyResult> {
     const row = this.row(username);
+    if (!row) {
+      await this.calibrated();
+      await new Promise((r) => setTimeout(r, this.scryptMs! * (0.9 + Math.random() * 0.2)));
+      return { ok: false, reason: `unknown identity "${username}"` };
+    }
     const pw = typeof password === 'string' ? Buffer.from(password, 'utf8') : password;
-    const ref = row ?? (await this.dummyHash());
-    const got = await scrypt(pw, ref.salt, HASH_LEN, SCRYPT);
-    const match = got.length === ref.hash.length && crypto.timingSafeEqual(got, ref.hash);
-    if (!row) return { ok: false, reason: `unknown identity "${username}"` };
+    const got = await this.timedScrypt(pw, row.salt);
+    const match = got.length === row.hash.length && crypto.timingSafeEqual(got, row.hash);
     if (row.revoked_at) return { ok: false, reason: `identity "${username}" was revoked at ${row.revoked_at}` };
     if (!match) return { ok: false, reason: `wrong secret for "${username}"` };
     return { ok: true, identity: toIdentity(row) };
@@ -187,12 +197,19 @@ export class IdentityStore {
     return this.db.prepare(`SELECT * FROM identities WHERE username = ?`).get(username) as Row | undefined;
   }
 
-  private dummyHash(): Promise<{ salt: Buffer; hash: Buffer }> {
-    this.dummy ??= (async () => {
-      const salt = crypto.randomBytes(16);
-      return { salt, hash: await scrypt(crypto.randomBytes(24), salt, HASH_LEN, SCRYPT) };
-    })();
-    return this.dummy;
+  private async timedScrypt(pw: crypto.BinaryLike, salt: Buffer): Promise<Buffer> {
+    const start = performance.now();
+    const out = await scrypt(pw, salt, HASH_LEN, SCRYPT);
+    const ms = performance.now() - start;
+    this.scryptMs = this.scryptMs === undefined ? ms : this.scryptMs * 0.8 + ms * 0.2;
+    return out;
+  }
+
+  /** One scrypt of throwaway input, once, when nothing has measured the KDF yet. */
+  private calibrated(): Promise<void> {
+    if (this.scryptMs !== undefined) return Promise.resolve();
+    this.calibration ??= this.timedScrypt(crypto.randomBytes(24), crypto.randomBytes(16)).then(() => {});
+    return this.calibration;
   }
 }
 

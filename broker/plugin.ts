@@ -1,16 +1,21 @@
-import type { TLSSocket } from 'node:tls';
-import type { Aedes, AedesPublishPacket, AuthenticateError, Client, ConnackPacket, PublishPacket, Subscription } from 'aedes';
+import type { Aedes, AedesPublishPacket, Client, ConnackPacket, PublishPacket, Subscription } from 'aedes';
 import { decodeUp, MsgType } from '../shared/messages.js';
 import { DEFAULT_PREFIX, topics as makeTopics } from '../shared/topics.js';
 import { servesMatcher, TopicAcl, type Principal } from './acl.js';
-import type { Identity, IdentityStore } from './identity-store.js';
-import { payloadCap, resolveLimits, TokenBucket, type Limits, type PayloadLimits } from './limits.js';
+import { makeAuthenticator, principalFrom, type Done } from './authenticate.js';
+import { backlogOf, guardDeliveries, noteForwarded } from './delivery-guard.js';
+import { frameGuardOf } from './frame-guard.js';
+import type { IdentityStore } from './identity-store.js';
+import { payloadCap, resolveLimits, TokenBucket, type Limits, type LimitsInput } from './limits.js';
 import { PresencePublisher } from './presence.js';
+import { RetainedQuota } from './retained-quota.js';
 
 /**
  * The ferry aedes plugin: authentication against an {@link IdentityStore}, the topic ACL of
- * docs/broker.md, payload and rate limits, CBOR validation of up messages, and node presence.
- * It only sets aedes hooks and listens to aedes events, so it loads into any aedes 1.x instance.
+ * docs/broker.md, payload, retained and rate limits, CBOR validation of up messages, slow-subscriber
+ * isolation and node presence. It sets aedes hooks, wraps each client's drain wait
+ * (broker/delivery-guard.ts) and listens to aedes events, so it loads into any aedes 1.x instance.
+ * Packet size caps need the socket: broker/server.ts puts broker/frame-guard.ts in front of aedes.
  */
 export type LogFn = (level: 'info' | 'warn' | 'error', msg: string) => void;
 
@@ -20,7 +25,7 @@ export interface FerryPluginOptions {
   prefix?: string;
   /** Admit clients without a username (plain-broker use outside the prefix). Default: true without a store, false with one. */
   allowAnonymous?: boolean;
-  limits?: { payload?: Partial<PayloadLimits>; rate?: Partial<Limits['rate']> };
+  limits?: LimitsInput;
   log?: LogFn;
   /** How often to look for identity changes made by other processes (ms). Default 1000. */
   storePollMs?: number;
@@ -28,6 +33,8 @@ export interface FerryPluginOptions {
 
 export interface FerryPlugin {
   readonly prefix: string;
+  /** The limits in force (defaults merged with the options). */
+  readonly limits: Limits;
   /** Live authenticated sessions by client id (read-only view, for status and tests). */
   principalOf(clientId: string): Principal | undefined;
   /** Applies identity changes now (revocations disconnect) instead of waiting for the poll. */
@@ -44,9 +51,16 @@ interface Session {
   servesCache: Map<string, boolean>;
   serves: (id: string) => boolean;
   servesGroup: (group: string) => boolean;
+  /** QoS 0 deliveries dropped because the client does not read, since the last log line about it. */
+  qos0Dropped: number;
+  lastDropLog: number;
 }
 
-const RC = { identifierRejected: 2, badCredentials: 4, notAuthorized: 5 } as const;
+/** At most one log line per client per this interval about dropped QoS 0 deliveries. */
+const DROP_LOG_MS = 10_000;
+
+/** Who a retained message is charged to: the identity, or one shared account for all anonymous clients. */
+const retainOwner = (p: Principal) => (p.role === 'anonymous' ? 'anonymous' : `${p.role}:${p.id}`);
 
 export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}): FerryPlugin {
   const prefix = opts.prefix ?? DEFAULT_PREFIX;
@@ -61,6 +75,8 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   // aedes, so it marks the packet and the wrapped publish below swallows it (Mosquitto does the same).
   const dropped = new WeakSet<object>();
   const presence = new PresencePublisher(aedes, prefix, log);
+  // A socket that sends no CONNECT holds a pending slot until this fires (aedes' default is 30 s).
+  (aedes as unknown as { connectTimeout: number }).connectTimeout = limits.pending.connectTimeoutMs;
 
   const makeSession = (client: Client, principal: Principal): Session => {
     const matcher = servesMatcher(principal.serves);
@@ -85,63 +101,50 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
                 return v;
               },
       servesGroup: principal.role === 'agent' ? matcher.group : () => false,
+      qos0Dropped: 0,
+      lastDropLog: -Infinity,
     };
   };
-
-  const principalFrom = (identity: Identity): Principal => ({
-    role: identity.role,
-    id: identity.username,
-    groups: identity.groups,
-    serves: identity.serves,
-  });
-
-  const anonymous: Principal = { role: 'anonymous', id: '', groups: [], serves: [] };
   const who = (s: Session | undefined, client: Client | null) =>
     s ? (s.principal.role === 'anonymous' ? `anonymous client ${client?.id}` : `${s.principal.role} ${s.principal.id}`) : `client ${client?.id ?? '(none)'}`;
 
-  const refuse = (done: (e: AuthenticateError | null, ok: boolean | null) => void, client: Client, code: number, why: string) => {
-    log('warn', `connect refused for client ${JSON.stringify(client.id)}: ${why}`);
-    const err = new Error(why) as AuthenticateError;
-    (err as { returnCode: number }).returnCode = code;
-    done(err, null);
+  const retained = new RetainedQuota();
+  const clients = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients;
+
+  const auth = makeAuthenticator({
+    store,
+    allowAnonymous,
+    limits: () => limits,
+    log,
+    holder(clientId, self) {
+      const held = clients[clientId];
+      if (!held || held === self || held.closed) return undefined;
+      return sessions.get(held)?.principal ?? null;
+    },
+    admit(client: Client, principal: Principal, done: Done) {
+      sessions.set(client, makeSession(client, principal));
+      frameGuardOf(client.conn)?.authenticate();
+      done(null, true);
+    },
+  });
+
+  const deliveryLimits = (client: Client) => {
+    const role = sessions.get(client)?.principal.role ?? 'anonymous';
+    return { dropQos0Above: limits.delivery.dropQos0Above, maxBacklog: limits.delivery.maxBacklog[role], drainTimeoutMs: limits.delivery.drainTimeoutMs };
   };
 
-  /** A client id that names another identity would let aedes' takeover kick that identity off. */
-  const clientIdClash = (clientId: string, username: string | undefined) =>
-    store !== undefined && clientId !== username && store.get(clientId) !== undefined;
-
-  aedes.authenticate = (client, username, password, done) => {
-    void (async () => {
-      const cn = peerCommonName(client);
-      if (cn !== undefined && store) {
-        // A verified client certificate is the credential; its CN names the identity.
-        const identity = store.get(cn);
-        if (!identity) return refuse(done, client, RC.notAuthorized, `certificate CN "${cn}" is not a live identity`);
-        if (username !== undefined && username !== cn) return refuse(done, client, RC.badCredentials, `username "${username}" does not match certificate CN "${cn}"`);
-        return admit(client, principalFrom(identity), done);
-      }
-      if (username === undefined || !store) {
-        if (!allowAnonymous) return refuse(done, client, RC.notAuthorized, 'anonymous clients are not allowed (no username; the broker runs without --allow-anonymous)');
-        if (clientIdClash(client.id, undefined)) return refuse(done, client, RC.identifierRejected, `client id "${client.id}" belongs to a provisioned identity`);
-        return admit(client, anonymous, done);
-      }
-      if (password === undefined) return refuse(done, client, RC.badCredentials, `no password given for "${username}"`);
-      const result = await store.verify(username, password);
-      if (!result.ok) return refuse(done, client, RC.badCredentials, result.reason);
-      admit(client, principalFrom(result.identity), done);
-    })().catch((err: Error) => refuse(done, client, RC.notAuthorized, `authentication failed: ${err.message}`));
-  };
-
-  const admit = (client: Client, principal: Principal, done: (e: AuthenticateError | null, ok: boolean | null) => void) => {
-    if (principal.role === 'node' && client.id !== principal.id) {
-      return refuse(done, client, RC.identifierRejected, `node "${principal.id}" must connect with client id "${principal.id}", not "${client.id}"`);
+  aedes.preConnect = (client, packet, done) => {
+    try {
+      guardDeliveries(client, () => deliveryLimits(client), (why) => log('warn', `disconnecting ${who(sessions.get(client), client)}: ${why}`));
+      packet.clientId = auth.namespacedClientId(client, packet.clientId, packet.username);
+      done(null, true);
+    } catch (err) {
+      log('error', `preConnect failed: ${(err as Error).message}`);
+      done(err as Error, false);
     }
-    if (principal.role !== 'node' && principal.role !== 'anonymous' && clientIdClash(client.id, principal.id)) {
-      return refuse(done, client, RC.identifierRejected, `client id "${client.id}" belongs to another identity`);
-    }
-    sessions.set(client, makeSession(client, principal));
-    done(null, true);
   };
+
+  aedes.authenticate = (client, username, password, done) => auth.authenticate(client, username, password, done);
 
   aedes.authorizePublish = (client, packet, done) => {
     try {
@@ -158,7 +161,6 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
         return done(new Error('publish rate limit exceeded'));
       }
       const c = acl.classify(packet.topic);
-      if (c.kind === 'outside') return done(null);
       const drop = (why: string) => {
         log('warn', `dropped publish from ${who(s, client)} on ${packet.topic}: ${why}`);
         dropped.add(packet);
@@ -167,7 +169,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
       if (!acl.canPublish(s.principal, packet.topic, s.serves, s.servesGroup)) return drop(`a ${s.principal.role} may not publish here`);
       const cap = payloadCap(limits.payload, c);
       const size = packet.payload.length;
-      if (cap !== undefined && size > cap) return drop(`payload of ${size} bytes exceeds the ${c.kind} limit of ${cap}`);
+      if (cap !== undefined && size > cap) return drop(`payload of ${size} bytes exceeds the ${c.kind === 'outside' ? 'plain-topic' : c.kind} limit of ${cap}`);
       if (c.kind === 'up') {
         try {
           const msg = decodeUp(packet.payload as Buffer);
@@ -178,6 +180,10 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
       }
       // Up and dn traffic is per connection; a retained chunk or hello would be replayed forever.
       if ((c.kind === 'up' || c.kind === 'dn' || c.kind === 'group-dn') && packet.retain) packet.retain = false;
+      if (packet.retain) {
+        const verdict = retained.charge(retainOwner(s.principal), limits.retained[s.principal.role], packet.topic, size);
+        if (!verdict.ok) return drop(`retained storage of this ${s.principal.role === 'anonymous' ? 'broker\'s anonymous clients' : s.principal.role}: ${verdict.reason}`);
+      }
       done(null);
     } catch (err) {
       log('error', `authorizePublish failed on ${packet.topic}: ${(err as Error).message}`);
@@ -202,7 +208,8 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
     const s = sessions.get(client);
     if (!s) return done(new Error('subscribe from a client without a session'));
     try {
-      if (acl.canSubscribe(s.principal, sub.topic, s.serves)) return done(null, sub);
+      const sys = sub.topic.startsWith('$');
+      if (sys ? mayReadSys(s.principal) : acl.canSubscribe(s.principal, sub.topic, s.serves)) return done(null, sub);
       log('warn', `refused subscription of ${who(s, client)} to ${sub.topic}`);
       done(null, null);
     } catch (err) {
@@ -212,12 +219,29 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   };
 
   aedes.authorizeForward = (client, packet: AedesPublishPacket) => {
-    const topic = packet.topic;
-    // Fast path: the bulk of a busy plain broker never enters the ACL.
-    if (!topic.startsWith(prefix)) return packet;
     const s = sessions.get(client);
     if (!s) return null;
-    return acl.canRead(s.principal, topic, s.serves) ? packet : null;
+    if (packet.qos === 0) {
+      const backlog = backlogOf(client);
+      if (backlog > limits.delivery.dropQos0Above) {
+        s.qos0Dropped++;
+        const now = performance.now();
+        if (now - s.lastDropLog >= DROP_LOG_MS) {
+          log('warn', `dropped ${s.qos0Dropped} QoS 0 deliveries to ${who(s, client)}: ${backlog} bytes unread, above ${limits.delivery.dropQos0Above}`);
+          s.lastDropLog = now;
+          s.qos0Dropped = 0;
+        }
+        return null;
+      }
+    }
+    const topic = packet.topic;
+    let ok: boolean;
+    if (topic.charCodeAt(0) === 36 /* $ */) ok = mayReadSys(s.principal);
+    // Fast path: the bulk of a busy plain broker never enters the ACL.
+    else ok = !topic.startsWith(prefix) || acl.canRead(s.principal, topic, s.serves);
+    if (!ok) return null;
+    noteForwarded(client, packet);
+    return packet;
   };
 
   // Presence hangs off CONNACK rather than clientReady: aedes handles the client's next packets
@@ -237,7 +261,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   };
   const onClientError = (client: Client, err: Error) => {
     const s = sessions.get(client);
-    if (s) log('warn', `${who(s, client)}: ${err.message}`);
+    if (s && !(err as { logged?: boolean }).logged) log('warn', `${who(s, client)}: ${err.message}`);
   };
   aedes.on('connackSent', onConnack);
   aedes.on('subscribe', onSubscribe);
@@ -268,6 +292,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
 
   return {
     prefix,
+    limits,
     principalOf(clientId) {
       for (const s of sessions.values()) if (s.client.id === clientId) return s.principal;
       return undefined;
@@ -284,10 +309,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   };
 }
 
-/** CN of a verified TLS client certificate, if the connection has one. */
-function peerCommonName(client: Client): string | undefined {
-  const conn = client.conn as Partial<TLSSocket>;
-  if (typeof conn.getPeerCertificate !== 'function' || !conn.authorized) return undefined;
-  const cn = conn.getPeerCertificate().subject?.CN;
-  return typeof cn === 'string' && cn !== '' ? cn : undefined;
+/** `$SYS` lists every client id and subscription: for operators and agents only. */
+function mayReadSys(p: Principal): boolean {
+  return p.role === 'operator' || p.role === 'agent';
 }

@@ -2,8 +2,12 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { Aedes, type AedesOptions } from 'aedes';
-import { installFerryPlugin, type FerryPlugin, type FerryPluginOptions } from './plugin.js';
+import { guardFrames } from './frame-guard.js';
+import { TokenBucket } from './limits.js';
+import { throttled } from './throttled-log.js';
+import { installFerryPlugin, type FerryPlugin, type FerryPluginOptions, type LogFn } from './plugin.js';
 import { redisBackends, type RedisBackends } from './redis.js';
+import { retainedStore, type RetainedStore } from './retained-store.js';
 
 /**
  * A running ferry broker: aedes behind a TCP listener. Sockets get TCP_NODELAY because ferry's traffic
@@ -11,7 +15,9 @@ import { redisBackends, type RedisBackends } from './redis.js';
  * back for up to one RTT and stall the transfer window.
  *
  * Without `ferry` options this is a plain aedes (anonymous, no ACL): what unit tests of other parts
- * use. With `ferry` the plugin of broker/plugin.ts is installed (identities, ACL, limits, presence).
+ * use. With `ferry` the plugin of broker/plugin.ts is installed (identities, ACL, limits, presence),
+ * and every accepted socket gets the frame guard (packet size caps from the fixed header, see
+ * broker/frame-guard.ts) and counts against the caps on connections not yet authenticated.
  */
 export interface RunningBroker {
   aedes: Aedes;
@@ -49,17 +55,26 @@ export interface BrokerOptions {
   redis?: string;
   /** Also listen for MQTT over TLS. */
   tls?: TlsListenerOptions;
+  /**
+   * Keep retained messages in SQLite in this data dir (`retained.sqlite`) so they survive a restart.
+   * Ignored with `redis`, which persists them itself.
+   */
+  retainedDir?: string;
 }
 
 export async function startBroker(opts: BrokerOptions = {}): Promise<RunningBroker> {
   let backends: RedisBackends | undefined;
   if (opts.redis) backends = redisBackends(opts.redis);
-  const aedes = await Aedes.createBroker({ ...opts.aedes, ...backends?.aedes });
+  const retained: RetainedStore | undefined = !opts.redis && opts.retainedDir ? retainedStore(opts.retainedDir) : undefined;
+  const persistence = retained ? { persistence: retained.persistence } : {};
+  const aedes = await Aedes.createBroker({ ...opts.aedes, ...persistence, ...backends?.aedes });
   const plugin = opts.ferry ? installFerryPlugin(aedes, opts.ferry) : undefined;
   if (opts.setup) await opts.setup(aedes);
   const sockets = new Set<net.Socket>();
+  const admission = plugin ? pendingAdmission(plugin, throttled(opts.ferry?.log)) : undefined;
   const accept = (socket: net.Socket) => {
     socket.setNoDelay(true);
+    if (admission && !admission(socket)) return;
     sockets.add(socket);
     socket.on('close', () => sockets.delete(socket));
     aedes.handle(socket);
@@ -106,7 +121,59 @@ export async function startBroker(opts: BrokerOptions = {}): Promise<RunningBrok
       plugin?.close();
       await new Promise<void>((resolve) => aedes.close(() => resolve()));
       await backends?.close();
+      retained?.close();
     },
+  };
+}
+
+/**
+ * Admission of a new socket: refused when its address opens connections faster than its rate, or
+ * when too many connections are still unauthenticated (in total or from its address); otherwise put
+ * behind the frame guard and counted until it authenticates or closes. Returns false for a refused
+ * (destroyed) socket. Refusing at accept costs far less than letting aedes parse and answer.
+ */
+function pendingAdmission(plugin: FerryPlugin, log: LogFn): (socket: net.Socket) => boolean {
+  const { frames, pending, connections } = plugin.limits;
+  const perAddress = new Map<string, number>();
+  const rates = new Map<string, TokenBucket>();
+  let total = 0;
+  return (socket) => {
+    const addr = socket.remoteAddress ?? 'unknown';
+    let bucket = rates.get(addr);
+    if (!bucket) {
+      bucket = new TokenBucket({ rate: connections.perAddressRate, burst: connections.perAddressBurst });
+      rates.set(addr, bucket);
+      // Forgetting an address only hands it a full bucket again: the table may be bounded freely.
+      while (rates.size > connections.maxAddresses) rates.delete(rates.keys().next().value as string);
+    }
+    if (!bucket.take()) {
+      log('warn', `connection from ${addr} refused: more than ${connections.perAddressRate} new connections/s from this address`);
+      socket.destroy();
+      return false;
+    }
+    const mine = perAddress.get(addr) ?? 0;
+    if (total >= pending.total || mine >= pending.perAddress) {
+      log('warn', `connection from ${addr} refused: ${total >= pending.total ? `${total} connections` : `${mine} connections from this address`} not yet authenticated`);
+      socket.destroy();
+      return false;
+    }
+    total++;
+    perAddress.set(addr, mine + 1);
+    let counted = true;
+    const uncount = () => {
+      if (!counted) return;
+      counted = false;
+      total--;
+      const left = (perAddress.get(addr) ?? 1) - 1;
+      if (left > 0) perAddress.set(addr, left);
+      else perAddress.delete(addr);
+    };
+    socket.on('close', uncount);
+    guardFrames(socket, frames, {
+      refused: (reason) => log('warn', `connection from ${addr} closed: ${reason}`),
+      authenticated: uncount,
+    });
+    return true;
   };
 }
 

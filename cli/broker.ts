@@ -1,5 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { IdentityStore } from '../broker/identity-store.js';
+import { parseLimitFlags, type LimitsInput } from '../broker/limits.js';
 import { startBroker, type TlsListenerOptions } from '../broker/server.js';
 import { jsonOption, makeLogger, prefixOption, untilSignal, UsageError } from './common.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
@@ -27,7 +28,24 @@ interface Args {
   'tls-cert'?: string;
   'tls-ca'?: string;
   'require-client-cert': boolean;
+  limit: string[];
   json: boolean;
+}
+
+/** `--limit NAME=VALUE`, shared by `ferry broker` and `ferry gateway` (docs/broker.md lists every name). */
+export const limitOption = {
+  type: 'string',
+  array: true,
+  default: [] as string[],
+  describe: 'override a broker limit, e.g. --limit frames.maxPacket=70k --limit retained.node=64k (repeatable; see docs/broker.md)',
+} as const;
+
+export function limitsFromFlags(flags: readonly string[] | undefined): LimitsInput {
+  try {
+    return parseLimitFlags(flags ?? []);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
 }
 
 /** `ferry broker`: aedes with the ferry plugin (identities, ACL, limits, presence). */
@@ -47,6 +65,7 @@ export const brokerCommand: CommandModule<object, Args> = {
       'tls-cert': { type: 'string', describe: 'TLS server certificate (PEM)' },
       'tls-ca': { type: 'string', describe: 'CA for client certificates: a verified certificate CN is the identity' },
       'require-client-cert': { type: 'boolean', default: false, describe: 'refuse TLS clients without a valid certificate' },
+      limit: limitOption,
       json: jsonOption,
     }) as never,
   handler: async (argv) => {
@@ -64,6 +83,7 @@ export const brokerCommand: CommandModule<object, Args> = {
         requireClientCert: argv['require-client-cert'],
       };
     }
+    const limits = limitsFromFlags(argv.limit);
     const log = makeLogger(argv.json);
     // With --redis the broker's state is in Redis and brokers that share it may share a data dir
     // (docs/broker.md, scale-out); without, the state is this process's alone.
@@ -75,8 +95,10 @@ export const brokerCommand: CommandModule<object, Args> = {
       port: argv.port,
       host: argv.host,
       redis: argv.redis,
+      // Without Redis, retained releases and statuses are kept in <data-dir>/retained.sqlite.
+      retainedDir: argv['data-dir'],
       tls,
-      ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log },
+      ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log, limits },
     }).catch((err: unknown) => {
       throw isListenError(err) ? new Error(listenProblem(err, argv.host)) : err;
     });

@@ -3,7 +3,7 @@ import { IdentityStore } from '../broker/identity-store.js';
 import { newSecret } from '../broker/secret.js';
 import { startBroker } from '../broker/server.js';
 import { agentOptions, createAgent, lockAgentState, planAgent, type AgentArgs } from './agent.js';
-import { lockBrokerState } from './broker.js';
+import { limitOption, limitsFromFlags, lockBrokerState } from './broker.js';
 import { untilSignalOnceStarted } from './common.js';
 import { isListenError, listenProblem } from './startup.js';
 import { listenPort } from './validate.js';
@@ -14,6 +14,7 @@ interface GatewayArgs extends AgentArgs {
   host: string;
   'allow-anonymous': boolean;
   'stats-file'?: string;
+  limit: string[];
 }
 
 /** The in-process agent's own identity on the gateway's broker: re-keyed at every start, never printed. */
@@ -33,10 +34,12 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
       host: { type: 'string', default: '0.0.0.0', describe: 'listen address' },
       'allow-anonymous': { type: 'boolean', default: false, describe: 'admit clients without a username (never to ferry topics)' },
       'stats-file': { type: 'string', describe: 'write CPU, memory and store-write counters here as JSON at start, on SIGUSR2 and at exit (for benchmarks)' },
+      limit: limitOption,
       ...agentOptions,
     }) as never,
   handler: async (argv) => {
     listenPort(argv.port, 'port');
+    const limits = limitsFromFlags(argv.limit);
     const plan = planAgent(argv);
     const log = plan.log!;
     const locks = [lockBrokerState(argv['data-dir'], 'gateway'), lockAgentState(argv['data-dir'], 'gateway')];
@@ -44,7 +47,12 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
     const store = IdentityStore.open(argv['data-dir']);
     const password = newSecret();
     await store.add('agent', GATEWAY_AGENT, { serves: ['*'], password, replace: true });
-    const broker = await startBroker({ port: argv.port, host: argv.host, ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log } }).catch((err: unknown) => {
+    const broker = await startBroker({
+      port: argv.port,
+      host: argv.host,
+      retainedDir: argv['data-dir'],
+      ferry: { store, prefix: argv.prefix, allowAnonymous: argv['allow-anonymous'], log, limits },
+    }).catch((err: unknown) => {
       throw isListenError(err) ? new Error(listenProblem(err, argv.host)) : err;
     });
     log('info', `ferry gateway: broker on ${argv.host}:${broker.port}, agent state and identities in ${argv['data-dir']}`);

@@ -86,3 +86,15 @@ t.test('ferry sim --provision writes node identities into a broker store and con
   t.equal(both.code, 2, '--provision with --credentials is a usage error');
   t.match(both.stderr, /--provision makes its own credentials/);
 });
+
+t.test('--limit: a bad name or value stops ferry broker / ferry gateway with one line and exit 2', async (t) => {
+  const dir = tmpDir('limit-flag');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const bad = await ferry(['broker', '--port', '0', '--data-dir', dir, '--limit', 'frames.maxpacket=70k']).done;
+  t.equal(bad.code, 2);
+  t.match(bad.stderr, /--limit frames\.maxpacket=70k: unknown limit "frames\.maxpacket"/);
+  const value = await ferry(['gateway', '--port', '0', '--data-dir', dir, '--trust', path.join(dir, 'none.pub'), '--limit', 'retained.node=lots']).done;
+  t.equal(value.code, 2);
+  t.match(value.stderr, /--limit retained\.node=lots: expected NAME=NUMBER/);
+  t.notMatch(bad.stderr + value.stderr, /\n\s+at /, 'no stack trace');
+});
