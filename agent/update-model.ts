@@ -1,4 +1,4 @@
-import { Stage, type StageCode } from '../shared/messages.js';
+import { Stage, type Report, type StageCode } from '../shared/messages.js';
 import type { NodeStateName, Outcome } from './types.js';
 
 /**
@@ -62,13 +62,8 @@ export interface HelloFacts {
   complete: boolean;
 }
 
-export interface ReportFacts {
-  session: number;
-  stage: StageCode;
-  reason: number;
-  version?: string;
-  detail?: string;
-  retryAfter?: number;
+/** A node's Report as the step function sees it. */
+export interface ReportFacts extends Omit<Report, 'type'> {
   /** The current session carries a delta patch. */
   deltaPayload: boolean;
 }

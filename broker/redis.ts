@@ -27,6 +27,8 @@ export function redisBackends(url: string): RedisBackends {
   // Our own connection, so close() can QUIT it gracefully: the persistence's destroy() disconnects at
   // once and fails the commands still queued (a last retained presence write) as unhandled rejections.
   const conn = new Redis(redisOptions(parsed));
+  // ioredis reconnects by itself; without a listener its 'error' event would end the process.
+  conn.on('error', () => {});
   const persistence = aedesPersistenceRedis({ conn });
   return {
     aedes: { mq, persistence },
@@ -37,7 +39,8 @@ export function redisBackends(url: string): RedisBackends {
   };
 }
 
-function redisOptions(u: URL) {
+/** ioredis connection options from a redis:// or rediss:// URL (user, password, db, TLS). */
+export function redisOptions(u: URL) {
   return {
     host: u.hostname,
     port: u.port ? Number(u.port) : 6379,

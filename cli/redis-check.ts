@@ -1,4 +1,5 @@
 import { Redis } from 'ioredis';
+import { redisOptions } from '../broker/redis.js';
 import { UsageError } from './common.js';
 import { netProblem } from './startup.js';
 
@@ -28,12 +29,7 @@ export async function checkRedis(value: string, timeoutMs = 5000): Promise<void>
   const u = redisUrl(value);
   let lastError: Error | undefined;
   const conn = new Redis({
-    host: u.hostname,
-    port: u.port ? Number(u.port) : 6379,
-    username: u.username ? decodeURIComponent(u.username) : undefined,
-    password: u.password ? decodeURIComponent(u.password) : undefined,
-    db: u.pathname.length > 1 ? Number(u.pathname.slice(1)) : 0,
-    tls: u.protocol === 'rediss:' ? {} : undefined,
+    ...redisOptions(u),
     lazyConnect: true,
     connectTimeout: timeoutMs,
     maxRetriesPerRequest: 0,

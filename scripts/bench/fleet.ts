@@ -25,6 +25,7 @@ import { demoImage } from '../../harness/images.js';
 import type { ProcessStats } from '../../cli/stats-file.js';
 import { chunkCount } from '../../device/transfer.js';
 import { negotiateChunkSize } from '../../shared/messages.js';
+import { benchArg, median } from './bench-args.js';
 
 const FERRY = fileURLToPath(new URL('../../bin/ferry.js', import.meta.url));
 
@@ -140,10 +141,6 @@ async function until<T>(what: string, timeoutMs: number, probe: () => T | undefi
   }
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
 
 async function fleetRun(devices: number, size: number, maxConcurrent: number, window: number, progress: (msg: string) => void): Promise<FleetResult> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-fleet-'));
@@ -291,10 +288,7 @@ async function fleetRun(devices: number, size: number, maxConcurrent: number, wi
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const arg = (name: string, dflt: string) => {
-    const i = args.indexOf(`--${name}`);
-    return i >= 0 && args[i + 1] ? args[i + 1] : dflt;
-  };
+  const arg = (name: string, dflt: string) => benchArg(args, name, dflt);
   const json = args.includes('--json');
   const devices = Number(arg('devices', args.includes('--quick') ? '100' : '1000'));
   const size = Number(arg('size', String(256 * 1024)));

@@ -28,6 +28,7 @@ import { generateOperatorKey } from '../../shared/manifest.js';
 import { publishRelease } from '../../operator/publish.js';
 import { demoImage } from '../../harness/images.js';
 import { measureLink, startShapingProxy, type LinkProfile } from '../../test/helpers/shaping-proxy.js';
+import { benchArg, median } from './bench-args.js';
 
 interface NamedProfile extends LinkProfile {
   name: string;
@@ -202,17 +203,10 @@ function until(agent: Agent, pred: () => boolean): Promise<void> {
   });
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const arg = (name: string, dflt: string) => {
-    const i = args.indexOf(`--${name}`);
-    return i >= 0 && args[i + 1] ? args[i + 1] : dflt;
-  };
+  const arg = (name: string, dflt: string) => benchArg(args, name, dflt);
   const names = arg('profiles', 'wifi,cellular,vsat,vsat-fade').split(',');
   const runs = Number(arg('runs', '3'));
   const window = Number(arg('window', '128'));

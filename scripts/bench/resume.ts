@@ -28,6 +28,7 @@ import { demoImage } from '../../harness/images.js';
 import { startFaultProxy, type FaultProxy } from '../../test/helpers/fault-proxy.js';
 import { seeded } from '../../harness/seeded.js';
 import { agentListening, onChunkFraction, startAgentProcess } from '../../test/helpers/agent-process.js';
+import { benchArg } from './bench-args.js';
 
 type Kind = 'link' | 'reboot' | 'kill';
 const KINDS: readonly Kind[] = ['link', 'reboot', 'kill'];
@@ -174,10 +175,7 @@ interface TrialResult {
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const arg = (name: string, dflt: string) => {
-    const i = args.indexOf(`--${name}`);
-    return i >= 0 && args[i + 1] ? args[i + 1] : dflt;
-  };
+  const arg = (name: string, dflt: string) => benchArg(args, name, dflt);
   const trials = Number(arg('trials', '100'));
   const killTrials = Number(arg('kill-trials', String(trials)));
   const size = Number(arg('size', String(48 * 1024)));

@@ -27,6 +27,7 @@ import type { SinkCommand, SinkReport } from './sink-process.js';
 import { negotiateChunkSize } from '../../shared/messages.js';
 import { publishRelease } from '../../operator/publish.js';
 import { demoImage } from '../../harness/images.js';
+import { benchArg, median } from './bench-args.js';
 
 interface CountingBroker {
   url: string;
@@ -225,17 +226,10 @@ function spread(xs: number[]): string {
   return `${q(0.25).toFixed(2)}–${q(0.75).toFixed(2)}`;
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 async function main(): Promise<void> {
   const args = process.argv.slice(2);
-  const arg = (name: string, dflt: string) => {
-    const i = args.indexOf(`--${name}`);
-    return i >= 0 && args[i + 1] ? args[i + 1] : dflt;
-  };
+  const arg = (name: string, dflt: string) => benchArg(args, name, dflt);
   const size = Number(arg('size', String(1024 * 1024)));
   const runs = Number(arg('runs', '15'));
   const maxMessages = arg('max-message', '4096,16500').split(',').map(Number);
