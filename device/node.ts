@@ -363,6 +363,9 @@ export class SimNode extends EventEmitter {
         username: this.opts.username,
         password: this.opts.password,
         reconnectPeriod,
+        // A broker that answers "server unavailable" (its login back-off or budget) is retried like
+        // a network error; MQTT.js would otherwise stop for good after a refused CONNACK.
+        reconnectOnConnackError: true,
         // MQTT.js's default. A shorter one (it was 5 s) abandons attempts the broker is still
         // authenticating when many nodes connect at once, and each retry costs the broker another
         // password hash: a thousand nodes then never all got in.
