@@ -1,4 +1,5 @@
 import { reasonName } from '../shared/errors.js';
+import { Encoding } from '../shared/messages.js';
 import type { Release } from './catalog.js';
 import type { NodeRow } from './types.js';
 import type { TransferWindow } from './window.js';
@@ -10,9 +11,15 @@ export interface NodeStatus {
   state: string;
   runningVersion: string;
   targetVersion: string | null;
+  /** Chunks of the session's payload: of the patch for a delta session, of the image for a full one. */
   received: number;
   total: number;
+  /** Payload bytes the node holds (patch bytes for a delta session). */
   bytes: number;
+  /** What the session carries: the full image or a delta patch; null before any session. */
+  payload: 'full' | 'delta' | null;
+  /** received / total (0..1): the same fraction of the update whichever payload travels. */
+  progress: number;
   acks: number;
   attempts: number;
   retransmits: number;
@@ -27,7 +34,8 @@ export interface NodeStatus {
 
 const IMAGE_STATES = ['new', 'pendingVerify', 'valid', 'invalid', 'aborted', 'undefined', 'recovery'];
 
-export function nodeStatus(row: NodeRow, target: Release | undefined, window: TransferWindow | undefined, online: boolean, warnings: string[]): NodeStatus {
+/** `payloadSize`: the live session's payload size, when one is in progress (exact byte counts). */
+export function nodeStatus(row: NodeRow, target: Release | undefined, window: TransferWindow | undefined, online: boolean, warnings: string[], payloadSize?: number): NodeStatus {
   const total = row.chunkCount;
   const received = window ? window.received : row.state === 'confirmed' ? total : countBits(row.bitmap);
   return {
@@ -38,7 +46,9 @@ export function nodeStatus(row: NodeRow, target: Release | undefined, window: Tr
     targetVersion: target?.row.version ?? null,
     received,
     total,
-    bytes: Math.min(target?.row.size ?? 0, received * row.chunkSize),
+    bytes: Math.min(payloadSize ?? (row.payloadEncoding === Encoding.delta ? total * row.chunkSize : target?.row.size ?? 0), received * row.chunkSize),
+    payload: total === 0 ? null : row.payloadEncoding === Encoding.delta ? 'delta' : 'full',
+    progress: total === 0 ? 0 : Math.round((received / total) * 1000) / 1000,
     acks: row.acks,
     attempts: row.attempts,
     retransmits: row.retransmits,

@@ -372,7 +372,7 @@ export class Updates {
   }
 
   statusOf(n: NodeRuntime): NodeStatus {
-    return nodeStatus(n.row, this.d.catalog.get(n.row.targetRelease), n.transfer?.window, n.online, n.warnings);
+    return nodeStatus(n.row, this.d.catalog.get(n.row.targetRelease), n.transfer?.window, n.online, n.warnings, n.transfer?.payload.bytes.length);
   }
 
   publishStatus(n: NodeRuntime, force = false): void {

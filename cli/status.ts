@@ -55,7 +55,8 @@ export function statusTable(rows: NodeStatus[]): string {
     s.state,
     s.runningVersion,
     s.targetVersion ?? '-',
-    s.total ? `${Math.floor((100 * s.received) / s.total)}% ${s.received}/${s.total}` : '-',
+    // A delta session counts patch chunks: say so, so a small total does not read as a small image.
+    s.total ? `${Math.floor((100 * s.received) / s.total)}% ${s.received}/${s.total}${s.payload === 'delta' ? ' delta' : ''}` : '-',
     String(s.attempts),
     String(s.retransmits),
     s.reason ?? '-',

@@ -104,6 +104,9 @@ t.test('a node running the base gets a delta through the agent, applies it and c
   t.ok(stages.includes('patching'), 'the node applied a patch');
   t.ok(node.runningDigest.equals(sha256(PROG.new)), 'the node runs exactly the signed image');
   t.equal(s.imageState, 'valid');
+  t.equal(s.payload, 'delta', 'the status says the session carried a patch');
+  t.ok(s.bytes >= offer.payloadSize && s.bytes < offer.payloadSize + offer.chunkSize, `status bytes ${s.bytes} count the patch (${offer.payloadSize} B, whole chunks once the session is over), not the image`);
+  t.equal(s.progress, 1);
   t.match(events(world, 'prog-1', 'payload').join('\n'), /delta cm4-programmer 0\.8\.0 -> 0\.9\.0: \d+ B for a 23504 B image/);
 });
 

@@ -119,9 +119,10 @@ t.test('a downgrade is refused: not offered by the agent, and refused by the nod
   const released = new Promise<void>((resolve) => world.agent.once('release', () => resolve()));
   await world.publish({ hw: HW, version: '1.1.0' });
   await released;
-  const s = world.agent.status('newer')!;
-  t.not(s.state, 'offered', 'agent does not offer an older release');
-  t.equal(s.targetVersion, null);
+  const s = await world.until('newer', (s) => s.state === 'rejected', 'refused by the agent');
+  t.equal(s.reason, 'downgrade', 'agent does not offer an older release, and says so');
+  t.match(s.detail, /^not offered by the agent: 1\.1\.0 is not newer than the running 2\.0\.0/);
+  t.equal(s.total, 0, 'no session was started');
   // A hostile gateway offers it anyway: the node refuses.
   const image = demoImage(HW, '1.1.0', 4096);
   const manifest = signManifest({ hw: HW, version: '1.1.0', securityVersion: 0, size: image.length, digest: sha256(image), created: 1, flags: 0 }, world.key.privateKey);
