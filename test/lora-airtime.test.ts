@@ -1,7 +1,7 @@
 import t from 'tap';
 import { lorawanTimeOnAirMs, needsLowDataRateOptimize, timeOnAirMs, type LoraModulation } from '../shared/lora/airtime.js';
 import {
-  EU868, US915, dataRate, emptyDutyCycle, frameAirtimeMs, maxFragmentSize, nextStartMs, offTimeMs, recordTransmission, subBandOf, type Region,
+  EU868, US915, dataRate, fragmentsAirtimeMs, emptyDutyCycle, frameAirtimeMs, maxFragmentSize, nextStartMs, offTimeMs, recordTransmission, subBandOf, type Region,
 } from '../shared/lora/regions.js';
 
 /** Rounded to the microsecond: the reference figures are exact to 1 µs; doubles are not. */
@@ -109,4 +109,22 @@ t.test('duty-cycle accountant: 1 % on 868.1 MHz, 10 % on 869.525 MHz, bands inde
   t.equal(subBandOf(869_525_000).dutyCycle, 0.1);
   t.throws(() => subBandOf(915_000_000), /915000000 Hz is in no EU868 sub-band/);
   t.throws(() => recordTransmission(emptyDutyCycle, { frequencyHz: 868_100_000, startMs: 0, airtimeMs: 0 }), /airtime 0 ms/);
+});
+
+t.test('a 100 KiB image as TS004 fragments: the airtime figures of lora.md §2.4', async (t) => {
+  const image = 100 * 1024;
+  const cases: [Region, number, number, number, string][] = [
+    [EU868, 0, 48, 2134, '1.66 h'],
+    [EU868, 5, 239, 429, '2.8 min'],
+    [US915, 13, 239, 429, '42 s'],
+  ];
+  const show = (ms: number) => (ms >= 3_600_000 ? `${(ms / 3_600_000).toFixed(2)} h` : ms >= 60_000 ? `${(ms / 60_000).toFixed(1)} min` : `${Math.round(ms / 1000)} s`);
+  for (const [region, d, frag, m, airtime] of cases) {
+    t.equal(maxFragmentSize(region, d), frag);
+    t.equal(Math.ceil(image / frag), m, `${region.name} DR${d}: M`);
+    t.equal(show(fragmentsAirtimeMs(region, d, frag, m)), airtime, `${region.name} DR${d}: airtime`);
+  }
+  // Lower bound in the 10 % sub-band at DR0: airtime / 0.1 = 16.6 h.
+  t.equal((fragmentsAirtimeMs(EU868, 0, 48, 2134) / 0.1 / 3_600_000).toFixed(1), '16.6');
+  t.throws(() => fragmentsAirtimeMs(EU868, 0, 49, 1), /52 B does not fit EU868 DR0/);
 });

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { codedFragment, codedRow, fragmentBlock, matrixLine, prbs23 } from '../shared/lora/fec.js';
+import { codedFragment, codedRow, fragmentBlock, matrixLine, prbs23, specDecoderRamBytes } from '../shared/lora/fec.js';
 import { FragDecoder, type PushOutcome } from '../shared/lora/fec-decoder.js';
 import { runSeed, seeded } from '../harness/seeded.js';
 
@@ -205,4 +205,10 @@ t.test('bounded memory: rows never exceed the unknowns; over maxMissing the deco
   t.ok(small.memoryError);
   for (let n = 1; n <= 10; n++) small.push(n, codedFragment(fragments, n));
   t.ok(small.complete, 'late uncoded fragments still complete it');
+});
+
+t.test('spec decoder RAM formula gives the TS004 appendix table', async (t) => {
+  // TS004 appendix table: L = 32 → 130 B, 40 → 183, 48 → 243, 56 → 312, 64 → 388.
+  t.same([32, 40, 48, 56, 64].map(specDecoderRamBytes), [130, 183, 243, 312, 388]);
+  t.throws(() => specDecoderRamBytes(-1), /tolerated losses -1/);
 });

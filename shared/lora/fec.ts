@@ -78,3 +78,13 @@ export function codedFragment(fragments: readonly Uint8Array[], counter: number)
 export function xorInto(target: Uint8Array, source: Uint8Array): void {
   for (let i = 0; i < target.length; i++) target[i] ^= source[i];
 }
+
+/**
+ * The spec's decoder RAM on top of the data block when it must tolerate L lost fragments among the first M
+ * (TS004 appendix, "Parity matrix memory = L·(L+1)/2/8 + 2·L" octets). A node model refuses a session
+ * (FragSessionSetupAns "not enough memory") when this exceeds its budget.
+ */
+export function specDecoderRamBytes(maxLost: number): number {
+  if (!Number.isInteger(maxLost) || maxLost < 0) throw new RangeError(`tolerated losses ${maxLost} is not a count`);
+  return Math.ceil((maxLost * (maxLost + 1)) / 16) + 2 * maxLost;
+}

@@ -86,6 +86,12 @@ export function frameAirtimeMs(region: Region, drIndex: number, appBytes: number
   return ms;
 }
 
+/** Airtime of `count` TS004 DataFragments of `fragSize` B at a downlink data rate (each frame: fragSize + 3 B FRMPayload). */
+export function fragmentsAirtimeMs(region: Region, drIndex: number, fragSize: number, count: number): number {
+  if (!Number.isInteger(count) || count < 0) throw new RangeError(`fragment count ${count} is not a count`);
+  return count * frameAirtimeMs(region, drIndex, fragSize + DATA_FRAGMENT_OVERHEAD, 'down');
+}
+
 /**
  * EU868 sub-bands and their duty cycle (ETSI EN 300 220 as applied in LoRaMac-node RegionEU868.c). Frequencies in Hz,
  * upper bound exclusive. 869.525 MHz (RX2, Class C / multicast default) sits in the 10 % band.
