@@ -72,7 +72,8 @@ const publish: CommandModule<object, PublishArgs> = {
           bar.done(`${formatBytes(image.length)} published`);
           if (!argv.json) process.stderr.write(`waiting for agents (up to ${Math.round(ms / 1000)} s)\n`);
         },
-        noWait: !argv.wait,
+        waitForAgents: argv.wait,
+        refuseConflict: true,
         waitTimeoutMs: Math.round(argv['wait-timeout'] * 1000),
       }));
       if (!argv.wait) bar.done(`${formatBytes(image.length)} in ${result.parts} part(s), not waiting for agents`);

@@ -18,10 +18,12 @@ export interface PublishOptions {
   /** Bytes per retained image part; 64 KiB keeps each part under common broker limits. */
   partSize?: number;
   onProgress?: (sent: number, total: number) => void;
-  /** Parts are out: now waiting for the agents' verdicts (not called with noWait). */
+  /** Parts are out: now waiting for the agents' verdicts (waitForAgents only). */
   onWaiting?: (timeoutMs: number) => void;
-  /** Do not wait for agents' verdicts (fire-and-forget): only the broker's read-back is checked. */
-  noWait?: boolean;
+  /** Wait for the agents' verdicts (the CLI does unless --no-wait); otherwise only the broker's read-back is checked. */
+  waitForAgents?: boolean;
+  /** Refuse before publishing when the broker holds this hw+version with another image (the CLI always does). */
+  refuseConflict?: boolean;
   /** How long to wait for a first verdict (default 30 s). */
   waitTimeoutMs?: number;
   /** After the first verdict, how long further agents may take to answer (default 2 s). */
@@ -32,7 +34,7 @@ export interface PublishResult {
   manifest: Manifest;
   manifestBytes: Buffer;
   parts: number;
-  /** The verdicts of the agents that answered (empty with noWait). */
+  /** The verdicts of the agents that answered (empty unless waitForAgents). */
   verdicts: ReleaseStatus[];
 }
 
@@ -52,14 +54,14 @@ export const DEFAULT_WAIT_TIMEOUT_MS = 30_000;
 /** How long retained messages may take to arrive after a subscription is granted. */
 const RETAINED_SETTLE_MS = 500;
 /** How long the broker may take to echo our own manifest back before we call it dropped. */
-const READBACK_MS = 10_000;
+const READBACK_MS = 5_000;
 
 /**
  * Signs a release and publishes it as retained messages: image parts first, then the manifest, so
  * any agent that sees the manifest can fetch every part. Each part is QoS 1 and awaited in a small
  * pipeline, so the progress shown is what the broker has acknowledged. Then the truth: the manifest
- * must read back (a broker that drops an unauthorised publish still acknowledges it), and unless
- * noWait, the agents' retained verdicts (docs/protocol.md section 2.1) decide success.
+ * must read back (a broker that drops an unauthorised publish still acknowledges it), and with
+ * waitForAgents, the agents' retained verdicts (docs/protocol.md section 2.1) decide success.
  */
 export async function publishRelease(opts: PublishOptions): Promise<PublishResult> {
   const manifest: Manifest = {
@@ -88,8 +90,8 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
   try {
     const granted = await client.subscribeAsync([manifestTopic, t.releaseStatusWildcard(opts.hw, opts.version)], { qos: 1 });
     if (granted.some((g) => g.qos === 128)) throw new PublishError('notAuthorized', `not authorized to publish: the broker refused this identity the release topics of ${opts.hw} ${opts.version}`);
-    await watch.settle(RETAINED_SETTLE_MS);
-    if (watch.retainedDigest && watch.retainedDigest !== digestHex) {
+    if (opts.refuseConflict) await watch.settle(RETAINED_SETTLE_MS);
+    if (opts.refuseConflict && watch.retainedDigest && watch.retainedDigest !== digestHex) {
       throw new PublishError('versionConflict', `versionConflict: ${opts.hw} ${opts.version} is already published with digest ${watch.retainedDigest.slice(0, 12)}, this image has ${digestHex.slice(0, 12)} (versions are immutable: publish a new version)`);
     }
     let acked = 0;
@@ -108,7 +110,7 @@ export async function publishRelease(opts: PublishOptions): Promise<PublishResul
     watch.expectOwn(manifestBytes);
     await Promise.race([client.publishAsync(manifestTopic, manifestBytes, { qos: 1, retain: true }), watch.closed]);
     await watch.readBack(READBACK_MS);
-    if (opts.noWait) return { manifest, manifestBytes, parts, verdicts: [] };
+    if (!opts.waitForAgents) return { manifest, manifestBytes, parts, verdicts: [] };
     const timeoutMs = opts.waitTimeoutMs ?? DEFAULT_WAIT_TIMEOUT_MS;
     opts.onWaiting?.(timeoutMs);
     const verdicts = await watch.verdicts(timeoutMs, opts.gatherMs ?? 2000);
