@@ -3,7 +3,7 @@ import { ManifestFlag } from '../shared/manifest.js';
 import { describeVerdict } from '../shared/release-status.js';
 import { DEFAULT_WAIT_TIMEOUT_MS, PublishError, publishRelease } from '../operator/publish.js';
 import { readReleases, setWithdrawn, type ReleaseView } from '../operator/releases.js';
-import { brokerOption, jsonOption, prefixOption, usernameOption } from './common.js';
+import { brokerOption, jsonOption, prefixOption, UsageError, usernameOption } from './common.js';
 import { readFileOrFail, readOperatorKey } from './key-files.js';
 import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
 import { reachingBroker } from './startup.js';
@@ -52,10 +52,10 @@ const publish: CommandModule<object, PublishArgs> = {
       .option('wait', { type: 'boolean', default: true, describe: 'wait for the agents\' verdicts (--no-wait: fire-and-forget)' })
       .option('wait-timeout', { type: 'number', default: DEFAULT_WAIT_TIMEOUT_MS / 1000, describe: 'seconds to wait for a first agent verdict' }) as never,
   handler: async (argv) => {
+    if (!(argv['wait-timeout'] > 0)) throw new UsageError(`--wait-timeout must be a positive number of seconds, not ${argv['wait-timeout']}`);
     const a = access(argv);
     const image = readFileOrFail(argv.image, '--image');
     const key = readOperatorKey(argv.key);
-    if (!(argv['wait-timeout'] > 0)) throw new Error(`--wait-timeout must be a positive number of seconds, not ${argv['wait-timeout']}`);
     const bar = progressBar(`publishing ${argv.hw} ${argv.version}`, { quiet: argv.json });
     const summary = (digest: string, parts: number) => ({ hw: argv.hw, version: argv.version, securityVersion: argv['security-version'], size: image.length, digest, parts });
     try {

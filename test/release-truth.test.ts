@@ -118,6 +118,9 @@ t.test('no agent answers: "no agent serves hw X" after --wait-timeout; --no-wait
   const f = await runFerry(['release', 'publish', '--broker', bare.url, '--image', image, '--hw', 'hw-none', '--version', '1.0.0', '--key', goodKey, '--no-wait', '--json']);
   t.equal(f.code, 0, f.err);
   t.equal(JSON.parse(f.out).result, 'published');
+  const bad = await runFerry(['release', 'publish', '--broker', bare.url, '--image', image, '--hw', 'hw-none', '--version', '1.0.0', '--key', goodKey, '--wait-timeout', '0']);
+  t.equal(bad.code, 2, 'a usage mistake');
+  t.match(bad.err, /^ferry release publish: --wait-timeout must be a positive number of seconds, not 0$/m);
 });
 
 t.test('a version is immutable: another image is refused (versionConflict), the original still offered', async (t) => {
