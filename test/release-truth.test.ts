@@ -48,11 +48,11 @@ function publishArgs(hw: string, version: string, image: string, key = goodKey, 
 
 const asOp = () => ({ FERRY_PASSWORD: op.password });
 
-async function node(id: string, hw: string, version = '1.0.0'): Promise<SimNode> {
+async function node(id: string, hw: string, version = '1.0.0', extra: Partial<ConstructorParameters<typeof SimNode>[0]> = {}): Promise<SimNode> {
   const creds = await ids.add('node', id);
   const n = new SimNode({
     brokerUrl: url, deviceId: id, hw, version, trust: [trust], ...creds,
-    maxMessage: 2048, selfTestMs: 5, rebootMs: 5, reconnectPeriod: 100, slotSize: 128 * 1024,
+    maxMessage: 2048, selfTestMs: 5, rebootMs: 5, reconnectPeriod: 100, slotSize: 128 * 1024, ...extra,
   });
   nodes.push(n);
   await n.start();
@@ -181,4 +181,18 @@ t.test('withdraw: not offered to a new node, running nodes untouched; list/show;
   t.equal(back.code, 0, back.err);
   const done = await untilStatus(agent, 'w-new', (st) => st.state === 'confirmed', 'confirmed after restore');
   t.equal(done.runningVersion, '2.0.0');
+});
+
+t.test('withdraw cancels an update the node has not activated yet (Cancel, protocol 5.6); the node keeps its image', async (t) => {
+  // The node downloads and verifies, then defers activation (busy) for a long time: the update waits in `deferred`.
+  const n = await node('d-busy', 'hw-d', '1.0.0', { deferActivation: { times: 1000, retryAfter: 3600 } });
+  const r = await runFerry(publishArgs('hw-d', '1.1.0', imageFile('hw-d', '1.1.0')), asOp());
+  t.equal(r.code, 0, r.err);
+  await untilStatus(agent, 'd-busy', (s) => s.state === 'deferred', 'deferred');
+  const w = await runFerry(['release', 'withdraw', '--broker', url, '--username', op.username, '--hw', 'hw-d', '--version', '1.1.0'], asOp());
+  t.equal(w.code, 0, w.err);
+  const s = await untilStatus(agent, 'd-busy', (st) => st.state === 'cancelled', 'cancelled');
+  t.equal(s.detail, 'withdrawn by the operator');
+  t.equal(n.runningVersion, '1.0.0', 'the node still runs its image');
+  t.ok(agent.store.events('d-busy', 50).some((e) => /cancel/i.test(e.kind) || /cancel/i.test(e.detail ?? '')), 'the cancel is in the event log');
 });
