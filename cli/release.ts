@@ -30,6 +30,12 @@ interface PublishArgs extends BrokerArgs {
   'wait-timeout': number;
 }
 
+/** Hardware class and version become topic levels: the broker's ACL takes only these (broker/acl.ts). */
+function checkRelease(hw: string | undefined, version?: string): void {
+  if (hw !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/.test(hw)) throw new UsageError(`--hw "${hw}" must be 1-32 of A-Z a-z 0-9 _ . - (starting with a letter or digit)`);
+  if (version !== undefined && !/^[0-9A-Za-z.+-]{1,32}$/.test(version)) throw new UsageError(`--version "${version}" must be 1-32 of A-Z a-z 0-9 . + -`);
+}
+
 function brokerOptions<T>(y: Argv<T>): Argv<T> {
   return y.option('broker', brokerOption).option('prefix', prefixOption).option('username', usernameOption).options(passwordOptions).option('json', jsonOption) as never;
 }
@@ -52,6 +58,7 @@ const publish: CommandModule<object, PublishArgs> = {
       .option('wait', { type: 'boolean', default: true, describe: 'wait for the agents\' verdicts (--no-wait: fire-and-forget)' })
       .option('wait-timeout', { type: 'number', default: DEFAULT_WAIT_TIMEOUT_MS / 1000, describe: 'seconds to wait for a first agent verdict' }) as never,
   handler: async (argv) => {
+    checkRelease(argv.hw, argv.version);
     if (!(argv['wait-timeout'] > 0)) throw new UsageError(`--wait-timeout must be a positive number of seconds, not ${argv['wait-timeout']}`);
     const a = access(argv);
     const image = readFileOrFail(argv.image, '--image');
@@ -108,6 +115,7 @@ const list: CommandModule<object, ListArgs> = {
   describe: 'the releases retained on the broker, with each agent\'s verdict',
   builder: (y) => brokerOptions(y).option('hw', { type: 'string', describe: 'only this hardware class' }) as never,
   handler: async (argv) => {
+    checkRelease(argv.hw);
     const a = access(argv);
     const releases = await reachingBroker(a.brokerUrl, readReleases(a, { hw: argv.hw }));
     if (argv.json) {
@@ -137,6 +145,7 @@ const show: CommandModule<object, OneArgs> = {
   describe: 'one release: its manifest fields, withdraw marker and agents\' verdicts',
   builder: (y) => brokerOptions(y).option('hw', { type: 'string', demandOption: true }).option('version', { type: 'string', demandOption: true }) as never,
   handler: async (argv) => {
+    checkRelease(argv.hw, argv.version);
     const a = access(argv);
     const [r] = await reachingBroker(a.brokerUrl, readReleases(a, { hw: argv.hw, version: argv.version }));
     if (!r) throw new Error(`no release ${argv.hw} ${argv.version} on the broker`);
@@ -167,6 +176,7 @@ const withdraw: CommandModule<object, OneArgs> = {
       .option('version', { type: 'string', demandOption: true })
       .option('restore', { type: 'boolean', default: false, describe: 'clear the withdraw marker: offer the release again' }) as never,
   handler: async (argv) => {
+    checkRelease(argv.hw, argv.version);
     const a = access(argv);
     await reachingBroker(a.brokerUrl, setWithdrawn(a, argv.hw, argv.version, argv.restore));
     const what = argv.restore ? 'restored' : 'withdrawn';

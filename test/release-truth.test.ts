@@ -121,6 +121,9 @@ t.test('no agent answers: "no agent serves hw X" after --wait-timeout; --no-wait
   const bad = await runFerry(['release', 'publish', '--broker', bare.url, '--image', image, '--hw', 'hw-none', '--version', '1.0.0', '--key', goodKey, '--wait-timeout', '0']);
   t.equal(bad.code, 2, 'a usage mistake');
   t.match(bad.err, /^ferry release publish: --wait-timeout must be a positive number of seconds, not 0$/m);
+  const wild = await runFerry(['release', 'withdraw', '--broker', bare.url, '--hw', '#', '--version', '1.0.0']);
+  t.equal(wild.code, 2, 'a wildcard is no hardware class');
+  t.match(wild.err, /^ferry release withdraw: --hw "#" must be/m);
 });
 
 t.test('a version is immutable: another image is refused (versionConflict), the original still offered', async (t) => {
