@@ -68,7 +68,10 @@ export class ReleaseIntake {
         const r = catalog.onManifest(hw, version, payload);
         if (r.kind === 'need-parts') this.o.subscribeParts(this.o.topics.partWildcard(hw, version));
         else if (r.kind === 'complete') this.ready(r.release);
-        else if (r.kind === 'known') this.o.onVerdict({ state: 'accepted', hw, version, digest: r.release.row.digest.toString('hex') });
+        else if (r.kind === 'known') {
+          this.digests.delete(`${hw}/${version}`);
+          this.o.onVerdict({ state: 'accepted', hw, version, digest: r.release.row.digest.toString('hex') });
+        }
       } catch (err) {
         this.refused(hw, version, reasonOf(err), (err as Error).message);
       }
@@ -97,19 +100,28 @@ export class ReleaseIntake {
       const why = `incomplete after ${after}: ${a.have} part(s), ${a.bytes} of ${a.size} bytes; missing ${missing}; dropped (publish it again)`;
       this.o.log('warn', `release ${a.hw} ${a.version} ${why}`);
       this.o.store.event(null, 'release-incomplete', `${a.hw} ${a.version}: ${why}`);
-      this.o.onVerdict({ state: 'refused', hw: a.hw, version: a.version, digest: this.digests.get(`${a.hw}/${a.version}`) ?? '', reason: 'incomplete', detail: why });
+      this.o.onVerdict({ state: 'refused', hw: a.hw, version: a.version, digest: this.takeDigest(a.hw, a.version), reason: 'incomplete', detail: why });
     }
   }
 
   private refused(hw: string, version: string, reason: string, detail: string): void {
     this.o.log('warn', `release ${hw} ${version} refused: ${reason}: ${detail}`);
     this.o.store.event(null, 'release-refused', `${hw} ${version}: ${reason}: ${detail}`);
-    this.o.onVerdict({ state: 'refused', hw, version, digest: this.digests.get(`${hw}/${version}`) ?? '', reason, detail });
+    this.o.onVerdict({ state: 'refused', hw, version, digest: this.takeDigest(hw, version), reason, detail });
+  }
+
+  /** The digest a verdict is about; the entry is dropped with the assembly it belonged to. */
+  private takeDigest(hw: string, version: string): string {
+    const key = `${hw}/${version}`;
+    const d = this.digests.get(key) ?? '';
+    this.digests.delete(key);
+    return d;
   }
 
   private ready(release: Release): void {
     this.o.log('info', `release ${release.row.hw} ${release.row.version} ready (${release.row.size} bytes, security version ${release.row.securityVersion})`);
     this.o.store.event(null, 'release', `${release.row.hw} ${release.row.version} ${release.row.id}`);
+    this.digests.delete(`${release.row.hw}/${release.row.version}`);
     this.o.onVerdict({ state: 'accepted', hw: release.row.hw, version: release.row.version, digest: release.row.digest.toString('hex') });
     this.o.onReady(release);
   }
