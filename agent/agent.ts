@@ -2,13 +2,14 @@ import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { ProtocolError, Reason, reasonName } from '../shared/errors.js';
 import { decodeUp, LIMITS, MsgType, QueryReason } from '../shared/messages.js';
-import { topics as makeTopics, type Topics } from '../shared/topics.js';
+import { encodeReleaseStatus } from '../shared/release-status.js';
+import { isDeviceId, topics as makeTopics, type Topics } from '../shared/topics.js';
 import { ReleaseCatalog } from './catalog.js';
 import { resolveConfig, type AgentConfig, type AgentOptions } from './config.js';
 import { Links, type LinkName } from './links.js';
 import { PatchCache } from './patches.js';
 import { PresenceQueries } from './presence.js';
-import { ReleaseIntake } from './release-intake.js';
+import { ReleaseIntake, type Verdict } from './release-intake.js';
 import type { NodeStatus } from './status.js';
 import { AgentStore } from './store.js';
 import type { Release } from './types.js';
@@ -37,6 +38,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly catalog: ReleaseCatalog;
   readonly topics: Topics;
   readonly config: AgentConfig;
+  /** The name the agent's release verdicts are published under: its identity on the release link. */
+  readonly name: string;
   private readonly patches: PatchCache;
   private readonly links: Links;
   private readonly intake: ReleaseIntake;
@@ -59,10 +62,14 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.catalog = new ReleaseCatalog(this.store, opts.trust ?? []);
     const log = (level: 'info' | 'warn' | 'error', msg: string) => this.opts.log?.(level, msg);
     this.patches = new PatchCache(opts.dataDir, { log });
+    const clientId = opts.clientId ?? opts.username ?? `ferry-agent-${randomInt(1e9).toString(36)}`;
+    // The broker's ACL lets an agent publish only the verdicts named after its username on that link.
+    const name = (opts.upstreamUrl ? opts.upstreamUsername : opts.username) ?? clientId;
+    this.name = isDeviceId(name) ? name : 'agent';
     this.links = new Links({
       ...opts,
       // The client id is the identity's name: a ferry broker admits an agent under no other (no takeover).
-      clientId: opts.clientId ?? opts.username ?? `ferry-agent-${randomInt(1e9).toString(36)}`,
+      clientId,
       upstreamClientId: opts.clientId ?? opts.upstreamUsername,
       topics: this.topics,
       cfg: this.config,
@@ -91,6 +98,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.emit('release', release);
         this.updates.releaseReady(release);
       },
+      onVerdict: (v) => this.publishVerdict(v),
     });
   }
 
@@ -151,6 +159,25 @@ export class Agent extends EventEmitter<AgentEvents> {
     return this.links.partSubscriptions;
   }
 
+  /** Publishes this agent's retained verdict on a release (docs/protocol.md section 2.1). */
+  private publishVerdict(v: Verdict): void {
+    const withdrawn = v.state === 'accepted' && this.catalog.isWithdrawn(v.hw, v.version) ? true : undefined;
+    const doc = encodeReleaseStatus({ v: 1, agent: this.name, ...v, withdrawn, at: Math.floor(Date.now() / 1000) });
+    this.links.publishReleaseStatus(this.topics.releaseStatus(v.hw, v.version, this.name), doc);
+  }
+
+  /** A withdraw marker was set (non-empty retained payload) or cleared (empty) by an operator. */
+  private onWithdrawn(hw: string, version: string, on: boolean): void {
+    if (this.catalog.isWithdrawn(hw, version) === on) return;
+    const held = this.catalog.setWithdrawn(hw, version, on);
+    this.log('info', `release ${hw} ${version} ${on ? 'withdrawn: no longer offered' : 'restored: offered again'}`);
+    this.store.event(null, on ? 'release-withdrawn' : 'release-restored', `${hw} ${version}`);
+    for (const r of held) {
+      this.updates.withdrawn(r, on);
+      this.publishVerdict({ state: 'accepted', hw, version, digest: r.row.digest.toString('hex') });
+    }
+  }
+
   // ---- MQTT intake -------------------------------------------------------------------------
 
   private onMessage(topic: string, payload: Buffer): void {
@@ -163,7 +190,9 @@ export class Agent extends EventEmitter<AgentEvents> {
         if (levels[p + 2] === 'up') this.onUp(id, payload);
         else if (levels[p + 2] === 'presence') this.onPresence(id, payload.toString());
       } else if (levels[p] === 'r') {
-        this.intake.onMessage(levels.slice(p + 1), payload);
+        const rest = levels.slice(p + 1);
+        if (rest.length === 3 && rest[2] === 'withdrawn') this.onWithdrawn(rest[0], rest[1], payload.length > 0);
+        else this.intake.onMessage(rest, payload);
       }
     } catch (err) {
       // Nothing from the network may take the agent down.

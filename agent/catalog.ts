@@ -33,8 +33,18 @@ export interface Abandoned {
 export type IntakeResult =
   | { kind: 'need-parts'; hw: string; version: string }
   | { kind: 'complete'; release: Release }
-  | { kind: 'known' }
+  | { kind: 'known'; release: Release }
   | { kind: 'pending' };
+
+/** A release refused for a reason that is not a wire reason code (docs/protocol.md section 2.1). */
+export class ReleaseRefused extends Error {
+  constructor(
+    readonly reasonName: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 /**
  * The releases this agent can offer: loaded from its store at start, added as operators publish
@@ -45,6 +55,8 @@ export type IntakeResult =
 export class ReleaseCatalog {
   private readonly byId = new Map<string, Release>();
   private readonly assemblies = new Map<string, Assembly>();
+  /** `hw/version` keys an operator withdrew (retained marker): never offered while marked. */
+  private readonly withdrawn = new Set<string>();
   /** Stored releases not loaded, with why: a damaged image, or a signer the agent no longer trusts. */
   readonly skipped: string[] = [];
 
@@ -80,6 +92,26 @@ export class ReleaseCatalog {
     return [...this.byId.values()];
   }
 
+  /** Marks or clears a withdrawal. Returns the held releases of that hw/version. */
+  setWithdrawn(hw: string, version: string, on: boolean): Release[] {
+    if (on) this.withdrawn.add(`${hw}/${version}`);
+    else this.withdrawn.delete(`${hw}/${version}`);
+    return this.all().filter((r) => r.row.hw === hw && r.row.version === version);
+  }
+
+  isWithdrawn(hw: string, version: string): boolean {
+    return this.withdrawn.has(`${hw}/${version}`);
+  }
+
+  /**
+   * The release to offer a hardware class: the newest one, or none when the newest is withdrawn
+   * (an older release is never offered in its place: that would be a downgrade nobody asked for).
+   */
+  offerableFor(hw: string): Release | undefined {
+    const latest = this.latestFor(hw);
+    return latest && !this.isWithdrawn(hw, latest.row.version) ? latest : undefined;
+  }
+
   /** The newest release for a hardware class (highest version, then newest signature). */
   latestFor(hw: string): Release | undefined {
     let best: Release | undefined;
@@ -101,7 +133,15 @@ export class ReleaseCatalog {
       throw new ProtocolError(Reason.badField, `manifest for ${manifest.hw} ${manifest.version} published on the topic of ${topicHw} ${topicVersion}`);
     }
     const id = manifestId(bytes);
-    if (this.byId.has(id)) return { kind: 'known' };
+    const held = this.byId.get(id);
+    if (held) return { kind: 'known', release: held };
+    // A version is immutable: another image under a version already held is refused, the held one kept.
+    for (const r of this.byId.values()) {
+      if (r.row.hw !== manifest.hw || r.row.version !== manifest.version) continue;
+      // The same image signed again (a re-publish): the held release stands.
+      if (r.row.digest.equals(manifest.digest)) return { kind: 'known', release: r };
+      throw new ReleaseRefused('versionConflict', `${manifest.hw} ${manifest.version} is already held with digest ${r.row.digest.toString('hex').slice(0, 12)}; this manifest has ${manifest.digest.toString('hex').slice(0, 12)} (versions are immutable: publish a new version)`);
+    }
     const key = `${manifest.hw}/${manifest.version}`;
     const existing = this.assemblies.get(key);
     if (existing && existing.id === id) return { kind: 'pending' };

@@ -73,7 +73,7 @@ export class Links {
     const t = o.topics;
     const firstReady = new Promise<void>((resolve, reject) => {
       client.on('connect', () => {
-        const filters = [t.upWildcard, t.presenceWildcard, ...(upstream === client ? [t.manifestWildcard, ...this.partSubs] : [])];
+        const filters = [t.upWildcard, t.presenceWildcard, ...(upstream === client ? [t.manifestWildcard, t.withdrawnWildcard, ...this.partSubs] : [])];
         client.subscribeAsync(filters, { qos: 1 }).then(
           () => {
             if (this.closed) return;
@@ -88,7 +88,7 @@ export class Links {
       });
       if (upstream !== client) {
         upstream.on('connect', () => {
-          upstream.subscribeAsync([t.manifestWildcard, ...this.partSubs], { qos: 1 }).catch((err: Error) => o.log('warn', `subscribing on ${o.upstreamUrl}: ${err.message}`));
+          upstream.subscribeAsync([t.manifestWildcard, t.withdrawnWildcard, ...this.partSubs], { qos: 1 }).catch((err: Error) => o.log('warn', `subscribing on ${o.upstreamUrl}: ${err.message}`));
         });
       }
     });
@@ -167,6 +167,15 @@ export class Links {
       if (!sent) ok = false;
     }
     return ok;
+  }
+
+  /** Publishes a retained release verdict on the release link (upstream, else the one link). */
+  publishReleaseStatus(topic: string, doc: string): boolean {
+    const box = this.opOutbox;
+    if (!box) return false;
+    return box.publish(topic, doc, { qos: 1, retain: true }, `release status ${topic}`, (err) => {
+      if (!this.closed) this.o.log('warn', `release status ${topic}: ${err.message}`);
+    });
   }
 
   subscribeParts(filter: string): void {

@@ -1,6 +1,7 @@
 import { ProtocolError } from '../shared/errors.js';
+import { peekManifest } from '../shared/manifest.js';
 import type { Topics } from '../shared/topics.js';
-import type { ReleaseCatalog } from './catalog.js';
+import { ReleaseRefused, type ReleaseCatalog } from './catalog.js';
 import type { AgentStore } from './store.js';
 import type { Release } from './types.js';
 
@@ -14,6 +15,18 @@ export interface IntakeOptions {
   unsubscribeParts: (filter: string) => void;
   log: (level: 'info' | 'warn' | 'error', msg: string) => void;
   onReady: (release: Release) => void;
+  /** The agent's verdict on a release, for its retained release-status topic. */
+  onVerdict: (v: Verdict) => void;
+}
+
+export type Verdict =
+  | { state: 'accepted'; hw: string; version: string; digest: string }
+  | { state: 'refused'; hw: string; version: string; digest: string; reason: string; detail: string };
+
+/** The reason name of an intake failure: a wire reason (unknownKey, digestMismatch, ...) or a release one (versionConflict). */
+function reasonOf(err: unknown): string {
+  if (err instanceof ProtocolError || err instanceof ReleaseRefused) return err.reasonName;
+  return 'invalid';
 }
 
 /**
@@ -23,6 +36,8 @@ export interface IntakeOptions {
  */
 export class ReleaseIntake {
   private sweeper: NodeJS.Timeout | undefined;
+  /** Image digest (hex) of the manifest last seen per `hw/version`, for verdicts on its parts. */
+  private readonly digests = new Map<string, string>();
 
   constructor(private readonly o: IntakeOptions) {}
 
@@ -42,12 +57,23 @@ export class ReleaseIntake {
     const { catalog } = this.o;
     if (kind === 'manifest') {
       if (payload.length === 0) return; // retained release cleared
+      let digest = '';
+      try {
+        digest = peekManifest(payload).digest.toString('hex');
+      } catch {
+        // not even decodable: the verdict names no digest
+      }
+      this.digests.set(`${hw}/${version}`, digest);
       try {
         const r = catalog.onManifest(hw, version, payload);
         if (r.kind === 'need-parts') this.o.subscribeParts(this.o.topics.partWildcard(hw, version));
         else if (r.kind === 'complete') this.ready(r.release);
+        else if (r.kind === 'known') {
+          this.digests.delete(`${hw}/${version}`);
+          this.o.onVerdict({ state: 'accepted', hw, version, digest: r.release.row.digest.toString('hex') });
+        }
       } catch (err) {
-        this.refused(hw, version, err instanceof ProtocolError ? `${err.reasonName}: ${err.message}` : (err as Error).message);
+        this.refused(hw, version, reasonOf(err), (err as Error).message);
       }
     } else if (kind === 'part' && /^\d{1,5}$/.test(index ?? '')) {
       try {
@@ -58,7 +84,7 @@ export class ReleaseIntake {
         }
       } catch (err) {
         this.o.unsubscribeParts(this.o.topics.partWildcard(hw, version));
-        this.refused(hw, version, (err as Error).message);
+        this.refused(hw, version, reasonOf(err), (err as Error).message);
       }
     }
   }
@@ -74,17 +100,29 @@ export class ReleaseIntake {
       const why = `incomplete after ${after}: ${a.have} part(s), ${a.bytes} of ${a.size} bytes; missing ${missing}; dropped (publish it again)`;
       this.o.log('warn', `release ${a.hw} ${a.version} ${why}`);
       this.o.store.event(null, 'release-incomplete', `${a.hw} ${a.version}: ${why}`);
+      this.o.onVerdict({ state: 'refused', hw: a.hw, version: a.version, digest: this.takeDigest(a.hw, a.version), reason: 'incomplete', detail: why });
     }
   }
 
-  private refused(hw: string, version: string, why: string): void {
-    this.o.log('warn', `release ${hw} ${version} refused: ${why}`);
-    this.o.store.event(null, 'release-refused', `${hw} ${version}: ${why}`);
+  private refused(hw: string, version: string, reason: string, detail: string): void {
+    this.o.log('warn', `release ${hw} ${version} refused: ${reason}: ${detail}`);
+    this.o.store.event(null, 'release-refused', `${hw} ${version}: ${reason}: ${detail}`);
+    this.o.onVerdict({ state: 'refused', hw, version, digest: this.takeDigest(hw, version), reason, detail });
+  }
+
+  /** The digest a verdict is about; the entry is dropped with the assembly it belonged to. */
+  private takeDigest(hw: string, version: string): string {
+    const key = `${hw}/${version}`;
+    const d = this.digests.get(key) ?? '';
+    this.digests.delete(key);
+    return d;
   }
 
   private ready(release: Release): void {
     this.o.log('info', `release ${release.row.hw} ${release.row.version} ready (${release.row.size} bytes, security version ${release.row.securityVersion})`);
     this.o.store.event(null, 'release', `${release.row.hw} ${release.row.version} ${release.row.id}`);
+    this.digests.delete(`${release.row.hw}/${release.row.version}`);
+    this.o.onVerdict({ state: 'accepted', hw: release.row.hw, version: release.row.version, digest: release.row.digest.toString('hex') });
     this.o.onReady(release);
   }
 }

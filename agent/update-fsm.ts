@@ -92,6 +92,9 @@ export function step(u: Update, input: Input, now: number, env: Env): StepResult
     case 'newer':
       return stepNewer(u, input.release, now, env, effects);
 
+    case 'withdrawn':
+      return stepWithdrawn(u, input.release, effects);
+
     case 'finish':
       effects.push({ kind: 'dropTransfer' });
       return finish(input.release ? { ...u, target: input.release } : u, input.outcome, input.reason, input.detail, effects);
@@ -157,6 +160,35 @@ function stepNewer(u: Update, release: Target, now: number, env: Env, effects: E
     case 'activating':
     case 'confirming':
       return { update: { ...u, next: release }, effects };
+    default:
+      return assertNever(p);
+  }
+}
+
+/**
+ * A withdrawn release: before activation the update ends `cancelled` (Cancel for a session the node
+ * holds, section 5.6); once activation began the node decides, as with a newer release. A waiting
+ * `next` that is withdrawn is dropped.
+ */
+function stepWithdrawn(u: Update, release: string, effects: Effect[]): StepResult {
+  const p = u.phase;
+  const base = u.next?.id === release ? { ...u, next: null } : u;
+  if (u.target?.id !== release) return { update: base, effects };
+  switch (p.kind) {
+    case 'idle':
+    case 'done':
+    case 'activating':
+    case 'confirming':
+      return { update: base, effects };
+    case 'queued':
+    case 'preparing':
+    case 'offered':
+    case 'downloading':
+    case 'verifying':
+    case 'deferred':
+      if (u.session !== null && p.kind !== 'queued' && p.kind !== 'preparing') effects.push({ kind: 'cancel', session: u.session });
+      effects.push({ kind: 'dropTransfer' });
+      return finish(base, 'cancelled', Reason.cancelled, 'withdrawn by the operator', effects);
     default:
       return assertNever(p);
   }

@@ -81,6 +81,8 @@ export type Input =
   | { kind: 'prepared'; release: string; session: number }
   /** A newer release for the node than the one in progress. */
   | { kind: 'newer'; release: Target }
+  /** An operator withdrew this release (by id): an update to it that has not reached the node's boot selection ends. */
+  | { kind: 'withdrawn'; release: string }
   /** The policy or the runtime ended the update (already running, refused before offering, unusable payload). */
   | { kind: 'finish'; outcome: Outcome; reason: number; detail: string; release?: Target }
   | { kind: 'ack'; verdict: AckVerdict; session: number; complete: boolean }

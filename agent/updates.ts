@@ -218,7 +218,7 @@ export class Updates {
   /** Decides whether a node should get the latest release for its hardware, and starts it. */
   consider(n: NodeRuntime, lostDownload = false): void {
     const row = n.row;
-    const release = this.d.catalog.latestFor(row.hw);
+    const release = this.d.catalog.offerableFor(row.hw);
     const refused = release !== undefined && this.d.store.refusals(row.id).some((r) => r.kind === 'release' && r.release === release.row.id);
     const d = decide(row, n.update, release, refused, lostDownload);
     switch (d.kind) {
@@ -317,6 +317,15 @@ export class Updates {
     if (!n || n.online === online) return;
     n.online = online;
     n.statusDirty = true;
+  }
+
+  /** An operator withdrew (or restored) a release: updates to it end; a restore reconsiders its hardware class. */
+  withdrawn(release: Release, on: boolean): void {
+    for (const n of this.nodes.values()) {
+      if (n.row.hw !== release.row.hw) continue;
+      if (on) this.input(n, { kind: 'withdrawn', release: release.row.id });
+      else if (n.row.lastSeen > 0) this.consider(n);
+    }
   }
 
   releaseReady(release: Release): void {

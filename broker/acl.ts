@@ -25,7 +25,11 @@ export type TopicClass =
   | { kind: 'up' | 'dn' | 'status' | 'presence'; id: string }
   | { kind: 'group-dn'; group: string }
   | { kind: 'manifest'; hw: string; version: string }
-  | { kind: 'part'; hw: string; version: string; index: number };
+  | { kind: 'part'; hw: string; version: string; index: number }
+  /** An agent's retained verdict on a release; `agent` is the agent's identity name. */
+  | { kind: 'release-status'; hw: string; version: string; agent: string }
+  /** An operator's retained withdraw marker of a release. */
+  | { kind: 'withdrawn'; hw: string; version: string };
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/;
 const VERSION = /^[0-9A-Za-z.+-]{1,32}$/;
@@ -59,6 +63,8 @@ export class TopicAcl {
     if (rest[0] === 'g' && rest.length === 3 && rest[2] === 'dn' && isGroupName(rest[1])) return { kind: 'group-dn', group: rest[1] };
     if (rest[0] === 'r' && NAME.test(rest[1] ?? '') && VERSION.test(rest[2] ?? '')) {
       if (rest.length === 4 && rest[3] === 'manifest') return { kind: 'manifest', hw: rest[1], version: rest[2] };
+      if (rest.length === 4 && rest[3] === 'withdrawn') return { kind: 'withdrawn', hw: rest[1], version: rest[2] };
+      if (rest.length === 5 && rest[3] === 'status' && isDeviceId(rest[4])) return { kind: 'release-status', hw: rest[1], version: rest[2], agent: rest[4] };
       if (rest.length === 5 && rest[3] === 'part' && /^(0|[1-9][0-9]{0,5})$/.test(rest[4])) {
         return { kind: 'part', hw: rest[1], version: rest[2], index: Number(rest[4]) };
       }
@@ -84,7 +90,11 @@ export class TopicAcl {
         return p.role === 'agent' && servesGroup(c.group);
       case 'manifest':
       case 'part':
+      case 'withdrawn':
         return p.role === 'operator';
+      case 'release-status':
+        // An agent speaks only for itself: the last level is its identity name.
+        return p.role === 'agent' && p.id === c.agent;
       default:
         return false;
     }
@@ -107,6 +117,8 @@ export class TopicAcl {
         return p.role === 'operator' || (p.role === 'agent' && serves(c.id));
       case 'manifest':
       case 'part':
+      case 'withdrawn':
+      case 'release-status':
         return p.role === 'agent' || p.role === 'operator';
       default:
         return false;
@@ -142,13 +154,17 @@ export class TopicAcl {
       case 'node':
         return [`${P}/d/${p.id}/dn`, ...p.groups.map((g) => `${P}/g/${g}/dn`)];
       case 'agent':
-        return [`${P}/d/+/up`, `${P}/d/+/status`, `${P}/d/+/presence`, `${P}/r/+/+/manifest`, `${P}/r/+/+/part/+`];
+        return [`${P}/d/+/up`, `${P}/d/+/status`, `${P}/d/+/presence`, ...releaseTemplates(P)];
       case 'operator':
-        return [`${P}/d/+/status`, `${P}/d/+/presence`, `${P}/r/+/+/manifest`, `${P}/r/+/+/part/+`];
+        return [`${P}/d/+/status`, `${P}/d/+/presence`, ...releaseTemplates(P)];
       default:
         return [];
     }
   }
+}
+
+function releaseTemplates(P: string): string[] {
+  return [`${P}/r/+/+/manifest`, `${P}/r/+/+/part/+`, `${P}/r/+/+/withdrawn`, `${P}/r/+/+/status/+`];
 }
 
 /** Can two MQTT topic filters (split into levels) match a common topic? */

@@ -158,6 +158,8 @@ export function payloadCap(limits: PayloadLimits, c: TopicClass): number | undef
     case 'group-dn':
       return limits.groupDn;
     case 'status':
+    case 'release-status':
+    case 'withdrawn':
       return limits.status;
     case 'manifest':
       return limits.manifest;

@@ -19,14 +19,16 @@ export function mosquittoAcl(identities: Identity[], prefix = 'ferry', plainTopi
     if (i.role === 'node') {
       out.push(`topic write ${P}/d/${i.username}/up`, `topic read ${P}/d/${i.username}/dn`, ...i.groups.map((g) => `topic read ${P}/g/${g}/dn`));
     } else if (i.role === 'operator') {
-      out.push(`topic readwrite ${P}/r/+/+/manifest`, `topic readwrite ${P}/r/+/+/part/+`, `topic read ${P}/d/+/status`, `topic read ${P}/d/+/presence`);
+      out.push(`topic readwrite ${P}/r/+/+/manifest`, `topic readwrite ${P}/r/+/+/part/+`, `topic readwrite ${P}/r/+/+/withdrawn`, `topic read ${P}/r/+/+/status/+`, `topic read ${P}/d/+/status`, `topic read ${P}/d/+/presence`);
     } else {
       const all = i.serves.includes('*');
       const ids = all ? ['+'] : nodes.filter((n) => servesNode(i.serves, n)).map((n) => n.username);
       for (const id of ids) out.push(`topic read ${P}/d/${id}/up`, `topic write ${P}/d/${id}/dn`, `topic readwrite ${P}/d/${id}/status`, `topic read ${P}/d/${id}/presence`);
       const groups = all ? ['+'] : [...new Set(nodes.flatMap((n) => n.groups))].filter((g) => i.serves.some((s) => s.startsWith('group:') && glob(s.slice(6)).test(g)));
       for (const g of groups) out.push(`topic write ${P}/g/${g}/dn`);
-      out.push(`topic read ${P}/r/+/+/manifest`, `topic read ${P}/r/+/+/part/+`);
+      out.push(`topic read ${P}/r/+/+/manifest`, `topic read ${P}/r/+/+/part/+`, `topic read ${P}/r/+/+/withdrawn`, `topic read ${P}/r/+/+/status/+`);
+      // Its own verdicts only (the ferry plugin checks the same: the last level is the agent's name).
+      out.push(`topic write ${P}/r/+/+/status/${i.username}`);
     }
     out.push(...tail, '');
   }

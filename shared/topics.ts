@@ -24,6 +24,14 @@ export interface Topics {
   releaseManifest(hw: string, version: string): string;
   /** operator → agents: retained image part N of a release. */
   releasePart(hw: string, version: string, index: number): string;
+  /** agent → operators: retained JSON verdict of one agent on a release (accepted or refused). */
+  releaseStatus(hw: string, version: string, agent: string): string;
+  releaseStatusWildcard(hw: string, version: string): string;
+  /** operator → agents: retained withdraw marker of a release (empty payload clears it). */
+  releaseWithdrawn(hw: string, version: string): string;
+  withdrawnWildcard: string;
+  /** Every release status of every release. */
+  allReleaseStatusWildcard: string;
   upWildcard: string;
   statusWildcard: string;
   presenceWildcard: string;
@@ -44,6 +52,11 @@ export function topics(prefix = DEFAULT_PREFIX): Topics {
     presence: (id) => `${prefix}/d/${id}/presence`,
     releaseManifest: (hw, v) => `${prefix}/r/${hw}/${v}/manifest`,
     releasePart: (hw, v, i) => `${prefix}/r/${hw}/${v}/part/${i}`,
+    releaseStatus: (hw, v, agent) => `${prefix}/r/${hw}/${v}/status/${agent}`,
+    releaseStatusWildcard: (hw, v) => `${prefix}/r/${hw}/${v}/status/+`,
+    releaseWithdrawn: (hw, v) => `${prefix}/r/${hw}/${v}/withdrawn`,
+    withdrawnWildcard: `${prefix}/r/+/+/withdrawn`,
+    allReleaseStatusWildcard: `${prefix}/r/+/+/status/+`,
     upWildcard: `${prefix}/d/+/up`,
     statusWildcard: `${prefix}/d/+/status`,
     presenceWildcard: `${prefix}/d/+/presence`,

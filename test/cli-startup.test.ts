@@ -110,7 +110,7 @@ t.test('host:port without a scheme means mqtt://host:port (item 13)', async (t) 
   const r = await runFerry(['status', '--broker', `127.0.0.1:${broker.port}`, '--username', op.username], { FERRY_PASSWORD: op.password });
   t.equal(r.code, 0, r.err);
   t.match(r.out, /no nodes have reported yet/, 'status talks to the broker');
-  const l = await runFerry(['release', 'publish', '--broker', `localhost:${broker.port}`, '--username', op.username, '--image', image, '--version', '1.0.0', '--hw', 'h', '--key', priv, '--json'], { FERRY_PASSWORD: op.password });
+  const l = await runFerry(['release', 'publish', '--broker', `localhost:${broker.port}`, '--username', op.username, '--image', image, '--version', '1.0.0', '--hw', 'h', '--key', priv, '--no-wait', '--json'], { FERRY_PASSWORD: op.password });
   t.equal(l.code, 0, l.err);
   t.match(l.out, /"version":"1\.0\.0"/, 'release publish too');
 });

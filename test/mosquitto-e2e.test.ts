@@ -107,7 +107,12 @@ if (!bin || !passwdBin) {
     await until(agent, 'm-node-2', () => true);
 
     const image = demoImage(HW, '1.1.0', 150 * 1024);
-    await publishRelease({ brokerUrl: mosq.url, ...opCred, image, hw: HW, version: '1.1.0', key: key.privateKey });
+    // The agent's verdict comes back through Mosquitto's ACL (docs/protocol.md 2.1).
+    const published = await publishRelease({ brokerUrl: mosq.url, ...opCred, image, hw: HW, version: '1.1.0', key: key.privateKey, waitForAgents: true, refuseConflict: true });
+    t.same(published.verdicts.map((v) => [v.agent, v.state]), [['gateway-1', 'accepted']], 'gateway-1 accepted the release');
+    // An identity Mosquitto's ACL does not let publish releases: acknowledged, dropped, never read back.
+    const denied = await publishRelease({ brokerUrl: mosq.url, ...agentCred, image, hw: HW, version: '1.2.0', key: key.privateKey }).then(() => undefined, (e: Error) => e);
+    t.match(denied?.message, /^not authorized to publish/, 'a dropped publish is detected');
     const [s1, s2] = await Promise.all([outcome('m-node-1'), outcome('m-node-2')]);
     t.equal(s1.state, 'confirmed', `m-node-1 ${s1.state}${s1.reason ? ` (${s1.reason})` : ''}`);
     t.equal(fleet.byId('m-node-1')!.runningVersion, '1.1.0', 'm-node-1 runs 1.1.0');

@@ -25,6 +25,9 @@ t.test('an incomplete release times out, is logged with its missing parts and fr
   // Parts 0 and 2 and the manifest; part 1 never comes (a publisher that died half way).
   await op.publishAsync(tp.releasePart(HW, '1.1.0', 0), image.subarray(0, PART), { qos: 1, retain: true });
   await op.publishAsync(tp.releasePart(HW, '1.1.0', 2), image.subarray(2 * PART), { qos: 1, retain: true });
+  // The agent's verdict says so too (docs/protocol.md 2.1).
+  const verdict = new Promise<Buffer>((resolve) => op.on('message', (topic, payload) => topic.includes('/status/') && resolve(payload)));
+  await op.subscribeAsync(tp.releaseStatusWildcard(HW, '1.1.0'), { qos: 1 });
   const gaveUp = new Promise<string>((resolve) => {
     world.agent.store.on('event', (e) => e.kind === 'release-incomplete' && resolve(e.detail));
   });
@@ -35,6 +38,7 @@ t.test('an incomplete release times out, is logged with its missing parts and fr
   t.ok(logs.some((l) => /release esp32-partial 1\.1\.0 incomplete after 300 ms/.test(l)), 'logged as a warning');
   t.equal(world.agent.assemblingReleases, 0, 'its memory is freed');
   t.equal(world.agent.partSubscriptions, 0, 'its part subscription is dropped');
+  t.match(JSON.parse((await verdict).toString()), { state: 'refused', reason: 'incomplete', digest: sha256(image).toString('hex'), hw: HW, version: '1.1.0' }, 'the retained verdict: refused, incomplete');
 
   // The operator publishes the release again, completely: it is taken.
   const ready = new Promise<void>((resolve) => world.agent.once('release', () => resolve()));

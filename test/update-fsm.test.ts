@@ -97,6 +97,12 @@ const INPUTS: { name: string; input: Input; now?: number; expect: Partial<Record
     // Before activation: cancelled at once. Activating / confirming: the newer one waits (next).
     expect: { offered: 'done:cancelled', downloading: 'done:cancelled', verifying: 'done:cancelled', deferred: 'done:cancelled' },
   },
+  {
+    name: 'withdrawn target', input: { kind: 'withdrawn', release: T1.id },
+    // Not yet in the node's boot selection: ended (Cancel for a session the node holds). Later: the node decides.
+    expect: { queued: 'done:cancelled', preparing: 'done:cancelled', offered: 'done:cancelled', downloading: 'done:cancelled', verifying: 'done:cancelled', deferred: 'done:cancelled' },
+  },
+  { name: 'another release withdrawn', input: { kind: 'withdrawn', release: T2.id }, expect: {} },
   { name: 'begin', input: { kind: 'begin', release: T1 }, expect: { idle: 'preparing', queued: 'preparing', activating: 'preparing', deferred: 'preparing', confirming: 'preparing', done: 'preparing' } },
   { name: 'queue', input: { kind: 'queue', release: T1 }, expect: { idle: 'queued', activating: 'queued', deferred: 'queued', confirming: 'queued', done: 'queued' } },
   { name: 'prepared', input: { kind: 'prepared', release: 'r1', session: 9 }, expect: { preparing: 'offered' } },
@@ -141,6 +147,14 @@ t.test('every input kind × every state', async (t) => {
       t.equal(result, want, `${c.name} in ${k} -> ${want}`);
     }
   }
+});
+
+t.test('withdrawn: a transfer in flight is cancelled (Cancel, section 5.6); a queued one ends without a message', async (t) => {
+  const c = run(PHASES.downloading, { kind: 'withdrawn', release: T1.id });
+  t.ok(c.effects.some((e) => e.kind === 'cancel' && e.session === 7), 'Cancel for the session');
+  t.ok(c.effects.some((e) => e.kind === 'outcome' && e.detail === 'withdrawn by the operator' && !e.refuse), 'ended, not recorded as a refusal');
+  const q = run(PHASES.queued, { kind: 'withdrawn', release: T1.id });
+  t.notOk(q.effects.some((e) => e.kind === 'cancel'), 'nothing to cancel on the node');
 });
 
 t.test('cancel: before activation the session is cancelled and the newer release considered; later it waits', async (t) => {

@@ -226,6 +226,8 @@ export const MATRIX: MatrixTopic[] = [
   { name: 'dn of group g2', topic: (p) => `${p}/g/g2/dn`, payload: CHUNKISH, pub: ['agentAll'], sub: ['node2'], observer: 'node2' },
   { name: 'release manifest', topic: (p) => `${p}/r/hw1/1.0.0/manifest`, payload: () => Buffer.alloc(200, 1), pub: ['operator'], sub: [...ALL_AGENTS, 'operator'], observer: 'agentAll' },
   { name: 'release part', topic: (p) => `${p}/r/hw1/1.0.0/part/0`, payload: () => Buffer.alloc(1000, 2), pub: ['operator'], sub: [...ALL_AGENTS, 'operator'], observer: 'agentAll' },
+  { name: "agent-n2's release status", topic: (p) => `${p}/r/hw1/1.0.0/status/agent-n2`, payload: () => Buffer.from('{"state":"accepted"}'), pub: ['agentN2'], sub: [...ALL_AGENTS, 'operator'], observer: 'operator' },
+  { name: 'release withdraw marker', topic: (p) => `${p}/r/hw1/1.0.0/withdrawn`, payload: () => Buffer.from('{"at":1}'), pub: ['operator'], sub: [...ALL_AGENTS, 'operator'], observer: 'agentAll' },
   { name: 'unknown ferry topic', topic: (p) => `${p}/x/y`, payload: () => Buffer.from('x'), pub: [], sub: [], observer: 'agentAll' },
   { name: 'the prefix itself', topic: (p) => p, payload: () => Buffer.from('x'), pub: [], sub: [], observer: 'agentAll' },
   { name: 'outside the prefix', topic: () => `plain/room/temp`, payload: () => Buffer.from('21.5'), pub: ACTORS, sub: ACTORS, observer: 'operator' },
