@@ -55,7 +55,7 @@ export class ReleaseRefused extends Error {
 export class ReleaseCatalog {
   private readonly byId = new Map<string, Release>();
   private readonly assemblies = new Map<string, Assembly>();
-  /** `hw/version` keys an operator withdrew (retained marker): never offered while marked. */
+  /** `hw/version` keys an operator withdrew (retained marker, kept in the store): never offered while marked. */
   private readonly withdrawn = new Set<string>();
   /** Stored releases not loaded, with why: a damaged image, or a signer the agent no longer trusts. */
   readonly skipped: string[] = [];
@@ -64,6 +64,7 @@ export class ReleaseCatalog {
     private readonly store: AgentStore,
     private readonly trust: readonly KeyObject[],
   ) {
+    for (const w of store.withdrawals()) this.withdrawn.add(`${w.hw}/${w.version}`);
     for (const row of store.releases()) {
       const name = `${row.hw} ${row.version}`;
       const image = store.loadImage(row);
@@ -92,10 +93,11 @@ export class ReleaseCatalog {
     return [...this.byId.values()];
   }
 
-  /** Marks or clears a withdrawal. Returns the held releases of that hw/version. */
+  /** Marks or clears a withdrawal, durably. Returns the held releases of that hw/version. */
   setWithdrawn(hw: string, version: string, on: boolean): Release[] {
     if (on) this.withdrawn.add(`${hw}/${version}`);
     else this.withdrawn.delete(`${hw}/${version}`);
+    this.store.setWithdrawal(hw, version, on);
     return this.all().filter((r) => r.row.hw === hw && r.row.version === version);
   }
 

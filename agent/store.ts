@@ -64,6 +64,12 @@ CREATE TABLE IF NOT EXISTS refusals (
   at INTEGER NOT NULL,
   PRIMARY KEY (node, release, kind)
 );
+CREATE TABLE IF NOT EXISTS withdrawals (
+  hw TEXT NOT NULL,
+  version TEXT NOT NULL,
+  at INTEGER NOT NULL,
+  PRIMARY KEY (hw, version)
+);
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   at INTEGER NOT NULL,
@@ -163,6 +169,21 @@ export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
 
   refusals(node: string): { release: string; kind: RefusalKind }[] {
     return this.db.prepare('SELECT release, kind FROM refusals WHERE node = ? ORDER BY at, rowid').all(node) as { release: string; kind: RefusalKind }[];
+  }
+
+  /**
+   * Remembers (or forgets) an operator's withdrawal of hw/version: honoured from the agent's start,
+   * before the retained marker is delivered again. Keyed by hw/version, not release id: a marker may
+   * name a release the agent does not hold yet.
+   */
+  setWithdrawal(hw: string, version: string, on: boolean): void {
+    this.beginWrite();
+    if (on) this.db.prepare('INSERT OR REPLACE INTO withdrawals (hw, version, at) VALUES (?, ?, ?)').run(hw, version, Date.now());
+    else this.db.prepare('DELETE FROM withdrawals WHERE hw = ? AND version = ?').run(hw, version);
+  }
+
+  withdrawals(): { hw: string; version: string }[] {
+    return this.db.prepare('SELECT hw, version FROM withdrawals ORDER BY hw, version').all() as { hw: string; version: string }[];
   }
 
   /** Half-written image files from a crash mid-save are garbage: the release is fetched again. */

@@ -199,3 +199,47 @@ t.test('withdraw cancels an update the node has not activated yet (Cancel, proto
   t.equal(n.runningVersion, '1.0.0', 'the node still runs its image');
   t.ok(agent.store.events('d-busy', 50).some((e) => /cancel/i.test(e.kind) || /cancel/i.test(e.detail ?? '')), 'the cancel is in the event log');
 });
+
+t.test('a withdrawal is remembered across an agent restart: not offered before any marker arrives; --restore offers it', async (t) => {
+  const creds = await ids.add('agent', 'agent-3');
+  const dataDir = path.join(dir, 'agent-3');
+  const first = new Agent({ brokerUrl: url, dataDir, trust: [trust], ...creds });
+  await first.start();
+  const r = await runFerry(publishArgs('hw-p', '1.0.0', imageFile('hw-p', '1.0.0')), asOp());
+  t.equal(r.code, 0, r.err);
+  await new Promise<void>((resolve) => {
+    const poll = () => (first.catalog.latestFor('hw-p') ? resolve() : setTimeout(poll, 20));
+    poll();
+  });
+  const w = await runFerry(['release', 'withdraw', '--broker', url, '--username', op.username, '--hw', 'hw-p', '--version', '1.0.0'], asOp());
+  t.equal(w.code, 0, w.err);
+  await new Promise<void>((resolve) => {
+    const poll = () => (first.catalog.isWithdrawn('hw-p', '1.0.0') ? resolve() : setTimeout(poll, 20));
+    poll();
+  });
+  await first.stop();
+
+  // A broker that never held the marker: whatever the agent honours comes from its own store.
+  const fresh = await startBroker({ ferry: { store: ids } });
+  const again = new Agent({ brokerUrl: fresh.url, dataDir, trust: [trust], ...creds });
+  t.teardown(async () => {
+    await again.stop();
+    await fresh.close();
+  });
+  t.ok(again.catalog.isWithdrawn('hw-p', '1.0.0'), 'the withdrawal is loaded before the agent connects');
+  await again.start();
+  const n = new SimNode({
+    brokerUrl: fresh.url, deviceId: 'p-new', hw: 'hw-p', version: '0.9.0', trust: [trust], ...(await ids.add('node', 'p-new')),
+    maxMessage: 2048, selfTestMs: 5, rebootMs: 5, reconnectPeriod: 100, slotSize: 128 * 1024,
+  });
+  nodes.push(n);
+  await n.start();
+  await untilStatus(again, 'p-new', () => true, 'hello');
+  t.equal(again.status('p-new')?.state, 'idle', 'a new node is not offered the withdrawn release');
+
+  const back = await runFerry(['release', 'withdraw', '--broker', fresh.url, '--username', op.username, '--hw', 'hw-p', '--version', '1.0.0', '--restore'], asOp());
+  t.equal(back.code, 0, back.err);
+  const done = await untilStatus(again, 'p-new', (st) => st.state === 'confirmed', 'confirmed after restore');
+  t.equal(done.runningVersion, '1.0.0');
+  t.notOk(again.store.withdrawals().some((x) => x.hw === 'hw-p'), 'the restore is stored too');
+});

@@ -48,3 +48,23 @@ t.test('refusals: at most 16 per node, newest kept', async (t) => {
   t.same(kept.slice(-2), ['r18', 'r19']);
   t.notOk(kept.includes('r0'), 'the oldest are forgotten');
 });
+
+t.test('withdrawals: an older database gains the table; a withdrawal survives reopening, a restore clears it', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-store-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const db = new Database(path.join(dir, 'agent.db'));
+  db.exec(OLD_NODES);
+  db.close();
+  const store = new AgentStore(dir);
+  t.same(store.withdrawals(), [], 'none on upgrade');
+  store.setWithdrawal('hw', '2.0.0', true);
+  store.setWithdrawal('hw', '1.0.0', true);
+  store.close();
+  const reopened = new AgentStore(dir);
+  t.same(reopened.withdrawals(), [{ hw: 'hw', version: '1.0.0' }, { hw: 'hw', version: '2.0.0' }]);
+  reopened.setWithdrawal('hw', '2.0.0', false);
+  reopened.close();
+  const third = new AgentStore(dir);
+  t.teardown(() => third.close());
+  t.same(third.withdrawals(), [{ hw: 'hw', version: '1.0.0' }]);
+});
