@@ -2,7 +2,7 @@ import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { ProtocolError, Reason, reasonName } from '../shared/errors.js';
 import { decodeUp, LIMITS, MsgType, QueryReason } from '../shared/messages.js';
-import { encodeReleaseStatus } from '../shared/release-status.js';
+import { encodeReleaseStatus, markerWithdraws } from '../shared/release-status.js';
 import { isDeviceId, topics as makeTopics, type Topics } from '../shared/topics.js';
 import { ReleaseCatalog } from './catalog.js';
 import { resolveConfig, type AgentConfig, type AgentOptions } from './config.js';
@@ -166,7 +166,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.links.publishReleaseStatus(this.topics.releaseStatus(v.hw, v.version, this.name), doc);
   }
 
-  /** A withdraw marker was set (non-empty retained payload) or cleared (empty) by an operator. */
+  /** A withdraw marker was set or cleared (a restore marker, or an empty payload) by an operator. */
   private onWithdrawn(hw: string, version: string, on: boolean): void {
     if (this.catalog.isWithdrawn(hw, version) === on) return;
     const held = this.catalog.setWithdrawn(hw, version, on);
@@ -191,7 +191,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         else if (levels[p + 2] === 'presence') this.onPresence(id, payload.toString());
       } else if (levels[p] === 'r') {
         const rest = levels.slice(p + 1);
-        if (rest.length === 3 && rest[2] === 'withdrawn') this.onWithdrawn(rest[0], rest[1], payload.length > 0);
+        if (rest.length === 3 && rest[2] === 'withdrawn') this.onWithdrawn(rest[0], rest[1], markerWithdraws(payload));
         else this.intake.onMessage(rest, payload);
       }
     } catch (err) {

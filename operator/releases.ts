@@ -1,6 +1,6 @@
 import mqtt from 'mqtt';
 import { peekManifest } from '../shared/manifest.js';
-import { decodeReleaseStatus, type ReleaseStatus } from '../shared/release-status.js';
+import { decodeReleaseStatus, encodeWithdrawMarker, markerWithdraws, type ReleaseStatus } from '../shared/release-status.js';
 import { topics as makeTopics } from '../shared/topics.js';
 
 export interface BrokerAccess {
@@ -52,7 +52,7 @@ export async function readReleases(a: BrokerAccess, only: { hw?: string; version
         manifests.set(key, {
           hw: m.hw, version: m.version, securityVersion: m.securityVersion, size: m.size, digest: m.digest.toString('hex'), created: m.created, flags: m.flags, withdrawn: false, statuses: [],
         });
-      } else if (levels[3] === 'withdrawn') withdrawn.add(key);
+      } else if (levels[3] === 'withdrawn' && markerWithdraws(payload)) withdrawn.add(key);
       else if (levels[3] === 'status') statuses.set(key, [...(statuses.get(key) ?? []), decodeReleaseStatus(payload)]);
     } catch {
       // a damaged retained message is skipped, not fatal to the listing
@@ -84,7 +84,7 @@ export async function setWithdrawn(a: BrokerAccess, hw: string, version: string,
   const topic = t.releaseWithdrawn(hw, version);
   const client = await connect(a);
   try {
-    const marker = restore ? Buffer.alloc(0) : Buffer.from(JSON.stringify({ v: 1, at: Math.floor(Date.now() / 1000) }));
+    const marker = encodeWithdrawMarker(!restore, Math.floor(Date.now() / 1000));
     // The read-back: a probe topic we may read next to it cannot prove the write, so read the marker itself.
     await client.publishAsync(topic, marker, { qos: 1, retain: true });
     const seen = await new Promise<boolean>((resolve) => {
@@ -97,10 +97,6 @@ export async function setWithdrawn(a: BrokerAccess, hw: string, version: string,
       client.subscribeAsync(topic, { qos: 1 }).then((g) => {
         if (g.some((x) => x.qos === 128)) resolve(false);
       }, () => resolve(false));
-      if (restore) {
-        // An empty retained message is not delivered: a cleared marker reads back as silence.
-        setTimeout(() => resolve(true), SETTLE_MS);
-      }
     });
     if (!seen) throw new Error(`not authorized to publish: the withdraw marker of ${hw} ${version} never read back`);
   } finally {

@@ -73,3 +73,22 @@ export function describeVerdict(s: ReleaseStatus): string {
   if (s.state === 'accepted') return s.withdrawn ? 'accepted, withdrawn' : 'accepted';
   return `refused: ${s.reason ?? 'unknown'}${s.detail ? ` (${s.detail})` : ''}`;
 }
+
+/**
+ * The retained marker on `P/r/<hw>/<ver>/withdrawn` (docs/protocol.md §2.2). A restore is a marker
+ * too, not an empty message: an agent that was offline when the release was restored learns it from
+ * the retained marker at its next connect, which an empty (deleted) retained message cannot tell it.
+ */
+export function encodeWithdrawMarker(withdrawn: boolean, at: number): Buffer {
+  return Buffer.from(JSON.stringify({ v: 1, at, withdrawn }));
+}
+
+/** Whether a marker payload withdraws the release: empty or `withdrawn: false` restores; anything else withdraws. */
+export function markerWithdraws(payload: Buffer): boolean {
+  if (payload.length === 0) return false;
+  try {
+    return (JSON.parse(payload.toString('utf8')) as { withdrawn?: unknown }).withdrawn !== false;
+  } catch {
+    return true;
+  }
+}

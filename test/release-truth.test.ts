@@ -243,3 +243,35 @@ t.test('a withdrawal is remembered across an agent restart: not offered before a
   t.equal(done.runningVersion, '1.0.0');
   t.notOk(again.store.withdrawals().some((x) => x.hw === 'hw-p'), 'the restore is stored too');
 });
+
+t.test('a release restored while an agent was offline is offered once it is back (the restore is a retained marker too)', async (t) => {
+  const creds = await ids.add('agent', 'agent-4');
+  const dataDir = path.join(dir, 'agent-4');
+  const first = new Agent({ brokerUrl: url, dataDir, trust: [trust], ...creds });
+  await first.start();
+  const r = await runFerry(publishArgs('hw-q', '1.0.0', imageFile('hw-q', '1.0.0')), asOp());
+  t.equal(r.code, 0, r.err);
+  const w = await runFerry(['release', 'withdraw', '--broker', url, '--username', op.username, '--hw', 'hw-q', '--version', '1.0.0'], asOp());
+  t.equal(w.code, 0, w.err);
+  await new Promise<void>((resolve) => {
+    const poll = () => (first.catalog.isWithdrawn('hw-q', '1.0.0') ? resolve() : setTimeout(poll, 20));
+    poll();
+  });
+  await first.stop();
+
+  const back = await runFerry(['release', 'withdraw', '--broker', url, '--username', op.username, '--hw', 'hw-q', '--version', '1.0.0', '--restore'], asOp());
+  t.equal(back.code, 0, back.err);
+  const again = new Agent({ brokerUrl: url, dataDir, trust: [trust], ...creds });
+  t.teardown(() => again.stop());
+  t.ok(again.catalog.isWithdrawn('hw-q', '1.0.0'), 'its store still says withdrawn');
+  await again.start();
+  const n = new SimNode({
+    brokerUrl: url, deviceId: 'q-new', hw: 'hw-q', version: '0.9.0', trust: [trust], ...(await ids.add('node', 'q-new')),
+    maxMessage: 2048, selfTestMs: 5, rebootMs: 5, reconnectPeriod: 100, slotSize: 128 * 1024,
+  });
+  nodes.push(n);
+  await n.start();
+  const done = await untilStatus(again, 'q-new', (st) => st.state === 'confirmed', 'confirmed: the retained restore marker reached the agent');
+  t.equal(done.runningVersion, '1.0.0');
+  t.notOk(again.catalog.isWithdrawn('hw-q', '1.0.0'));
+});
