@@ -417,6 +417,11 @@ export class SimNode extends EventEmitter {
       });
       client.on('close', () => {
         if (life === this.life) this.helloSent = false;
+        // MQTT.js keeps unacknowledged QoS 1 publishes and re-sends them right after the next
+        // CONNACK, before the SUBACK and the Hello: stale Acks there made the agent send chunks
+        // into a node not yet subscribed. The Hello resynchronises (its bitmap and last outcome),
+        // and queued outcomes wait in the outbox, so nothing from the dead connection is kept.
+        for (const id of Object.keys(client.outgoing)) client.removeOutgoingMessage(Number(id));
         if (!upThisAttempt && this.opts.reconnectPeriod === undefined) {
           failures++;
           const ceiling = Math.min(RECONNECT_MAX_MS, base * 2 ** failures);
