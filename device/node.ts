@@ -459,7 +459,8 @@ export class SimNode extends EventEmitter {
     }
     // Fire-and-forget QoS 1: never awaited inside the message handler.
     client.publish(this.topics.up(this.id), encodeMessage(m), { qos: 1 }, (err) => {
-      if (err) this.log('warn', `publish failed: ${err.message}`);
+      // A publish removed when its link closed (above) is not a failure worth a line: the Hello resynchronises.
+      if (err && err.message !== 'Message removed') this.log('warn', `publish failed: ${err.message}`);
       onSent?.();
     });
   }
