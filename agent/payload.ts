@@ -1,6 +1,6 @@
 import { Capability, Encoding } from '../shared/messages.js';
 import { sha256 } from '../shared/manifest.js';
-import { deltaArchFor } from '../shared/delta/index.js';
+import { archForNode, detectImage, type ArchName } from '../shared/delta/index.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { PatchCache } from './patches.js';
 import type { NodeRow, Payload, Release } from './types.js';
@@ -26,7 +26,16 @@ export interface PayloadOptions {
  * (base, target) in the patch cache's worker thread, so this may take seconds without holding up others.
  */
 export class PayloadChooser {
+  /** Each release image's instruction set, detected once (detection may scan the whole image). */
+  private readonly archs = new WeakMap<Buffer, ArchName>();
+
   constructor(private readonly o: PayloadOptions) {}
+
+  private imageArch(release: Release): ArchName {
+    let arch = this.archs.get(release.image);
+    if (arch === undefined) this.archs.set(release.image, (arch = detectImage(release.image).arch));
+    return arch;
+  }
 
   full(release: Release): Payload {
     return { bytes: release.image, encoding: Encoding.full, digest: release.row.digest };
@@ -46,7 +55,7 @@ export class PayloadChooser {
       return full;
     }
     // A node that decodes the release's instruction set gets a patch that predicts moved references.
-    const arch = deltaArchFor(row.caps, release.image);
+    const arch = archForNode(row.caps, this.imageArch(release));
     const pair = `${release.row.hw} ${base.row.version} -> ${release.row.version}`;
     const predicted = arch === 'none' ? '' : `, ${arch} prediction`;
     let patch = o.patches.cached(base.row.digest, release.row.digest, arch);

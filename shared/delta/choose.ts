@@ -20,7 +20,11 @@ export const ALL_ARCH_CAPABILITIES = Object.values(ARCH_CAPABILITY).reduce((a, b
  * `createPatch(base, target, { arch })` and as the patch cache's key.
  */
 export function deltaArchFor(caps: number, target: Uint8Array): ArchName {
+  return caps & Capability.delta ? archForNode(caps, detectImage(target).arch) : 'none';
+}
+
+/** deltaArchFor with the target's instruction set already detected (`detectImage(target).arch`). */
+export function archForNode(caps: number, targetArch: ArchName): ArchName {
   if (!(caps & Capability.delta)) return 'none';
-  const arch = detectImage(target).arch;
-  return arch !== 'none' && caps & ARCH_CAPABILITY[arch] ? arch : 'none';
+  return targetArch !== 'none' && caps & ARCH_CAPABILITY[targetArch] ? targetArch : 'none';
 }

@@ -2,7 +2,7 @@ import { constants, deflateRawSync } from 'node:zlib';
 import { ProtocolError, Reason } from '../errors.js';
 import { sha256 } from '../manifest.js';
 import { Arch, codecFor, Fallback, Predictor, type ArchName } from './arch/index.js';
-import { ByteWriter, Coder, encodeHeader, HEADER_SIZE, HEADER_SIZE_V3, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform } from './format.js';
+import { ByteWriter, Coder, encodeHeader, HEADER_SIZE, HEADER_SIZE_V3, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform, type PatchHeader } from './format.js';
 import { detectImage, layoutFor } from './detect.js';
 import { deflateOptimal } from './deflate.js';
 import { RawInflater, STREAM_END } from './inflate.js';
@@ -65,15 +65,8 @@ export interface PatchStats {
 }
 
 /** One way of predicting the diff bytes, as the header will describe it. */
-export interface Candidate {
+export interface Candidate extends Pick<PatchHeader, 'transforms' | 'arch' | 'forms' | 'fallback' | 'loadAddress' | 'pointerRange' | 'headerSize'> {
   name: string;
-  transforms: number;
-  arch: number;
-  forms: number;
-  fallback: number;
-  loadAddress: number;
-  pointerRange: [number, number];
-  headerSize: number;
   predictor: () => Predictor | undefined;
 }
 
