@@ -1,6 +1,6 @@
 import { LIMITS, MsgType, type Chunk } from '../shared/messages.js';
 import type { ResendBudget } from './config.js';
-import { TokenBucket } from './resend-budget.js';
+import { TokenBucket } from '../shared/token-bucket.js';
 import type { RttEstimator } from './rtt.js';
 import type { Payload } from './types.js';
 import { TransferWindow } from './window.js';
@@ -29,7 +29,9 @@ export class Transfer {
   ) {
     const count = Math.ceil(payload.bytes.length / chunkSize);
     this.window = new TransferWindow(count, Math.min(nodeWindow, LIMITS.maxWindow), rtt, bitmap);
-    this.budget = new TokenBucket(budget.windows * this.window.nodeWindow * chunkSize, budget.perMs, now);
+    // Bytes: a few node windows may be resent at once, refilled at that many per perMs.
+    const bytes = budget.windows * this.window.nodeWindow * chunkSize;
+    this.budget = new TokenBucket({ burst: bytes, rate: (bytes * 1000) / budget.perMs }, now);
   }
 
   get count(): number {
@@ -53,7 +55,7 @@ export class Transfer {
       const i = w.next(now);
       if (i === undefined) break;
       const data = this.payload.bytes.subarray(i * this.chunkSize, Math.min(this.payload.bytes.length, (i + 1) * this.chunkSize));
-      if (w.retransmits > before) this.budget.take(data.length, now);
+      if (w.retransmits > before) this.budget.spend(data.length, now);
       send({ type: MsgType.chunk, session: this.session, index: i, data });
       this.bytesSent += data.length;
     }

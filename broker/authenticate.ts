@@ -4,7 +4,8 @@ import type { AuthenticateError, Client } from 'aedes';
 import type { Principal } from './acl.js';
 import { FailureBackoff, RecentLogins, Semaphore } from './auth-guard.js';
 import type { Identity, IdentityStore } from './identity-store.js';
-import { TokenBucket, type Limits } from './limits.js';
+import { TokenBucket } from '../shared/token-bucket.js';
+import type { Limits } from './limits.js';
 import type { LogFn } from './plugin.js';
 import { throttled } from './throttled-log.js';
 
@@ -55,7 +56,7 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
   const backoff = new FailureBackoff(() => d.limits().auth);
   const slots = new Semaphore(() => d.limits().auth);
   const recent = new RecentLogins(3_600_000, () => d.limits().auth.maxAddresses);
-  const budget = new TokenBucket({ rate: d.limits().auth.newAddressRate, burst: d.limits().auth.newAddressBurst });
+  const budget = new TokenBucket({ rate: d.limits().auth.newAddressRate, burst: d.limits().auth.newAddressBurst }, performance.now());
 
   const refuse = (done: Done, client: Client, code: number, why: string) => {
     log('warn', `connect refused for client ${JSON.stringify(client.id)} from ${addressOf(client)}: ${why}`);
@@ -106,7 +107,7 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
       // Again after the wait: the failures of those queued before it may have started a back-off.
       if (backedOff()) return;
       // Charged only now, so a burst from one address costs the budget no more than its free failures.
-      if (!recent.has(addr) && !budget.take()) return refuse(done, client, RC.serverUnavailable, `verification budget for new addresses spent (${d.limits().auth.newAddressRate}/s): try again later`);
+      if (!recent.has(addr) && !budget.take(performance.now())) return refuse(done, client, RC.serverUnavailable, `verification budget for new addresses spent (${d.limits().auth.newAddressRate}/s): try again later`);
       const result = await store!.verify(username, password);
       if (!result.ok) {
         backoff.failed(addr);

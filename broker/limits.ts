@@ -172,30 +172,6 @@ export function payloadCap(limits: PayloadLimits, c: TopicClass): number | undef
   }
 }
 
-/** Classic token bucket, refilled lazily from a monotonic clock on each take. */
-export class TokenBucket {
-  private tokens: number;
-  private last: number;
-
-  constructor(
-    private readonly limit: RateLimit,
-    private readonly now: () => number = () => performance.now(),
-  ) {
-    this.tokens = limit.burst;
-    this.last = now();
-  }
-
-  /** Takes one token; false when the bucket is empty. */
-  take(): boolean {
-    const t = this.now();
-    this.tokens = Math.min(this.limit.burst, this.tokens + ((t - this.last) / 1000) * this.limit.rate);
-    this.last = t;
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
-    return true;
-  }
-}
-
 /**
  * Parses `--limit NAME=VALUE` flags (e.g. `frames.maxPacket=70k`, `rate.node.rate=20`,
  * `retained.node=1M`) into a {@link LimitsInput}. NAME is a path in {@link DEFAULT_LIMITS}; VALUE a

@@ -6,7 +6,8 @@ import { makeAuthenticator, principalFrom, type Done } from './authenticate.js';
 import { backlogOf, guardDeliveries, noteForwarded } from './delivery-guard.js';
 import { frameGuardOf } from './frame-guard.js';
 import type { IdentityStore } from './identity-store.js';
-import { payloadCap, resolveLimits, TokenBucket, type Limits, type LimitsInput } from './limits.js';
+import { TokenBucket } from '../shared/token-bucket.js';
+import { payloadCap, resolveLimits, type Limits, type LimitsInput } from './limits.js';
 import { PresencePublisher } from './presence.js';
 import { RetainedQuota } from './retained-quota.js';
 
@@ -85,7 +86,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
     return {
       client,
       principal,
-      bucket: new TokenBucket(limits.rate[principal.role]),
+      bucket: new TokenBucket(limits.rate[principal.role], performance.now()),
       servesCache,
       serves:
         principal.role !== 'agent'
@@ -155,7 +156,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
       }
       const s = sessions.get(client);
       if (!s) return done(new Error('publish from a client without a session'));
-      if (!s.bucket.take()) {
+      if (!s.bucket.take(performance.now())) {
         const rl = limits.rate[s.principal.role];
         log('warn', `disconnecting ${who(s, client)}: publish rate above ${rl.rate}/s (burst ${rl.burst})`);
         return done(new Error('publish rate limit exceeded'));

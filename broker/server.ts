@@ -3,7 +3,7 @@ import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { Aedes, type AedesOptions } from 'aedes';
 import { guardFrames } from './frame-guard.js';
-import { TokenBucket } from './limits.js';
+import { TokenBucket } from '../shared/token-bucket.js';
 import { throttled } from './throttled-log.js';
 import { installFerryPlugin, type FerryPlugin, type FerryPluginOptions, type LogFn } from './plugin.js';
 import { redisBackends, type RedisBackends } from './redis.js';
@@ -141,12 +141,12 @@ function pendingAdmission(plugin: FerryPlugin, log: LogFn): (socket: net.Socket)
     const addr = socket.remoteAddress ?? 'unknown';
     let bucket = rates.get(addr);
     if (!bucket) {
-      bucket = new TokenBucket({ rate: connections.perAddressRate, burst: connections.perAddressBurst });
+      bucket = new TokenBucket({ rate: connections.perAddressRate, burst: connections.perAddressBurst }, performance.now());
       rates.set(addr, bucket);
       // Forgetting an address only hands it a full bucket again: the table may be bounded freely.
       while (rates.size > connections.maxAddresses) rates.delete(rates.keys().next().value as string);
     }
-    if (!bucket.take()) {
+    if (!bucket.take(performance.now())) {
       log('warn', `connection from ${addr} refused: more than ${connections.perAddressRate} new connections/s from this address`);
       socket.destroy();
       return false;
