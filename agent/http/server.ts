@@ -1,5 +1,6 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { CONTENT_TYPE as METRICS_TYPE } from './exposition.js';
 import { LiveUpdates, type LiveOptions } from './live.js';
 import { metricsText } from './metrics.js';
@@ -76,6 +77,12 @@ export async function startStatusServer(o: StatusServerOptions): Promise<StatusS
     const status = err.code === 'HPE_HEADER_OVERFLOW' ? '431 Request Header Fields Too Large' : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? '408 Request Timeout' : '400 Bad Request';
     const body = `${status.slice(4).toLowerCase()}\n`;
     socket.end(`HTTP/1.1 ${status}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+  });
+
+  // CONNECT never reaches the request handler; without this listener Node would just drop the socket.
+  server.on('connect', (req: IncomingMessage, socket: Duplex) => {
+    const body = 'method CONNECT not allowed: this server is read-only (GET, HEAD)\n';
+    socket.end(`HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
   });
 
   const handle = (req: IncomingMessage, res: ServerResponse) => {
