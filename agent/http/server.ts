@@ -96,6 +96,8 @@ export async function startStatusServer(o: StatusServerOptions): Promise<StatusS
     const path = url.split('?')[0];
     const asset = STATIC[path];
     if (asset) return send(req, res, 200, asset.type, asset.body);
+    // Browsers ask for it unprompted; an empty answer keeps their consoles clean.
+    if (path === '/favicon.ico') return send(req, res, 204, 'image/x-icon', Buffer.alloc(0));
     if (path === '/metrics') return send(req, res, 200, METRICS_TYPE, Buffer.from(metricsText(o, { sseClients: live.clientCount, sseDropped: live.dropped })));
     if (path === '/api/status') return send(req, res, 200, 'application/json; charset=utf-8', Buffer.from(JSON.stringify(snapshot(o))));
     if (path === '/api/events') {
