@@ -42,6 +42,8 @@ export interface FerryPlugin {
   refresh(): void;
   /** Counters and gauges for metrics: connected clients by role, refused logins by reason. */
   stats(): BrokerStats;
+  /** Counts a socket a guard closed (called by broker/server.ts, which owns the sockets). */
+  refusedConnection(why: ConnectionRefusal): void;
   /** Stops the store poll. Hooks stay installed: close the aedes instance to stop the broker. */
   close(): void;
 }
@@ -51,7 +53,11 @@ export interface BrokerStats {
   clients: Record<Principal['role'], number>;
   /** Refused CONNECTs since start, by reason (docs/observability.md). */
   authFailures: Record<AuthFailure, number>;
+  /** Sockets the broker's guards closed since start: connection rate, caps on unauthenticated connections, packet size caps. */
+  connectionsRefused: Record<ConnectionRefusal, number>;
 }
+
+export type ConnectionRefusal = 'rate' | 'pending' | 'frame';
 
 export type AuthFailure = 'badCredentials' | 'notAuthorized' | 'identifierRejected' | 'serverUnavailable';
 
@@ -126,6 +132,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   const clients = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients;
 
   const authFailures: Record<AuthFailure, number> = { badCredentials: 0, notAuthorized: 0, identifierRejected: 0, serverUnavailable: 0 };
+  const connectionsRefused: Record<ConnectionRefusal, number> = { rate: 0, pending: 0, frame: 0 };
   const auth = makeAuthenticator({
     refused(code) {
       const kind = FAILURE_OF_CODE[code];
@@ -320,7 +327,10 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
     stats() {
       const clients = { node: 0, agent: 0, operator: 0, anonymous: 0 };
       for (const s of sessions.values()) clients[s.principal.role]++;
-      return { clients, authFailures: { ...authFailures } };
+      return { clients, authFailures: { ...authFailures }, connectionsRefused: { ...connectionsRefused } };
+    },
+    refusedConnection(why) {
+      connectionsRefused[why]++;
     },
     close() {
       if (timer) clearInterval(timer);

@@ -51,6 +51,12 @@ t.test('metrics after a real update: nodes by state, bytes, chunks, acks, outcom
     });
   });
   t.match(refused, /Bad username or password|Not authorized/i, 'the wrong password was refused');
+  await new Promise<void>((resolve) => {
+    // A CONNECT announcing 256 MB: the frame guard closes the socket on the fixed header.
+    const s = net.connect(g.broker.port, '127.0.0.1', () => s.write(Buffer.from([0x10, 0xff, 0xff, 0xff, 0x7f])));
+    s.on('close', () => resolve());
+    s.on('error', () => {});
+  });
 
   const res = await raw(g.http.url, 'GET', '/metrics');
   t.equal(res.status, 200);
@@ -77,6 +83,8 @@ t.test('metrics after a real update: nodes by state, bytes, chunks, acks, outcom
   t.equal(value('ferry_broker_clients', { role: 'node' }), 3);
   t.equal(value('ferry_broker_clients', { role: 'agent' }), 1);
   t.equal(value('ferry_broker_auth_failures_total', { reason: 'badCredentials' }), 1);
+  t.equal(value('ferry_broker_connections_refused_total', { reason: 'frame' }), 1, 'the oversized packet counted');
+  t.equal(value('ferry_broker_connections_refused_total', { reason: 'rate' }), 0);
   t.ok(value('ferry_uptime_seconds')! >= 0);
 
   const status = JSON.parse((await raw(g.http.url, 'GET', '/api/status')).body);

@@ -38,6 +38,7 @@ export function metricsText(src: StatusSources, http: HttpStats, now = Date.now(
     families.push(
       { name: 'ferry_broker_clients', type: 'gauge', help: 'Authenticated broker connections, by role.', samples: Object.entries(b.clients).map(([role, value]) => ({ labels: { role }, value })) },
       { name: 'ferry_broker_auth_failures_total', type: 'counter', help: 'Refused broker logins, by reason.', samples: Object.entries(b.authFailures).map(([reason, value]) => ({ labels: { reason }, value })) },
+      { name: 'ferry_broker_connections_refused_total', type: 'counter', help: 'Broker connections its guards closed, by cause: rate (new connections per address), pending (caps on connections not yet logged in), frame (packet over its size cap).', samples: Object.entries(b.connectionsRefused).map(([reason, value]) => ({ labels: { reason }, value })) },
     );
   }
   families.push(
