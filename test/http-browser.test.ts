@@ -13,7 +13,7 @@ import type { RolloutView } from '../agent/http/rollout-shape.js';
  * its reason, renders hostile text as text, and a screenshot of it is taken and checked.
  */
 const CHROMIUM = '/usr/bin/chromium';
-const NODES = 6;
+const NODES = 10;
 
 if (!fs.existsSync(CHROMIUM)) {
   t.comment(`skipped: ${CHROMIUM} is missing (apt-get install chromium; CI installs it from .ci/packages.txt)`);
@@ -85,7 +85,7 @@ if (!fs.existsSync(CHROMIUM)) {
 
     await g.publish('1.1.0', 192 * 1024);
     await page.waitForFunction((n) => document.querySelectorAll('#fleet tbody tr[data-state="confirmed"]').length === n - 1, NODES, { timeout: 90_000 });
-    await page.waitForSelector('#fleet tbody tr[data-id="node-6"][data-state="rolledBack"]', { timeout: 90_000 });
+    await page.waitForSelector('#fleet tbody tr[data-id="node-10"][data-state="rolledBack"]', { timeout: 90_000 });
     const seen = await page.evaluate(() => {
       const w = window as unknown as { __seen: Record<string, string[]>; __marker: number };
       return { __seen: w.__seen, __marker: w.__marker };
@@ -101,8 +101,8 @@ if (!fs.existsSync(CHROMIUM)) {
     t.same(await page.$$eval('#fleet tbody tr[data-state="confirmed"] td:nth-child(4)', (c) => c.map((e) => e.textContent)), Array(NODES - 1).fill('1.1.0'), 'confirmed rows show the new running version');
     t.same(
       await page.$$eval('#failures tbody tr', (rows) => rows.map((r) => [...r.querySelectorAll('td')].slice(0, 3).map((c) => c.textContent))),
-      [['node-6', 'rolledBack', 'selfTestFailed']],
-      'recent failures: node-6 rolled back, with the reason',
+      [['node-10', 'rolledBack', 'selfTestFailed']],
+      'recent failures: node-10 rolled back, with the reason',
     );
     t.equal(await page.$eval('#fleet tbody tr[data-id="node-1"] progress', (p) => (p as HTMLProgressElement).value), 1, 'node-1 progress bar full');
     t.match(await page.textContent('#figures'), /relayed\d/, 'summary figures shown');
@@ -127,7 +127,7 @@ if (!fs.existsSync(CHROMIUM)) {
     t.equal(boxes.length, NODES);
     for (const b of boxes) {
       t.ok(b.top >= 0 && b.bottom <= height && b.bottom > b.top, `${b.id} row is within the ${height}px screenshot`);
-      t.match(b.text, b.id === 'node-6' ? /rolledBack.*selfTestFailed/ : /confirmed1\.1\.0/, `${b.id} row text`);
+      t.match(b.text, b.id === 'node-10' ? /rolledBack.*selfTestFailed/ : /confirmed1\.1\.0/, `${b.id} row text`);
     }
     if (process.env.FERRY_KEEP_SCREENSHOT) fs.copyFileSync(shot, process.env.FERRY_KEEP_SCREENSHOT);
   });

@@ -35,6 +35,8 @@ export const PAGE_JS = String.raw`'use strict';
     while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
     return (i === 0 ? String(n) : n.toFixed(1)) + ' ' + units[i];
   }
+  var collator = new Intl.Collator(undefined, { numeric: true });
+  function byId(a, b) { return collator.compare(a, b); }
   function clear(e) { while (e.firstChild) e.removeChild(e.firstChild); }
   function bar(fraction) {
     var wrap = el('span');
@@ -109,13 +111,13 @@ export const PAGE_JS = String.raw`'use strict';
 
   function placeRows() {
     var body = $('fleet').tBodies[0];
-    Array.from(rows.keys()).sort().forEach(function (id) { body.appendChild(rows.get(id)); });
+    Array.from(rows.keys()).sort(byId).forEach(function (id) { body.appendChild(rows.get(id)); });
     $('fleet-count').textContent = '(' + rows.size + ')';
   }
 
   function renderFailures() {
     var list = Array.from(nodes.values()).filter(function (n) { return FAILED.indexOf(n.state) >= 0; });
-    list.sort(function (a, b) { return String(b.lastSeen || '').localeCompare(String(a.lastSeen || '')) || a.id.localeCompare(b.id); });
+    list.sort(function (a, b) { return String(b.lastSeen || '').localeCompare(String(a.lastSeen || '')) || byId(a.id, b.id); });
     var body = $('failures').tBodies[0];
     clear(body);
     list.slice(0, 50).forEach(function (n) {

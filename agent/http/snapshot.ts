@@ -85,12 +85,12 @@ export function summaryOf(src: StatusSources, nodes: NodeStatus[], now = Date.no
 export function failuresOf(nodes: NodeStatus[]): Failure[] {
   return nodes
     .filter((n) => FAILED_STATES.has(n.state))
-    .sort((a, b) => (b.lastSeen ?? '').localeCompare(a.lastSeen ?? '') || a.id.localeCompare(b.id))
+    .sort((a, b) => (b.lastSeen ?? '').localeCompare(a.lastSeen ?? '') || a.id.localeCompare(b.id, 'en', { numeric: true }))
     .slice(0, MAX_FAILURES)
     .map((n) => ({ device: n.id, outcome: n.state, reason: n.reason, detail: n.detail, version: n.targetVersion, at: n.lastSeen }));
 }
 
 export function snapshot(src: StatusSources, now = Date.now()): Snapshot {
-  const nodes = src.agent.statuses().sort((a, b) => a.id.localeCompare(b.id));
+  const nodes = src.agent.statuses().sort((a, b) => a.id.localeCompare(b.id, 'en', { numeric: true }));
   return { at: new Date(now).toISOString(), summary: summaryOf(src, nodes, now), nodes, rollouts: rolloutsOf(src.agent), failures: failuresOf(nodes) };
 }
