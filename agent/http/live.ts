@@ -26,6 +26,7 @@ export class LiveUpdates {
   private readonly changed = new Map<string, NodeStatus>();
   private lastRollouts = '[]';
   private lastSummary = '';
+  private lastSummaryAt = 0;
   private lastWrite = 0;
   private timer: NodeJS.Timeout | undefined;
   /** Clients dropped for reading too slowly, since start. */
@@ -81,12 +82,16 @@ export class LiveUpdates {
       this.lastRollouts = rollouts;
       out += `event: rollouts\ndata: ${rollouts}\n\n`;
     }
-    const summary = summaryOf(this.src, this.src.agent.statuses(), now);
-    const { uptimeSeconds: _, ...figures } = summary;
-    const key = JSON.stringify(figures);
-    if (key !== this.lastSummary || out !== '') {
-      this.lastSummary = key;
-      out += frame('summary', summary);
+    // The summary walks every node: only when something moved, or once a second for the counters.
+    if (out !== '' || now - this.lastSummaryAt >= 1000) {
+      this.lastSummaryAt = now;
+      const summary = summaryOf(this.src, this.src.agent.statuses(), now);
+      const { uptimeSeconds: _, ...figures } = summary;
+      const key = JSON.stringify(figures);
+      if (key !== this.lastSummary || out !== '') {
+        this.lastSummary = key;
+        out += frame('summary', summary);
+      }
     }
     if (out === '' && now - this.lastWrite < this.o.heartbeatMs) return;
     if (out === '') out = ': keep-alive\n\n';
