@@ -12,6 +12,7 @@ export interface LiveOptions {
   flushMs: number;
   /** A comment line goes out after this long without events, so dead connections are noticed (ms). */
   heartbeatMs: number;
+  log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
 }
 
 /**
@@ -99,6 +100,7 @@ export class LiveUpdates {
     for (const res of this.clients) {
       if (res.writableLength > this.o.maxBacklogBytes) {
         this.dropped++;
+        this.o.log?.('warn', `http: dropped the live-update client at ${res.req.socket.remoteAddress ?? '?'}: ${res.writableLength} bytes it has not read (limit ${this.o.maxBacklogBytes})`);
         this.clients.delete(res);
         res.destroy();
         continue;

@@ -76,6 +76,8 @@ export const PAGE_JS = String.raw`'use strict';
     });
   }
 
+  // Columns: device, hw, state, running, target, rollout, progress, online, last seen, detail.
+  var COLUMNS = 10;
   function fillRow(tr, n) {
     tr.dataset.state = n.state;
     var cells = tr.children;
@@ -84,13 +86,15 @@ export const PAGE_JS = String.raw`'use strict';
     clear(cells[2]); cells[2].appendChild(badge(n.state));
     cells[3].textContent = n.runningVersion;
     cells[4].textContent = n.targetVersion || '';
-    clear(cells[5]); cells[5].appendChild(bar(n.progress));
-    cells[6].textContent = n.online ? 'yes' : 'no';
-    cells[6].className = n.online ? 'online-yes' : 'online-no';
-    cells[7].textContent = time(n.lastSeen);
-    var detail = (n.reason ? n.reason + ': ' : '') + (n.detail || '');
-    cells[8].textContent = detail;
-    cells[8].title = detail;
+    cells[5].textContent = typeof n.rollout === 'string' ? n.rollout + (typeof n.wave === 'number' ? ' · wave ' + n.wave : '') : '';
+    clear(cells[6]); cells[6].appendChild(bar(n.progress));
+    cells[7].textContent = n.online ? 'yes' : 'no';
+    cells[7].className = n.online ? 'online-yes' : 'online-no';
+    cells[8].textContent = time(n.lastSeen);
+    var warnings = Array.isArray(n.warnings) ? n.warnings.filter(function (w) { return typeof w === 'string'; }) : [];
+    var detail = (n.reason ? n.reason + ': ' : '') + (n.detail || '') + (warnings.length ? ' [' + warnings.join('; ') + ']' : '');
+    cells[9].textContent = detail;
+    cells[9].title = detail;
   }
 
   function upsertNode(n) {
@@ -101,7 +105,7 @@ export const PAGE_JS = String.raw`'use strict';
     if (!tr) {
       tr = el('tr');
       tr.dataset.id = n.id;
-      for (var i = 0; i < 9; i++) tr.appendChild(el('td', i === 8 ? 'detail' : ''));
+      for (var i = 0; i < COLUMNS; i++) tr.appendChild(el('td', i === COLUMNS - 1 ? 'detail' : ''));
       rows.set(n.id, tr);
       added = true;
     }

@@ -33,12 +33,12 @@ export const PAGE_HTML = `<!doctype html>
 </section>
 <section aria-labelledby="failures-h">
   <h2 id="failures-h">Recent failures</h2>
-  <table id="failures"><thead><tr><th>device</th><th>outcome</th><th>reason</th><th>detail</th><th>version</th><th>at</th></tr></thead><tbody></tbody></table>
+  <div class="wide"><table id="failures"><thead><tr><th>device</th><th>outcome</th><th>reason</th><th>detail</th><th>version</th><th>at</th></tr></thead><tbody></tbody></table></div>
   <p id="no-failures" class="muted">none</p>
 </section>
 <section aria-labelledby="fleet-h">
   <h2 id="fleet-h">Fleet <span id="fleet-count" class="muted"></span></h2>
-  <table id="fleet"><thead><tr><th>device</th><th>hw</th><th>state</th><th>running</th><th>target</th><th>progress</th><th>online</th><th>last seen</th><th>detail</th></tr></thead><tbody></tbody></table>
+  <div class="wide"><table id="fleet"><thead><tr><th>device</th><th>hw</th><th>state</th><th>running</th><th>target</th><th>rollout</th><th>progress</th><th>online</th><th>last seen</th><th>detail</th></tr></thead><tbody></tbody></table></div>
 </section>
 <noscript><p>This page needs JavaScript; the same data is at <a href="/api/status">/api/status</a> and <a href="/metrics">/metrics</a>.</p></noscript>
 </body>
@@ -66,12 +66,14 @@ dd { margin: 0; font-variant-numeric: tabular-nums; }
 .s-rolledBack, .s-rejected, .s-timedOut, .s-failed, .s-halted, .s-aborted { border-color: var(--bad); color: var(--bad); }
 .s-offered, .s-downloading, .s-verifying, .s-activating, .s-confirming, .s-running, .s-queued { border-color: var(--busy); color: var(--busy); }
 table { border-collapse: collapse; width: 100%; }
+.wide { overflow-x: auto; }
 th, td { text-align: left; padding: 3px 8px; border-bottom: 1px solid var(--line); vertical-align: middle; }
 th { font-weight: 600; font-size: 12px; color: var(--idle); }
 td.detail { max-width: 420px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 progress { width: 140px; height: 10px; vertical-align: middle; accent-color: var(--busy); }
-tr[data-state="confirmed"] progress { accent-color: var(--ok); }
+tr[data-state="confirmed"] progress, tr[data-state="done"] progress { accent-color: var(--ok); }
+tr[data-state="rolledBack"] progress, tr[data-state="rejected"] progress, tr[data-state="timedOut"] progress, tr[data-state="failed"] progress, tr[data-state="halted"] progress { accent-color: var(--bad); }
 .pct { display: inline-block; width: 44px; text-align: right; font-variant-numeric: tabular-nums; font-size: 12px; }
 .rollout { border: 1px solid var(--line); border-radius: 6px; padding: 8px 12px; margin-bottom: 10px; }
 .rollout h3 { font-size: 14px; margin: 0 0 6px; display: flex; gap: 10px; align-items: baseline; }

@@ -59,7 +59,7 @@ function isLoopback(host: string): boolean {
  */
 export async function startStatusServer(o: StatusServerOptions): Promise<StatusServer> {
   const host = o.host ?? '127.0.0.1';
-  const live = new LiveUpdates(o, { ...DEFAULT_LIVE, ...definedOnly({ maxClients: o.maxClients, maxBacklogBytes: o.maxBacklogBytes, flushMs: o.flushMs, heartbeatMs: o.heartbeatMs }) });
+  const live = new LiveUpdates(o, { ...DEFAULT_LIVE, ...definedOnly({ maxClients: o.maxClients, maxBacklogBytes: o.maxBacklogBytes, flushMs: o.flushMs, heartbeatMs: o.heartbeatMs }), log: o.log });
   const checkHost = isLoopback(host);
   const server = http.createServer({ maxHeaderSize: HTTP_LIMITS.maxHeaderBytes, headersTimeout: HTTP_LIMITS.headersTimeoutMs, requestTimeout: HTTP_LIMITS.headersTimeoutMs, keepAliveTimeout: 5000 }, (req, res) => {
     try {
