@@ -4,6 +4,7 @@ import type { Topics } from '../shared/topics.js';
 import { Admission } from './admission.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { AgentConfig } from './config.js';
+import type { AgentCounters } from './counters.js';
 import type { Links } from './links.js';
 import { blankRow, helloFacts, syncRow, updateFromRow } from './node-record.js';
 import { decide } from './offer-policy.js';
@@ -58,6 +59,8 @@ export interface UpdatesDeps {
   links: Links;
   topics: Topics;
   clock: Clock;
+  /** Process-wide counters for metrics. */
+  counters: AgentCounters;
   log: (level: 'info' | 'warn' | 'error', msg: string) => void;
   onStatus: (s: NodeStatus) => void;
   onWindowTimeout: (e: { id: string; rto: number; expiries: number }) => void;
@@ -172,6 +175,7 @@ export class Updates {
       case 'outcome': {
         row.reason = e.reason;
         row.detail = e.detail.slice(0, 200);
+        this.d.counters.outcome(e.outcome);
         if (e.refuse && n.update.target) this.d.store.addRefusal(row.id, n.update.target.id, 'release');
         const level = e.outcome === 'confirmed' ? 'info' : 'warn';
         this.d.log(level, `node ${row.id}: ${e.outcome}${e.reason ? ` (${reasonName(e.reason)})` : ''}: ${e.detail}`);
@@ -285,6 +289,7 @@ export class Updates {
     }
     if (a.base > t.count) return 'past-end';
     n.row.acks++;
+    this.d.counters.acks++;
     // The answer to the latest Offer describes all the node holds: it replaces what we believed (the
     // store's coarse bitmap after a restart, or acks of chunks a power cut has since lost).
     let fresh = 1;
