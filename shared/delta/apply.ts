@@ -1,8 +1,9 @@
 import { createHash, type Hash } from 'node:crypto';
 import { ProtocolError, Reason } from '../errors.js';
 import { predictorFor, type Predictor } from './arch/index.js';
-import { headerSizeOf, MAX_HEADER_SIZE, readPatchHeader, STREAM_COUNT, type PatchHeader } from './format.js';
+import { headerSizeOf, MAX_HEADER_SIZE, PREDICTING_TRANSFORMS, readPatchHeader, STREAM_COUNT, Transform, type PatchHeader } from './format.js';
 import { NEED_INPUT, RawInflater, STREAM_END } from './inflate.js';
+import { SparseDiffReader } from './sparse.js';
 
 const STREAM_NAMES = ['control', 'diff', 'extra'];
 
@@ -73,6 +74,8 @@ export class PatchApplier {
   private frameLeft = 0;
   /** Pointer and instruction prediction: the unit in flight (its length, bytes left, new bytes so far). */
   private predictor: Predictor | undefined;
+  /** Reads the diff stream's zero runs and explicit bytes when the patch has transform bit 3. */
+  private sparse: SparseDiffReader | undefined;
   private unitLength = 0;
   private predictedLeft = 0;
   private newWord = 0;
@@ -175,8 +178,10 @@ export class PatchApplier {
       );
     }
     this.hdr = header;
-    if (header.transforms) this.predictor = predictorFor(header, (offset) => this.baseWord(offset));
+    if (header.transforms & PREDICTING_TRANSFORMS) this.predictor = predictorFor(header, (offset) => this.baseWord(offset));
     this.streams = header.streamWindowBits.map((w) => new RawInflater(w, 1 << header.bufferBits));
+    const diff = this.streams[1];
+    this.sparse = header.transforms & Transform.sparseDiff ? new SparseDiffReader(() => diff.pull()) : undefined;
     this.notePeak();
   }
 
@@ -190,7 +195,7 @@ export class PatchApplier {
     for (;;) {
       switch (this.phase) {
         case Phase.copy: {
-          const b = diff.pull();
+          const b = this.sparse ? this.sparse.pull() : diff.pull();
           if (b === NEED_INPUT) return;
           if (b === STREAM_END) throw new ProtocolError(Reason.deltaFailed, 'corrupted patch: diff stream ends before the copy does');
           this.out((b + this.predict(this.oldPos)) & 0xff);
@@ -208,6 +213,7 @@ export class PatchApplier {
         }
         case Phase.drainDiff:
         case Phase.drainExtra: {
+          if (this.phase === Phase.drainDiff && this.sparse && !this.sparse.finish()) return;
           const s = this.phase === Phase.drainDiff ? diff : extra;
           const b = s.pull();
           if (b === NEED_INPUT) return;

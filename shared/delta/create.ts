@@ -5,8 +5,9 @@ import { Arch, codecFor, Fallback, Predictor, type ArchName } from './arch/index
 import { ByteWriter, Coder, encodeHeader, HEADER_SIZE, HEADER_SIZE_V3, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform, type PatchHeader } from './format.js';
 import { detectImage, layoutFor } from './detect.js';
 import { deflateOptimal } from './deflate.js';
-import { RawInflater, STREAM_END } from './inflate.js';
+import { multiplex } from './frames.js';
 import { findSteps, type Step } from './match.js';
+import { sparseConsumption, toSparse } from './sparse.js';
 
 /**
  * Upper bound on each stream's DEFLATE window, in bits (the `windowBits` option lowers it further).
@@ -42,6 +43,12 @@ export interface CreatePatchOptions {
    * transform never makes a patch larger than leaving it out.
    */
   arch?: ArchName | 'auto';
+  /**
+   * Also try the diff stream in sparse form (transform bit 3, docs/delta.md "Sparse diff") and keep
+   * whichever patch is smaller; default off. Only for a node that announces capability 256
+   * (choose.ts, deltaOptionsFor): appliers without it reject the bit.
+   */
+  sparse?: boolean;
   /** Make only the candidate transform with this name (stats.transform), for benchmarks; default: the smallest. */
   only?: string;
   /** Called with bytes of the new image matched so far, then with the compression phase. */
@@ -210,83 +217,6 @@ export function compress(data: Uint8Array, windowBits: number): Buffer {
   return best!;
 }
 
-/**
- * For each output byte k of a compressed stream, how many compressed bytes a decoder that reads
- * input only when it needs a bit of it (ours, uzlib, zlib fed byte by byte) has taken once it has
- * produced byte k; the last entry is the count once it has seen the end of the stream.
- */
-function inputNeeded(compressed: Buffer, windowBits: number, outLength: number): Int32Array {
-  const need = new Int32Array(outLength + 1);
-  const dec = new RawInflater(windowBits, compressed.length || 1);
-  dec.feed(compressed);
-  for (let k = 0; k <= outLength; k++) {
-    const b = dec.pull();
-    if (k < outLength ? b < 0 : b !== STREAM_END) throw new Error(`internal error: stream decodes to ${k} bytes, expected ${outLength}`);
-    need[k] = dec.consumed;
-  }
-  return need;
-}
-
-/**
- * Multiplexes the three compressed streams into frames, in the order the applier consumes them: the
- * applier is simulated step by step, and whenever it would need a compressed byte of a stream that
- * has not arrived, a frame tops that stream's input buffer up to 2^bufferBits unread bytes.
- */
-function multiplex(steps: readonly Step[], raw: Streams, packed: Buffer[], windowBits: number[], bufferBits: number): { body: Buffer; frames: number; headerBytes: number } {
-  const cap = 1 << bufferBits;
-  const lengths = [raw.control.length, raw.diff.length, raw.extra.length];
-  const need = packed.map((p, i) => inputNeeded(p, windowBits[i], lengths[i]));
-  const delivered = [0, 0, 0];
-  const pulled = [0, 0, 0];
-  const out = new ByteWriter();
-  let frames = 0;
-  let headerBytes = 0;
-  const pull = (s: number, count: number): void => {
-    const n = need[s];
-    for (let j = 0; j < count; j++) {
-      const k = pulled[s]++;
-      if (n[k] <= delivered[s]) continue;
-      const consumed = k > 0 ? n[k - 1] : 0;
-      const upTo = Math.min(packed[s].length, consumed + cap);
-      if (upTo < n[k]) throw new Error(`internal error: one symbol of stream ${s} needs more than ${cap} input bytes`);
-      const len = upTo - delivered[s];
-      const before = out.length;
-      out.uvarint((len - 1) * 4 + s);
-      headerBytes += out.length - before;
-      out.bytes(packed[s].subarray(delivered[s], upTo));
-      delivered[s] = upTo;
-      frames++;
-    }
-  };
-  const varLen = (v: number): number => {
-    let n = 1;
-    while (v >= 0x80) {
-      v = Math.floor(v / 0x80);
-      n++;
-    }
-    return n;
-  };
-  let c = 0; // control bytes used
-  for (const step of steps) {
-    const a = varLen(step.copyLen);
-    pull(0, a);
-    pull(1, step.copyLen);
-    const b = varLen(step.extraLen);
-    pull(0, b);
-    pull(2, step.extraLen);
-    c += a + b;
-    // the adjust varint: whatever is left of this step's control bytes; read its length from the stream
-    let k = c;
-    while (raw.control[k] & 0x80) k++;
-    pull(0, k + 1 - c);
-    c = k + 1;
-  }
-  pull(0, 1); // end of each stream
-  pull(1, 1);
-  pull(2, 1);
-  return { body: out.result(), frames, headerBytes };
-}
-
 /** Makes a patch that turns `oldImage` into `newImage`; apply it with PatchApplier. */
 export function createPatch(oldImage: Uint8Array, newImage: Uint8Array, opts: CreatePatchOptions = {}): Buffer {
   return createPatchWithStats(oldImage, newImage, opts).patch;
@@ -318,35 +248,43 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
   if (list.length === 0) throw new ProtocolError(Reason.badField, `no transform named ${opts.only} applies to these images`);
   // Ranked first by zlib's quick estimate of the diff stream; only those within 3 % of the best
   // estimate get the (slow) optimal encoder, which is most of the creation time.
-  const tried: { raw: Streams; candidate: Candidate; estimate: number }[] = [];
+  const tried: { raw: Streams; diffRaw: Buffer; diffAfterStep?: number[]; transforms: number; candidate: Candidate; estimate: number }[] = [];
+  const copyLens = steps.map((s) => s.copyLen);
   for (const candidate of list) {
     const raw = encodeSteps(oldImage, newImage, steps, candidate.predictor());
     // The same bytes as plain, and a table for nothing:
     if (candidate.transforms !== 0 && raw.predictedWords === 0 && opts.only === undefined) continue;
     const w = windows(candidate.headerSize !== HEADER_SIZE);
-    const estimate = deflateRawSync(raw.diff, { windowBits: w[1], level: 9, memLevel: 9 }).length + candidate.headerSize;
-    tried.push({ raw, candidate, estimate });
+    const forms: { diffRaw: Buffer; diffAfterStep?: number[]; transforms: number }[] = [{ diffRaw: raw.diff, transforms: candidate.transforms }];
+    if (opts.sparse) {
+      const sparse = toSparse(raw.diff);
+      forms.push({ diffRaw: sparse, diffAfterStep: sparseConsumption(sparse, copyLens), transforms: candidate.transforms | Transform.sparseDiff });
+    }
+    for (const f of forms) {
+      const estimate = deflateRawSync(f.diffRaw, { windowBits: w[1], level: 9, memLevel: 9 }).length + candidate.headerSize;
+      tried.push({ raw, ...f, candidate, estimate });
+    }
   }
   const cutoff = Math.min(...tried.map((c) => c.estimate)) * 1.03;
-  let best: { raw: Streams; diff: Buffer; size: number; candidate: Candidate } | undefined;
-  for (const { raw, candidate, estimate } of tried) {
-    if (estimate > cutoff) continue;
-    const w = windows(candidate.headerSize !== HEADER_SIZE);
-    control ??= compress(raw.control, w[0]);
-    const diff = compress(raw.diff, w[1]);
-    const size = diff.length + extraFor(raw, w[2]).length + candidate.headerSize;
-    if (!best || size < best.size) best = { raw, diff, size, candidate };
+  let best: (typeof tried)[number] & { diff: Buffer; size: number } | undefined;
+  for (const t of tried) {
+    if (t.estimate > cutoff) continue;
+    const w = windows(t.candidate.headerSize !== HEADER_SIZE);
+    control ??= compress(t.raw.control, w[0]);
+    const diff = compress(t.diffRaw, w[1]);
+    const size = diff.length + extraFor(t.raw, w[2]).length + t.candidate.headerSize;
+    if (!best || size < best.size) best = { ...t, diff, size };
   }
-  const { raw, diff, candidate } = best!;
+  const { raw, diff, diffRaw, diffAfterStep, transforms, candidate } = best!;
   const streamWindowBits = windows(candidate.headerSize !== HEADER_SIZE);
   const packed = [control!, diff, extraFor(raw, streamWindowBits[2])];
-  const { body, frames, headerBytes } = multiplex(steps, raw, packed, streamWindowBits, BUFFER_BITS);
+  const { body, frames, headerBytes } = multiplex(steps, { ...raw, diff: diffRaw, diffAfterStep }, packed, streamWindowBits, BUFFER_BITS);
   opts.onProgress?.(1, 1, 'compress');
   const header = encodeHeader({
     coder: Coder.deflateRaw,
     streamWindowBits,
     bufferBits: BUFFER_BITS,
-    transforms: candidate.transforms,
+    transforms,
     arch: candidate.arch,
     forms: candidate.forms,
     fallback: candidate.fallback,
@@ -369,13 +307,13 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
       steps: steps.length,
       copyBytes,
       extraBytes,
-      streamBytes: raw.control.length + raw.diff.length + raw.extra.length,
+      streamBytes: raw.control.length + diffRaw.length + raw.extra.length,
       controlBytes: packed[0].length,
       diffBytes: packed[1].length,
       extraStreamBytes: packed[2].length,
       frameHeaderBytes: headerBytes,
       frames,
-      transform: candidate.name,
+      transform: transforms & Transform.sparseDiff ? `${candidate.name}, sparse diff` : candidate.name,
     },
   };
 }
