@@ -1,6 +1,6 @@
 import { Capability, Encoding } from '../shared/messages.js';
 import { sha256 } from '../shared/manifest.js';
-import { archForNode, detectImage, type ArchName } from '../shared/delta/index.js';
+import { archForNode, deltaSparseFor, detectImage, type ArchName } from '../shared/delta/index.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { PatchCache } from './patches.js';
 import type { NodeRow, Payload, Release } from './types.js';
@@ -56,9 +56,10 @@ export class PayloadChooser {
     }
     // A node that decodes the release's instruction set gets a patch that predicts moved references.
     const arch = archForNode(row.caps, this.imageArch(release));
+    const sparse = deltaSparseFor(row.caps);
     const pair = `${release.row.hw} ${base.row.version} -> ${release.row.version}`;
-    const predicted = arch === 'none' ? '' : `, ${arch} prediction`;
-    let patch = o.patches.cached(base.row.digest, release.row.digest, arch);
+    const predicted = `${arch === 'none' ? '' : `, ${arch} prediction`}${sparse ? ', sparse diff' : ''}`;
+    let patch = o.patches.cached(base.row.digest, release.row.digest, arch, sparse);
     if (!patch) {
       o.log('info', `node ${row.id}: making delta patch ${pair} in the background (${o.patches.pending} other job(s) pending)`);
       o.progress(row.id, `making delta patch ${pair}`);
@@ -69,7 +70,7 @@ export class PayloadChooser {
           const step = `${phase} ${Math.floor(pct / 25) * 25} %`; // the log gets quarters, the status every report
           if (step !== logged) o.log('info', `delta patch ${pair}: ${(logged = step)}`);
           o.progress(row.id, `making delta patch ${pair}: ${phase} ${pct} %`);
-        }, arch);
+        }, arch, sparse);
       } catch (err) {
         if (o.closed()) return full;
         o.log('warn', `node ${row.id}: no delta ${pair}: ${(err as Error).message}; sending the full image`);
