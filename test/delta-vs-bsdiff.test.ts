@@ -1,0 +1,81 @@
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import t from 'tap';
+import { applyPatch } from '../shared/delta/apply.js';
+import { createPatchWithStats, type CreatePatchOptions } from '../shared/delta/create.js';
+import { firmware, fixturesDir } from './helpers/fixtures.js';
+
+/**
+ * A ferry patch is never larger than bsdiff's (issue 14): on every firmware pair available, bsdiff
+ * (Debian's `bsdiff` package, .ci/packages.txt) runs side by side with ferry on the same two files,
+ * and each patch a delta-capable node can be sent must be at most bsdiff's size. Pairs: the
+ * fixtures README's, plus any other pair folder found in the fixtures (a folder with `old` and
+ * `new`, or with several images, taken in name order, each after the first paired with the first).
+ */
+
+const KNOWN: [string, string][] = [
+  ['micropython-esp8266/esp8266-20180511-v1.9.4.bin', 'micropython-esp8266/esp8266-20190125-v1.10.bin'],
+  ['synthesizer/1.bin', 'synthesizer/2.bin'],
+  ['synthesizer/1.bin', 'synthesizer/3.bin'],
+  ['shell/old', 'shell/new'],
+  ['programmer/0.8.0.bin', 'programmer/0.9.0.bin'],
+  ['foo/old', 'foo/new'],
+];
+
+/** Pair folders in the fixtures that the list above does not know. */
+function discovered(dir: string | undefined): [string, string][] {
+  if (!dir) return [];
+  const known = new Set(KNOWN.map(([a]) => a.split('/')[0]));
+  const out: [string, string][] = [];
+  for (const folder of fs.readdirSync(dir, { withFileTypes: true })) {
+    if (!folder.isDirectory() || known.has(folder.name)) continue;
+    const files = fs
+      .readdirSync(path.join(dir, folder.name), { withFileTypes: true })
+      .filter((f) => f.isFile() && !/\.(patch|md|txt|json)$/i.test(f.name))
+      .map((f) => f.name)
+      .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
+    if (files.includes('old') && files.includes('new')) out.push([`${folder.name}/old`, `${folder.name}/new`]);
+    else for (const f of files.slice(1)) out.push([`${folder.name}/${files[0]}`, `${folder.name}/${f}`]);
+  }
+  return out;
+}
+
+function read(rel: string): Buffer {
+  return fixturesDir && fs.existsSync(path.join(fixturesDir, rel)) ? fs.readFileSync(path.join(fixturesDir, rel)) : firmware(rel);
+}
+
+const haveBsdiff = spawnSync('sh', ['-c', 'command -v bsdiff'], { stdio: 'ignore' }).status === 0;
+
+/** bsdiff's patch size for these two images (bsdiff 4 format, bzip2 inside). */
+function bsdiffSize(work: string, oldImage: Buffer, newImage: Buffer): number {
+  const [o, n, p] = ['old', 'new', 'patch'].map((f) => path.join(work, f));
+  fs.writeFileSync(o, oldImage);
+  fs.writeFileSync(n, newImage);
+  const r = spawnSync('bsdiff', [o, n, p], { stdio: ['ignore', 'ignore', 'pipe'] });
+  if (r.status !== 0) throw new Error(`bsdiff failed: ${r.stderr.toString().trim()}`);
+  return fs.statSync(p).size;
+}
+
+/** The patches a delta-capable node can be sent: plain (no instruction set), and instruction-aware. */
+const KINDS: { name: string; opts: CreatePatchOptions }[] = [
+  { name: 'plain (capability 1 + 256)', opts: { sparse: true } },
+  { name: 'instruction-aware (capability 1 + 256 + its instruction set)', opts: { arch: 'auto', sparse: true } },
+];
+
+t.test('ferry patch <= bsdiff patch on every available pair', { skip: haveBsdiff ? false : 'bsdiff is not installed (apt-get install bsdiff; listed in .ci/packages.txt)' }, async (t) => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-vs-bsdiff-'));
+  t.teardown(() => fs.rmSync(work, { recursive: true, force: true }));
+  for (const [a, b] of [...KNOWN, ...discovered(fixturesDir)]) {
+    const oldImage = read(a);
+    const newImage = read(b);
+    const bsdiff = bsdiffSize(work, oldImage, newImage);
+    for (const kind of KINDS) {
+      const { patch, stats } = createPatchWithStats(oldImage, newImage, kind.opts);
+      const { image } = applyPatch(oldImage, patch, { pieceSize: 997 });
+      t.ok(Buffer.from(image).equals(newImage), `${a} -> ${b}, ${kind.name}: the patch rebuilds the new image`);
+      t.ok(patch.length <= bsdiff, `${a} -> ${b}, ${kind.name}: ferry ${patch.length} B (${stats.transform}) <= bsdiff ${bsdiff} B`);
+    }
+  }
+});
