@@ -199,7 +199,7 @@ t.test('version 3 headers: inconsistent or unknown fields are refused with a cle
   const cases: [string, (h: Buffer) => void, RegExp][] = [
     ['unknown instruction set', (h) => (h[11] = 9), /instruction set 9/],
     ['instruction set without its flag', (h) => (h[6] &= ~4), /does not agree/],
-    ['unknown transform bit', (h) => (h[6] |= 8), /unknown delta transform flags/],
+    ['unknown transform bit', (h) => (h[6] |= 16), /unknown delta transform flags/],
     ['pointer range without its flag', (h) => h.writeUInt32LE(0x1000, 92), /pointer range/],
     ['pointer range flag without a range', (h) => (h[6] |= 2), /pointer range/],
     ['no forms for an instruction set', (h) => (h[96] = 0), /form mask/],
