@@ -5,42 +5,15 @@ import path from 'node:path';
 import t from 'tap';
 import { applyPatch } from '../shared/delta/apply.js';
 import { createPatchWithStats, type CreatePatchOptions } from '../shared/delta/create.js';
+import { discoverPairs, KNOWN_PAIRS } from '../scripts/bench/fixture-pairs.js';
 import { firmware, fixturesDir } from './helpers/fixtures.js';
 
 /**
  * A ferry patch is never larger than bsdiff's (issue 14): on every firmware pair available, bsdiff
  * (Debian's `bsdiff` package, .ci/packages.txt) runs side by side with ferry on the same two files,
  * and each patch a delta-capable node can be sent must be at most bsdiff's size. Pairs: the
- * fixtures README's, plus any other pair folder found in the fixtures (a folder with `old` and
- * `new`, or with several images, taken in name order, each after the first paired with the first).
+ * fixtures README's, plus any other pair folder found in the fixtures (discoverPairs).
  */
-
-const KNOWN: [string, string][] = [
-  ['micropython-esp8266/esp8266-20180511-v1.9.4.bin', 'micropython-esp8266/esp8266-20190125-v1.10.bin'],
-  ['synthesizer/1.bin', 'synthesizer/2.bin'],
-  ['synthesizer/1.bin', 'synthesizer/3.bin'],
-  ['shell/old', 'shell/new'],
-  ['programmer/0.8.0.bin', 'programmer/0.9.0.bin'],
-  ['foo/old', 'foo/new'],
-];
-
-/** Pair folders in the fixtures that the list above does not know. */
-function discovered(dir: string | undefined): [string, string][] {
-  if (!dir) return [];
-  const known = new Set(KNOWN.map(([a]) => a.split('/')[0]));
-  const out: [string, string][] = [];
-  for (const folder of fs.readdirSync(dir, { withFileTypes: true })) {
-    if (!folder.isDirectory() || known.has(folder.name)) continue;
-    const files = fs
-      .readdirSync(path.join(dir, folder.name), { withFileTypes: true })
-      .filter((f) => f.isFile() && !/\.(patch|md|txt|json)$/i.test(f.name))
-      .map((f) => f.name)
-      .sort((a, b) => a.localeCompare(b, 'en', { numeric: true }));
-    if (files.includes('old') && files.includes('new')) out.push([`${folder.name}/old`, `${folder.name}/new`]);
-    else for (const f of files.slice(1)) out.push([`${folder.name}/${files[0]}`, `${folder.name}/${f}`]);
-  }
-  return out;
-}
 
 function read(rel: string): Buffer {
   return fixturesDir && fs.existsSync(path.join(fixturesDir, rel)) ? fs.readFileSync(path.join(fixturesDir, rel)) : firmware(rel);
@@ -67,7 +40,7 @@ const KINDS: { name: string; opts: CreatePatchOptions }[] = [
 t.test('ferry patch <= bsdiff patch on every available pair', { skip: haveBsdiff ? false : 'bsdiff is not installed (apt-get install bsdiff; listed in .ci/packages.txt)' }, async (t) => {
   const work = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-vs-bsdiff-'));
   t.teardown(() => fs.rmSync(work, { recursive: true, force: true }));
-  for (const [a, b] of [...KNOWN, ...discovered(fixturesDir)]) {
+  for (const { old: a, new: b } of [...KNOWN_PAIRS, ...(fixturesDir ? discoverPairs(fixturesDir) : [])]) {
     const oldImage = read(a);
     const newImage = read(b);
     const bsdiff = bsdiffSize(work, oldImage, newImage);

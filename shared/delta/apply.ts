@@ -15,6 +15,8 @@ export const OUT_BUFFER_BYTES = 256;
 const SHA256_CONTEXT_BYTES = 112;
 /** Instruction decoder state: phase, varint accumulator, remaining count, old/new positions, 4 recent alignments. */
 const DECODER_STATE_BYTES = 48;
+/** Sparse diff reader (transform bit 3): zero-run counter, run-length accumulator and shift. */
+const SPARSE_STATE_BYTES = 12;
 
 export interface PatchApplierOptions {
   /** Reads `length` bytes of the running (old) image at `offset`; must return exactly that many. */
@@ -110,7 +112,7 @@ export class PatchApplier {
   }
 
   private notePeak(): void {
-    const table = this.predictor?.workingMemory ?? 0;
+    const table = (this.predictor?.workingMemory ?? 0) + (this.sparse ? SPARSE_STATE_BYTES : 0);
     let now = table + this.headerBuf.byteLength + this.oldBuf.byteLength + this.outBuf.byteLength + SHA256_CONTEXT_BYTES + DECODER_STATE_BYTES + FRAME_STATE_BYTES;
     for (const s of this.streams) now += s.workingMemory;
     if (now > this.peak) this.peak = now;
