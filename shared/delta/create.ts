@@ -6,7 +6,7 @@ import { ByteWriter, Coder, encodeHeader, HEADER_SIZE, HEADER_SIZE_V3, MAX_WINDO
 import { detectImage, layoutFor } from './detect.js';
 import { deflateOptimal } from './deflate.js';
 import { multiplex } from './frames.js';
-import { findSteps, type Step } from './match.js';
+import { findSteps, MatchFinder, type MatchOptions, type Step } from './match.js';
 import { sparseConsumption, toSparse } from './sparse.js';
 
 /**
@@ -49,6 +49,8 @@ export interface CreatePatchOptions {
    * (choose.ts, deltaOptionsFor): appliers without it reject the bit.
    */
   sparse?: boolean;
+  /** Matcher settings (match.ts), for experiments; default: ferry's tuned ones. */
+  match?: Omit<MatchOptions, 'onProgress'>;
   /** Make only the candidate transform with this name (stats.transform), for benchmarks; default: the smallest. */
   only?: string;
   /** Called with bytes of the new image matched so far, then with the compression phase. */
@@ -217,6 +219,38 @@ export function compress(data: Uint8Array, windowBits: number): Buffer {
   return best!;
 }
 
+/**
+ * The matchers every patch is tried with: ferry's tuned settings (cheap jumps near recent
+ * alignments, many short steps; best on the ESP8266 and most Cortex-M pairs) and bsdiff's own
+ * (every jump must gain 8 bytes, copies extended while half their bytes agree; best where one
+ * displacement runs through a long copy, as after a small change early in an image).
+ */
+const MATCHERS: Omit<MatchOptions, 'onProgress'>[] = [{}, { minGain: 8, minGainNear: 8, minGainRepeat: 8, extendWeight: 2 }];
+
+/** What the candidates made from one matcher's steps share: the steps, and their compressed control and extra streams. */
+interface Shared {
+  steps: Step[];
+  control: Buffer | undefined;
+  extras: Map<number, Buffer>;
+}
+
+/** One way to make the patch: a matcher's steps, a transform, and the diff stream's form. */
+interface Variant {
+  shared: Shared;
+  raw: Streams;
+  candidate: Candidate;
+  diffRaw: Buffer;
+  diffAfterStep?: number[];
+  transforms: number;
+  estimate: number;
+}
+
+function extraFor(shared: Shared, raw: Streams, w: number): Buffer {
+  let e = shared.extras.get(w);
+  if (!e) shared.extras.set(w, (e = compress(raw.extra, w)));
+  return e;
+}
+
 /** Makes a patch that turns `oldImage` into `newImage`; apply it with PatchApplier. */
 export function createPatch(oldImage: Uint8Array, newImage: Uint8Array, opts: CreatePatchOptions = {}): Buffer {
   return createPatchWithStats(oldImage, newImage, opts).patch;
@@ -230,54 +264,55 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
   for (const [what, img] of [['old', oldImage], ['new', newImage]] as const) {
     if (img.length > 0xffffffff) throw new ProtocolError(Reason.oversize, `${what} image of ${img.length} bytes exceeds the 4 GiB the format can describe`);
   }
-  const steps = findSteps(oldImage, newImage, { onProgress: (d, t) => opts.onProgress?.(d, t, 'match') });
-  opts.onProgress?.(0, 1, 'compress');
-  const windows = (v3: boolean) => (v3 ? STREAM_WINDOW_BITS_V3 : STREAM_WINDOW_BITS).map((w) => Math.min(w, windowBits)) as [number, number, number];
-  // Every candidate transform shares the steps, so the control and extra streams are the same for
-  // all of them; only the diff stream (and, for version 3, the extra stream's window) differs. Each
-  // candidate's diff stream is compressed and the smallest patch kept: a transform is only used
-  // when it pays on this pair.
-  let control: Buffer | undefined;
-  const extras = new Map<number, Buffer>();
-  const extraFor = (raw: Streams, w: number): Buffer => {
-    let e = extras.get(w);
-    if (!e) extras.set(w, (e = compress(raw.extra, w)));
-    return e;
-  };
   const list = candidates(oldImage, newImage, opts).filter((c) => opts.only === undefined || c.name === opts.only);
   if (list.length === 0) throw new ProtocolError(Reason.badField, `no transform named ${opts.only} applies to these images`);
-  // Ranked first by zlib's quick estimate of the diff stream; only those within 3 % of the best
-  // estimate get the (slow) optimal encoder, which is most of the creation time.
-  const tried: { raw: Streams; diffRaw: Buffer; diffAfterStep?: number[]; transforms: number; candidate: Candidate; estimate: number }[] = [];
-  const copyLens = steps.map((s) => s.copyLen);
-  for (const candidate of list) {
-    const raw = encodeSteps(oldImage, newImage, steps, candidate.predictor());
-    // The same bytes as plain, and a table for nothing:
-    if (candidate.transforms !== 0 && raw.predictedWords === 0 && opts.only === undefined) continue;
-    const w = windows(candidate.headerSize !== HEADER_SIZE);
-    const forms: { diffRaw: Buffer; diffAfterStep?: number[]; transforms: number }[] = [{ diffRaw: raw.diff, transforms: candidate.transforms }];
-    if (opts.sparse) {
-      const sparse = toSparse(raw.diff);
-      forms.push({ diffRaw: sparse, diffAfterStep: sparseConsumption(sparse, copyLens), transforms: candidate.transforms | Transform.sparseDiff });
-    }
-    for (const f of forms) {
-      const estimate = deflateRawSync(f.diffRaw, { windowBits: w[1], level: 9, memLevel: 9 }).length + candidate.headerSize;
-      tried.push({ raw, ...f, candidate, estimate });
+  const windows = (v3: boolean) => (v3 ? STREAM_WINDOW_BITS_V3 : STREAM_WINDOW_BITS).map((w) => Math.min(w, windowBits)) as [number, number, number];
+  const quick = (data: Uint8Array, w: number): number => deflateRawSync(data, { windowBits: w, level: 9, memLevel: 9 }).length;
+  // Each matcher's steps, under each candidate transform, with the diff stream dense and (if the node
+  // reads it) sparse: every combination is ranked by zlib's quick estimate of the whole patch, and
+  // only those within 3 % of the best estimate get the (slow) optimal encoder; the smallest wins.
+  const finder = new MatchFinder(oldImage);
+  const matchers = opts.match ? [opts.match] : MATCHERS;
+  const tried: Variant[] = [];
+  for (let m = 0; m < matchers.length; m++) {
+    const steps = findSteps(oldImage, newImage, { ...matchers[m], onProgress: (d, t) => opts.onProgress?.((m + d / t) / matchers.length, 1, 'match') }, finder);
+    const copyLens = steps.map((s) => s.copyLen);
+    const shared: Shared = { steps, control: undefined, extras: new Map() };
+    let controlEstimate = -1;
+    const extraEstimates = new Map<number, number>();
+    for (const candidate of list) {
+      const raw = encodeSteps(oldImage, newImage, steps, candidate.predictor());
+      // The same bytes as plain, and a table for nothing:
+      if (candidate.transforms !== 0 && raw.predictedWords === 0 && opts.only === undefined) continue;
+      const w = windows(candidate.headerSize !== HEADER_SIZE);
+      if (controlEstimate < 0) controlEstimate = quick(raw.control, w[0]);
+      if (!extraEstimates.has(w[2])) extraEstimates.set(w[2], quick(raw.extra, w[2]));
+      const forms: Pick<Variant, 'diffRaw' | 'diffAfterStep' | 'transforms'>[] = [{ diffRaw: raw.diff, transforms: candidate.transforms }];
+      if (opts.sparse) {
+        const sparse = toSparse(raw.diff);
+        forms.push({ diffRaw: sparse, diffAfterStep: sparseConsumption(sparse, copyLens), transforms: candidate.transforms | Transform.sparseDiff });
+      }
+      for (const f of forms) {
+        const estimate = controlEstimate + extraEstimates.get(w[2])! + quick(f.diffRaw, w[1]) + candidate.headerSize;
+        tried.push({ shared, raw, ...f, candidate, estimate });
+      }
     }
   }
+  opts.onProgress?.(0, 1, 'compress');
   const cutoff = Math.min(...tried.map((c) => c.estimate)) * 1.03;
-  let best: (typeof tried)[number] & { diff: Buffer; size: number } | undefined;
+  let best: (Variant & { diff: Buffer; size: number }) | undefined;
   for (const t of tried) {
     if (t.estimate > cutoff) continue;
     const w = windows(t.candidate.headerSize !== HEADER_SIZE);
-    control ??= compress(t.raw.control, w[0]);
+    t.shared.control ??= compress(t.raw.control, w[0]);
     const diff = compress(t.diffRaw, w[1]);
-    const size = diff.length + extraFor(t.raw, w[2]).length + t.candidate.headerSize;
+    const size = t.shared.control.length + diff.length + extraFor(t.shared, t.raw, w[2]).length + t.candidate.headerSize;
     if (!best || size < best.size) best = { ...t, diff, size };
   }
-  const { raw, diff, diffRaw, diffAfterStep, transforms, candidate } = best!;
+  const { shared, raw, diff, diffRaw, diffAfterStep, transforms, candidate } = best!;
+  const steps = shared.steps;
   const streamWindowBits = windows(candidate.headerSize !== HEADER_SIZE);
-  const packed = [control!, diff, extraFor(raw, streamWindowBits[2])];
+  const packed = [shared.control!, diff, extraFor(shared, raw, streamWindowBits[2])];
   const { body, frames, headerBytes } = multiplex(steps, { ...raw, diff: diffRaw, diffAfterStep }, packed, streamWindowBits, BUFFER_BITS);
   opts.onProgress?.(1, 1, 'compress');
   const header = encodeHeader({
