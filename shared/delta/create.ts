@@ -221,8 +221,8 @@ export function compress(data: Uint8Array, windowBits: number): Buffer {
 
 /**
  * The matchers every patch is tried with: ferry's tuned settings (cheap jumps near recent
- * alignments, many short steps; best on the ESP8266 and most Cortex-M pairs) and bsdiff's own
- * (every jump must gain 8 bytes, copies extended while half their bytes agree; best where one
+ * alignments, many short steps; best on the ESP8266 and most Cortex-M pairs) and bsdiff's
+ * thresholds (every jump must gain 8 bytes, copies extended while half their bytes agree; best where one
  * displacement runs through a long copy, as after a small change early in an image).
  */
 const MATCHERS: Omit<MatchOptions, 'onProgress'>[] = [{}, { minGain: 8, minGainNear: 8, minGainRepeat: 8, extendWeight: 2 }];
@@ -299,10 +299,13 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
     }
   }
   opts.onProgress?.(0, 1, 'compress');
-  const cutoff = Math.min(...tried.map((c) => c.estimate)) * 1.03;
+  // One matcher goes on: the one whose best variant has the best estimate (the matchers' order
+  // agrees across transforms and diff forms on every pair measured), which halves the encoder's work.
+  const lowest = tried.reduce((a, b) => (b.estimate < a.estimate ? b : a));
+  const cutoff = lowest.estimate * 1.03;
   let best: (Variant & { diff: Buffer; size: number }) | undefined;
   for (const t of tried) {
-    if (t.estimate > cutoff) continue;
+    if (t.estimate > cutoff || t.shared !== lowest.shared) continue;
     const w = windows(t.candidate.headerSize !== HEADER_SIZE);
     t.shared.control ??= compress(t.raw.control, w[0]);
     const diff = compress(t.diffRaw, w[1]);

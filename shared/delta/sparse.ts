@@ -49,6 +49,8 @@ export class SparseDiffReader {
   private zeros = -1;
   private acc = 0;
   private shift = 0;
+  /** What the source said when readRun() last ran dry: NEED_INPUT or STREAM_END. */
+  private lastSignal = NEED_INPUT;
 
   constructor(private readonly next: () => number) {}
 
@@ -77,8 +79,6 @@ export class SparseDiffReader {
     if (this.zeros !== 0) throw new ProtocolError(Reason.deltaFailed, `corrupted patch: sparse diff stream holds ${this.zeros} zero bytes no step uses`);
     return true;
   }
-
-  private lastSignal = NEED_INPUT;
 
   private readRun(): boolean {
     for (;;) {
