@@ -1,6 +1,7 @@
 import { Capability, Encoding } from '../shared/messages.js';
 import { sha256 } from '../shared/manifest.js';
-import { archForNode, deltaSparseFor, detectImage, type ArchName } from '../shared/delta/index.js';
+import { archForNode, deltaSparseFor, detectImage, readPatchHeader, type ArchName } from '../shared/delta/index.js';
+import { Transform } from '../shared/delta/format.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { PatchCache } from './patches.js';
 import type { NodeRow, Payload, Release } from './types.js';
@@ -58,7 +59,7 @@ export class PayloadChooser {
     const arch = archForNode(row.caps, this.imageArch(release));
     const sparse = deltaSparseFor(row.caps);
     const pair = `${release.row.hw} ${base.row.version} -> ${release.row.version}`;
-    const predicted = `${arch === 'none' ? '' : `, ${arch} prediction`}${sparse ? ', sparse diff' : ''}`;
+    const predicted = arch === 'none' ? '' : `, ${arch} prediction`;
     let patch = o.patches.cached(base.row.digest, release.row.digest, arch, sparse);
     if (!patch) {
       o.log('info', `node ${row.id}: making delta patch ${pair} in the background (${o.patches.pending} other job(s) pending)`);
@@ -87,7 +88,9 @@ export class PayloadChooser {
       o.event(row.id, 'payload', msg);
       return full;
     }
-    o.event(row.id, 'payload', `delta ${pair}: ${patch.length} B for a ${release.image.length} B image${predicted}`);
+    // The creator uses the sparse diff stream only where it makes the patch smaller: say whether it did.
+    const sparseUsed = (readPatchHeader(patch).transforms & Transform.sparseDiff) !== 0;
+    o.event(row.id, 'payload', `delta ${pair}: ${patch.length} B for a ${release.image.length} B image${predicted}${sparseUsed ? ', sparse diff' : ''}`);
     return { bytes: patch, encoding: Encoding.delta, digest: sha256(patch), baseDigest: base.row.digest };
   }
 
