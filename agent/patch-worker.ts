@@ -6,7 +6,7 @@ import { applyPatch, createPatch, type ArchName } from '../shared/delta/index.js
  * seconds on a 600 KB image. Reports progress (at most every 5 %), then applies the new patch once:
  * a patch that does not rebuild the target exactly is an error, never a result.
  */
-parentPort?.on('message', (job: { id: number; base: Uint8Array; target: Uint8Array; arch?: ArchName }) => {
+parentPort?.on('message', (job: { id: number; base: Uint8Array; target: Uint8Array; arch?: ArchName; sparse?: boolean }) => {
   const port = parentPort!;
   const started = performance.now();
   let last = '';
@@ -17,7 +17,7 @@ parentPort?.on('message', (job: { id: number; base: Uint8Array; target: Uint8Arr
     port.postMessage({ id: job.id, progress: { phase, done, total } });
   };
   try {
-    const patch = createPatch(job.base, job.target, { arch: job.arch ?? 'none', onProgress: (done, total, phase) => progress(phase, done, total) });
+    const patch = createPatch(job.base, job.target, { arch: job.arch ?? 'none', sparse: job.sparse ?? false, onProgress: (done, total, phase) => progress(phase, done, total) });
     progress('verify', 0, 1);
     const { image } = applyPatch(job.base, patch);
     if (!Buffer.from(image.buffer, image.byteOffset, image.byteLength).equals(job.target)) {

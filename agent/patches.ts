@@ -51,10 +51,13 @@ export class PatchCache {
     fs.mkdirSync(this.dir, { recursive: true });
   }
 
-  /** One patch per pair and instruction set (`none`: version 2, which every delta node reads). */
-  private key(base: Buffer, target: Buffer, arch: ArchName): string {
+  /**
+   * One patch per pair, instruction set (`none`: version 2, which every delta node reads) and diff
+   * form (`sparse`: transform bit 3, for nodes announcing capability 256).
+   */
+  private key(base: Buffer, target: Buffer, arch: ArchName, sparse: boolean): string {
     const pair = `${base.toString('hex').slice(0, 32)}-${target.toString('hex').slice(0, 32)}`;
-    return arch === 'none' ? pair : `${pair}-${arch}`;
+    return `${arch === 'none' ? pair : `${pair}-${arch}`}${sparse ? '-sparse' : ''}`;
   }
 
   private file(key: string): string {
@@ -70,8 +73,8 @@ export class PatchCache {
    * The patch from `base` to `target` if it is already made (RAM, or disk checked against its
    * header), without starting a job.
    */
-  cached(baseDigest: Buffer, targetDigest: Buffer, arch: ArchName = 'none'): Buffer | undefined {
-    const key = this.key(baseDigest, targetDigest, arch);
+  cached(baseDigest: Buffer, targetDigest: Buffer, arch: ArchName = 'none', sparse = false): Buffer | undefined {
+    const key = this.key(baseDigest, targetDigest, arch, sparse);
     const hit = this.memory.get(key);
     if (hit) return hit;
     const file = this.file(key);
@@ -96,17 +99,18 @@ export class PatchCache {
 
   /**
    * The patch from `base` to `target`, made once (in the worker) if it is not cached. `arch` is the
-   * instruction set the receiving node predicts: `deltaArchFor(node caps, target image)`.
+   * instruction set the receiving node predicts: `deltaArchFor(node caps, target image)`; `sparse`
+   * whether it reads sparse diff streams (`deltaSparseFor(node caps)`).
    */
-  get(base: PatchEnd, target: PatchEnd, onProgress?: PatchProgress, arch: ArchName = 'none'): Promise<Buffer> {
-    const hit = this.cached(base.digest, target.digest, arch);
+  get(base: PatchEnd, target: PatchEnd, onProgress?: PatchProgress, arch: ArchName = 'none', sparse = false): Promise<Buffer> {
+    const hit = this.cached(base.digest, target.digest, arch, sparse);
     if (hit) return Promise.resolve(hit);
-    const key = this.key(base.digest, target.digest, arch);
+    const key = this.key(base.digest, target.digest, arch, sparse);
     const failure = this.failed.get(key);
     if (failure) return Promise.reject(new Error(failure));
     let p = this.inFlight.get(key);
     if (!p) {
-      p = this.create(base.image, target.image, arch, onProgress).then(
+      p = this.create(base.image, target.image, arch, sparse, onProgress).then(
         ({ patch, seconds }) => {
           const file = this.file(key);
           const tmp = `${file}.${process.pid}.tmp`;
@@ -131,10 +135,12 @@ export class PatchCache {
   /** Drops a patch a node could not apply (every instruction-set variant), so the next node gets a freshly made one. */
   forget(baseDigest: Buffer, targetDigest: Buffer): void {
     for (const arch of ARCH_NAMES) {
-      const key = this.key(baseDigest, targetDigest, arch);
-      this.memory.delete(key);
-      this.failed.delete(key);
-      fs.rmSync(this.file(key), { force: true });
+      for (const sparse of [false, true]) {
+        const key = this.key(baseDigest, targetDigest, arch, sparse);
+        this.memory.delete(key);
+        this.failed.delete(key);
+        fs.rmSync(this.file(key), { force: true });
+      }
     }
   }
 
@@ -144,12 +150,12 @@ export class PatchCache {
     if (this.memory.size > MEMORY_ENTRIES) this.memory.delete(this.memory.keys().next().value!);
   }
 
-  private create(base: Buffer, target: Buffer, arch: ArchName, onProgress?: PatchProgress): Promise<{ patch: Buffer; seconds: number }> {
+  private create(base: Buffer, target: Buffer, arch: ArchName, sparse: boolean, onProgress?: PatchProgress): Promise<{ patch: Buffer; seconds: number }> {
     const worker = this.worker ?? this.startWorker();
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.jobs.set(id, { resolve, reject, onProgress });
-      worker.postMessage({ id, base, target, arch });
+      worker.postMessage({ id, base, target, arch, sparse });
     });
   }
 

@@ -1,6 +1,7 @@
 import { Capability, Encoding } from '../shared/messages.js';
 import { sha256 } from '../shared/manifest.js';
-import { archForNode, detectImage, type ArchName } from '../shared/delta/index.js';
+import { archForNode, deltaSparseFor, detectImage, readPatchHeader, type ArchName } from '../shared/delta/index.js';
+import { Transform } from '../shared/delta/format.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { PatchCache } from './patches.js';
 import type { NodeRow, Payload, Release } from './types.js';
@@ -56,9 +57,10 @@ export class PayloadChooser {
     }
     // A node that decodes the release's instruction set gets a patch that predicts moved references.
     const arch = archForNode(row.caps, this.imageArch(release));
+    const sparse = deltaSparseFor(row.caps);
     const pair = `${release.row.hw} ${base.row.version} -> ${release.row.version}`;
     const predicted = arch === 'none' ? '' : `, ${arch} prediction`;
-    let patch = o.patches.cached(base.row.digest, release.row.digest, arch);
+    let patch = o.patches.cached(base.row.digest, release.row.digest, arch, sparse);
     if (!patch) {
       o.log('info', `node ${row.id}: making delta patch ${pair} in the background (${o.patches.pending} other job(s) pending)`);
       o.progress(row.id, `making delta patch ${pair}`);
@@ -69,7 +71,7 @@ export class PayloadChooser {
           const step = `${phase} ${Math.floor(pct / 25) * 25} %`; // the log gets quarters, the status every report
           if (step !== logged) o.log('info', `delta patch ${pair}: ${(logged = step)}`);
           o.progress(row.id, `making delta patch ${pair}: ${phase} ${pct} %`);
-        }, arch);
+        }, arch, sparse);
       } catch (err) {
         if (o.closed()) return full;
         o.log('warn', `node ${row.id}: no delta ${pair}: ${(err as Error).message}; sending the full image`);
@@ -86,7 +88,9 @@ export class PayloadChooser {
       o.event(row.id, 'payload', msg);
       return full;
     }
-    o.event(row.id, 'payload', `delta ${pair}: ${patch.length} B for a ${release.image.length} B image${predicted}`);
+    // The creator uses the sparse diff stream only where it makes the patch smaller: say whether it did.
+    const sparseUsed = (readPatchHeader(patch).transforms & Transform.sparseDiff) !== 0;
+    o.event(row.id, 'payload', `delta ${pair}: ${patch.length} B for a ${release.image.length} B image${predicted}${sparseUsed ? ', sparse diff' : ''}`);
     return { bytes: patch, encoding: Encoding.delta, digest: sha256(patch), baseDigest: base.row.digest };
   }
 

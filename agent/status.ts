@@ -18,8 +18,21 @@ export interface NodeStatus {
   bytes: number;
   /** What the session carries: the full image or a delta patch; null before any session. */
   payload: 'full' | 'delta' | null;
-  /** received / total (0..1): the same fraction of the update whichever payload travels. */
+  /** received / total (0..1): the fraction of the session payload (patch or image) transferred. */
   progress: number;
+  /**
+   * Bytes of the session payload: the patch for a delta session, the image for a full one; null
+   * before any session, and for a delta session that is over (whole chunks only are known then).
+   */
+  payloadSize: number | null;
+  /** Bytes of the image being installed (the target release's), whatever payload carries it; null without a target. */
+  imageSize: number | null;
+  /**
+   * Image-equivalent progress in bytes: `progress × imageSize`, what the transferred share of the
+   * payload stands for. For a delta session the node writes the new image only when it applies the
+   * whole patch after the last chunk, so this is not bytes written to flash.
+   */
+  imageEquivalent: number;
   acks: number;
   attempts: number;
   retransmits: number;
@@ -38,6 +51,9 @@ const IMAGE_STATES = ['new', 'pendingVerify', 'valid', 'invalid', 'aborted', 'un
 export function nodeStatus(row: NodeRow, target: Release | undefined, window: TransferWindow | undefined, online: boolean, warnings: string[], payloadSize?: number): NodeStatus {
   const total = row.chunkCount;
   const received = window ? window.received : row.state === 'confirmed' ? total : countBits(row.bitmap);
+  const delta = row.payloadEncoding === Encoding.delta;
+  const imageSize = target?.row.size ?? null;
+  const progress = total === 0 ? 0 : Math.round((received / total) * 1000) / 1000;
   return {
     id: row.id,
     hw: row.hw,
@@ -46,9 +62,12 @@ export function nodeStatus(row: NodeRow, target: Release | undefined, window: Tr
     targetVersion: target?.row.version ?? null,
     received,
     total,
-    bytes: Math.min(payloadSize ?? (row.payloadEncoding === Encoding.delta ? total * row.chunkSize : target?.row.size ?? 0), received * row.chunkSize),
+    bytes: Math.min(payloadSize ?? (delta ? total * row.chunkSize : target?.row.size ?? 0), received * row.chunkSize),
     payload: total === 0 ? null : row.payloadEncoding === Encoding.delta ? 'delta' : 'full',
-    progress: total === 0 ? 0 : Math.round((received / total) * 1000) / 1000,
+    progress,
+    payloadSize: total === 0 ? null : (payloadSize ?? (delta ? null : imageSize)),
+    imageSize,
+    imageEquivalent: imageSize === null ? 0 : received === total && total > 0 ? imageSize : Math.round(progress * imageSize),
     acks: row.acks,
     attempts: row.attempts,
     retransmits: row.retransmits,

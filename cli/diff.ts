@@ -15,6 +15,7 @@ interface Args {
   out: string;
   'window-bits': number;
   arch: ArchName | 'auto';
+  sparse: boolean;
   json: boolean;
 }
 
@@ -37,6 +38,11 @@ export const diffCommand: CommandModule<object, Args> = {
         default: 'auto' as const,
         describe: 'instruction set to predict branches and pointers of (format version 3; the node must support it); auto detects ESP, ELF, Cortex-M and arm64 images, none makes a version 2 patch',
       })
+      .option('sparse', {
+        type: 'boolean',
+        default: true,
+        describe: 'allow the sparse diff stream (transform bit 3; the node must announce capability 256); --no-sparse for nodes that read only dense diff streams',
+      })
       .option('json', jsonOption)
       .check((argv) => {
         const wb = argv['window-bits'];
@@ -56,6 +62,7 @@ export const diffCommand: CommandModule<object, Args> = {
     const { patch, stats } = createPatchWithStats(oldImage, newImage, {
       windowBits: argv['window-bits'],
       arch: argv.arch,
+      sparse: argv.sparse,
       onProgress: (done, total, phase) => {
         if (phase === 'match') bar.update(done, total);
       },

@@ -212,7 +212,7 @@ export class SimNode extends EventEmitter {
     // Recovery mode takes full images only: the running image is not a base to patch from.
     const delta = this.delta && !this.sys.recovery;
     // The simulated node runs shared/delta's applier, which predicts every instruction set.
-    return (delta ? Capability.delta | ALL_ARCH_CAPABILITIES : 0) | (this.rollback ? Capability.rollback : 0) | Capability.antiRollback | (this.opts.deferActivation ? Capability.deferActivation : 0);
+    return (delta ? Capability.delta | Capability.deltaSparse | ALL_ARCH_CAPABILITIES : 0) | (this.rollback ? Capability.rollback : 0) | Capability.antiRollback | (this.opts.deferActivation ? Capability.deferActivation : 0);
   }
 
   /** Boots from flash and connects. Resolves once the first Hello is out (or after 5 s of trying). */

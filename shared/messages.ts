@@ -65,6 +65,8 @@ export const Capability = {
   deltaAarch64: 32,
   deltaRiscv: 64,
   deltaXtensa: 128,
+  /** Delta patches whose diff stream is sparse (transform bit 3, docs/delta.md "Sparse diff"); implies `delta`. */
+  deltaSparse: 256,
 } as const;
 
 /** Stages a node reports. */

@@ -41,8 +41,12 @@ function instructionsOnly(oldImage: Buffer, newImage: Buffer, arch: ArchName): s
   return c.name;
 }
 
-function roundTrip(tt: Test, oldImage: Buffer, newImage: Buffer, opts: { arch: ArchName | 'auto'; only?: string }, what: string): Buffer {
-  const { patch, stats } = createPatchWithStats(oldImage, newImage, opts);
+/**
+ * One transform made alone and applied. Pinned to ferry's default matcher (the creator's second,
+ * bsdiff-like matcher changes the steps, not the transform) to keep the file's run time down.
+ */
+function roundTrip(tt: Test, oldImage: Buffer, newImage: Buffer, opts: { arch: ArchName | 'auto'; only?: string; sparse?: boolean }, what: string): Buffer {
+  const { patch, stats } = createPatchWithStats(oldImage, newImage, { match: {}, ...opts });
   const { image, result } = applyPatch(oldImage, patch, { pieceSize: 333 });
   tt.ok(image.equals(newImage), `${what}: ${stats.transform} rebuilds the new image (${patch.length} B)`);
   tt.ok(result.peakWorkingMemory <= 16384, `${what}: applies in ${result.peakWorkingMemory} B <= 16 KiB`);
@@ -65,7 +69,9 @@ t.test('every transform round-trips on every small pair, and on every pair with 
 t.test('the ESP8266 pair round-trips with every transform that applies to it', async (t) => {
   const oldImage = firmware(ESP[0]);
   const newImage = firmware(ESP[1]);
-  for (const c of candidates(oldImage, newImage, { arch: 'auto' })) roundTrip(t, oldImage, newImage, { arch: 'auto', only: c.name }, 'esp8266');
+  // With the sparse diff stream allowed (what a node with capability 256 gets; the dense form is
+  // made for the same transforms on the small pairs above).
+  for (const c of candidates(oldImage, newImage, { arch: 'auto' })) roundTrip(t, oldImage, newImage, { arch: 'auto', only: c.name, sparse: true }, 'esp8266');
 });
 
 t.test('the creator keeps the smallest candidate: never larger than the plain patch, smaller on Cortex-M', async (t) => {
@@ -199,7 +205,7 @@ t.test('version 3 headers: inconsistent or unknown fields are refused with a cle
   const cases: [string, (h: Buffer) => void, RegExp][] = [
     ['unknown instruction set', (h) => (h[11] = 9), /instruction set 9/],
     ['instruction set without its flag', (h) => (h[6] &= ~4), /does not agree/],
-    ['unknown transform bit', (h) => (h[6] |= 8), /unknown delta transform flags/],
+    ['unknown transform bit', (h) => (h[6] |= 16), /unknown delta transform flags/],
     ['pointer range without its flag', (h) => h.writeUInt32LE(0x1000, 92), /pointer range/],
     ['pointer range flag without a range', (h) => (h[6] |= 2), /pointer range/],
     ['no forms for an instruction set', (h) => (h[96] = 0), /form mask/],

@@ -108,6 +108,9 @@ t.test('a node running the base gets a delta through the agent, applies it and c
   t.ok(s.bytes >= offer.payloadSize && s.bytes < offer.payloadSize + offer.chunkSize, `status bytes ${s.bytes} count the patch (${offer.payloadSize} B, whole chunks once the session is over), not the image`);
   t.equal(s.progress, 1);
   t.match(events(world, 'prog-1', 'payload').join('\n'), /delta cm4-programmer 0\.8\.0 -> 0\.9\.0: \d+ B for a 23504 B image/);
+  t.match(events(world, 'prog-1', 'payload').join('\n'), /sparse diff/, 'the node announces capability 256, so its patch may use the sparse diff stream');
+  t.equal(s.imageSize, PROG.new.length, 'the status names the image size beside the patch progress');
+  t.equal(s.imageEquivalent, PROG.new.length, 'image-equivalent progress is the whole image once every chunk is in');
 });
 
 t.test('a patch corrupted between agent and node is reported and the full image follows', async (t) => {

@@ -1,11 +1,13 @@
 /**
  * Delta patches on every firmware pair in the shared fixtures, in one run: ferry's patch size for
  * each transform that applies to the pair (none, ESP8266 pointers, instruction prediction with and
- * without pointers) and the one ferry picks (the smallest, and the smallest a version-2-only node
- * can take), with % of the new image, creation seconds and applier peak working memory, beside
- * bsdiff, xdelta3 and zstd --patch-from measured now (Debian tools, same flags as
- * shared/bench/delta-measure.sh) and detools' published figures. The last column says whether
- * ferry's pick is at most bsdiff's size.
+ * without pointers), each with a dense and (capability 256) a sparse diff stream, and the patch
+ * ferry picks for each kind of node (capability 1 only; 1 + 256; 1 + 256 + the image's instruction
+ * set), with % of the new image, creation seconds and applier peak working memory, beside bsdiff,
+ * xdelta3 and zstd --patch-from measured now (Debian tools, same flags as
+ * shared/bench/delta-measure.sh) and detools' published figures. The last column of each pick is
+ * its size as a multiple of bsdiff's, measured in the same run. Pair folders the fixtures README
+ * does not list are found and measured too (fixture-pairs.ts).
  *
  *   node dist/scripts/bench/delta.js [--fixtures DIR] [--pairs REGEX] [--json]      (or FERRY_FIXTURES=DIR)
  */
@@ -17,22 +19,8 @@ import { fileURLToPath } from 'node:url';
 import { applyPatch } from '../../shared/delta/apply.js';
 import { candidates, createPatchWithStats } from '../../shared/delta/create.js';
 import { detectImage } from '../../shared/delta/detect.js';
-
-interface Pair {
-  name: string;
-  old: string;
-  new: string;
-}
-
-// Same pairs as shared/bench/delta-measure.sh, plus synthesizer 1->3.
-const PAIRS: Pair[] = [
-  { name: 'mpy-esp8266 v1.9.4->v1.10', old: 'micropython-esp8266/esp8266-20180511-v1.9.4.bin', new: 'micropython-esp8266/esp8266-20190125-v1.10.bin' },
-  { name: 'synthesizer 1->2', old: 'synthesizer/1.bin', new: 'synthesizer/2.bin' },
-  { name: 'synthesizer 1->3', old: 'synthesizer/1.bin', new: 'synthesizer/3.bin' },
-  { name: 'shell old->new', old: 'shell/old', new: 'shell/new' },
-  { name: 'programmer 0.8.0->0.9.0', old: 'programmer/0.8.0.bin', new: 'programmer/0.9.0.bin' },
-  { name: 'foo old->new', old: 'foo/old', new: 'foo/new' },
-];
+import { Transform } from '../../shared/delta/format.js';
+import { discoverPairs, KNOWN_PAIRS } from './fixture-pairs.js';
 
 /**
  * Published or reference-measured figures (../shared/reference/delta.md; issue 15 for detools'
@@ -115,7 +103,7 @@ function main(): void {
   const rows: Row[] = [];
   const tools = { bsdiff: have('bsdiff') && have('bspatch'), xdelta3: have('xdelta3'), zstd: have('zstd') };
   try {
-    for (const pair of PAIRS.filter((p) => pairs.test(p.name))) {
+    for (const pair of [...KNOWN_PAIRS, ...discoverPairs(fixtures)].filter((p) => pairs.test(p.name))) {
       const oldFile = path.join(fixtures, pair.old);
       const newFile = path.join(fixtures, pair.new);
       if (!fs.existsSync(oldFile) || !fs.existsSync(newFile)) {
@@ -126,33 +114,40 @@ function main(): void {
       const newImage = fs.readFileSync(newFile);
       const pct = (n: number) => Number(((100 * n) / newImage.length).toFixed(2));
       const layout = detectImage(newImage, Math.max(oldImage.length, newImage.length));
-      // One patch per transform that applies (each made alone), then ferry's picks are the smallest.
-      const made: { name: string; bytes: number; version: number }[] = [];
+      // One patch per transform that applies (each made alone), dense and, for nodes with
+      // capability 256, with the sparse diff stream allowed; then ferry's picks are the smallest.
+      const made: { name: string; bytes: number; version: number; sparse: boolean }[] = [];
       for (const c of candidates(oldImage, newImage, { arch: 'auto' })) {
-        const t0 = performance.now();
-        const { patch } = createPatchWithStats(oldImage, newImage, { arch: 'auto', only: c.name });
-        const createSeconds = (performance.now() - t0) / 1000;
-        // Applied in 1 KiB pieces through the streaming applier, as a node receiving chunks would.
-        const { image, result } = applyPatch(oldImage, patch, { pieceSize: 1024 });
-        made.push({ name: c.name, bytes: patch.length, version: result.header.version });
-        rows.push({
-          pair: pair.name,
-          method: `ferry, transform: ${c.name} (v${result.header.version})`,
-          bytes: patch.length,
-          pctNew: pct(patch.length),
-          createSeconds: Number(createSeconds.toFixed(3)),
-          applyMemory: `${result.peakWorkingMemory} B`,
-          ok: image.equals(newImage) ? 'yes' : 'NO',
-        });
+        for (const sparse of [false, true]) {
+          const t0 = performance.now();
+          const { patch, stats } = createPatchWithStats(oldImage, newImage, { arch: 'auto', only: c.name, sparse });
+          const createSeconds = (performance.now() - t0) / 1000;
+          // Applied in 1 KiB pieces through the streaming applier, as a node receiving chunks would.
+          const { image, result } = applyPatch(oldImage, patch, { pieceSize: 1024 });
+          const isSparse = (result.header.transforms & Transform.sparseDiff) !== 0;
+          made.push({ name: stats.transform, bytes: patch.length, version: result.header.version, sparse });
+          rows.push({
+            pair: pair.name,
+            method: `ferry, transform: ${stats.transform} (v${result.header.version}${isSparse ? ' + bit 3' : ''})${sparse && !isSparse ? ' [sparse allowed, dense smaller]' : ''}`,
+            bytes: patch.length,
+            pctNew: pct(patch.length),
+            createSeconds: Number(createSeconds.toFixed(3)),
+            applyMemory: `${result.peakWorkingMemory} B`,
+            ok: image.equals(newImage) ? 'yes' : 'NO',
+          });
+        }
       }
       const pick = (list: typeof made) => list.reduce((a, b) => (b.bytes < a.bytes ? b : a));
-      const best = pick(made);
-      const v2 = pick(made.filter((m) => m.version === 2));
-      rows.push({ pair: pair.name, method: `ferry pick, node with capability 1 only: ${v2.name}`, bytes: v2.bytes, pctNew: pct(v2.bytes), createSeconds: null, applyMemory: '', ok: '' });
-      const v2Row = rows[rows.length - 1];
-      const who = layout.arch === 'none' ? 'no instruction set detected' : `node with the ${layout.arch} capability`;
-      rows.push({ pair: pair.name, method: `ferry pick, ${who}: ${best.name} [${layout.format}]`, bytes: best.bytes, pctNew: pct(best.bytes), createSeconds: null, applyMemory: '', ok: '' });
-      const bestRow = rows[rows.length - 1];
+      const who = layout.arch === 'none' ? 'no instruction set detected' : `the ${layout.arch} capability`;
+      const picks: [string, (typeof made)[number]][] = [
+        ['node with capability 1 only (dense, version 2)', pick(made.filter((m) => m.version === 2 && !m.sparse))],
+        ['node with capabilities 1 + 256, plain', pick(made.filter((m) => m.version === 2 && m.sparse))],
+        [`node with capabilities 1 + 256 + ${who}`, pick(made.filter((m) => m.sparse))],
+      ];
+      const pickRows = picks.map(([who, m]) => {
+        rows.push({ pair: pair.name, method: `ferry pick, ${who}: ${m.name}${who.endsWith('detected') ? '' : ` [${layout.format}]`}`, bytes: m.bytes, pctNew: pct(m.bytes), createSeconds: null, applyMemory: '', ok: '' });
+        return [rows[rows.length - 1], m.bytes] as const;
+      });
       const p = path.join(work, 'patch');
       const o = path.join(work, 'out');
       const measured: [string, boolean, () => ReturnType<typeof external>][] = [
@@ -168,7 +163,7 @@ function main(): void {
         const r = run();
         rows.push({ pair: pair.name, method, bytes: r.bytes, pctNew: pct(r.bytes), createSeconds: Number(r.seconds.toFixed(3)), applyMemory: EXTERNAL_APPLY_MEMORY[method] ?? '-', ok: r.ok ? 'yes' : 'NO' });
         if (method.startsWith('bsdiff')) {
-          for (const [row, bytes] of [[bestRow, best.bytes], [v2Row, v2.bytes]] as const) row.ok = bytes <= r.bytes ? `<= bsdiff (${r.bytes})` : `LARGER than bsdiff (${r.bytes})`;
+          for (const [row, bytes] of pickRows) row.ok = `${(bytes / r.bytes).toFixed(3)} x bsdiff (${r.bytes})${bytes <= r.bytes ? '' : ': LARGER'}`;
         }
       }
       for (const pub of PUBLISHED[pair.name] ?? PUBLISHED[pair.name.split(' ')[0]] ?? []) {

@@ -1,8 +1,9 @@
 import { createHash, type Hash } from 'node:crypto';
 import { ProtocolError, Reason } from '../errors.js';
 import { predictorFor, type Predictor } from './arch/index.js';
-import { headerSizeOf, MAX_HEADER_SIZE, readPatchHeader, STREAM_COUNT, type PatchHeader } from './format.js';
+import { headerSizeOf, MAX_HEADER_SIZE, PREDICTING_TRANSFORMS, readPatchHeader, STREAM_COUNT, Transform, type PatchHeader } from './format.js';
 import { NEED_INPUT, RawInflater, STREAM_END } from './inflate.js';
+import { SparseDiffReader } from './sparse.js';
 
 const STREAM_NAMES = ['control', 'diff', 'extra'];
 
@@ -14,6 +15,8 @@ export const OUT_BUFFER_BYTES = 256;
 const SHA256_CONTEXT_BYTES = 112;
 /** Instruction decoder state: phase, varint accumulator, remaining count, old/new positions, 4 recent alignments. */
 const DECODER_STATE_BYTES = 48;
+/** Sparse diff reader (transform bit 3): zero-run counter, run-length accumulator and shift. */
+const SPARSE_STATE_BYTES = 12;
 
 export interface PatchApplierOptions {
   /** Reads `length` bytes of the running (old) image at `offset`; must return exactly that many. */
@@ -73,6 +76,8 @@ export class PatchApplier {
   private frameLeft = 0;
   /** Pointer and instruction prediction: the unit in flight (its length, bytes left, new bytes so far). */
   private predictor: Predictor | undefined;
+  /** Reads the diff stream's zero runs and explicit bytes when the patch has transform bit 3. */
+  private sparse: SparseDiffReader | undefined;
   private unitLength = 0;
   private predictedLeft = 0;
   private newWord = 0;
@@ -107,7 +112,7 @@ export class PatchApplier {
   }
 
   private notePeak(): void {
-    const table = this.predictor?.workingMemory ?? 0;
+    const table = (this.predictor?.workingMemory ?? 0) + (this.sparse ? SPARSE_STATE_BYTES : 0);
     let now = table + this.headerBuf.byteLength + this.oldBuf.byteLength + this.outBuf.byteLength + SHA256_CONTEXT_BYTES + DECODER_STATE_BYTES + FRAME_STATE_BYTES;
     for (const s of this.streams) now += s.workingMemory;
     if (now > this.peak) this.peak = now;
@@ -175,8 +180,10 @@ export class PatchApplier {
       );
     }
     this.hdr = header;
-    if (header.transforms) this.predictor = predictorFor(header, (offset) => this.baseWord(offset));
+    if (header.transforms & PREDICTING_TRANSFORMS) this.predictor = predictorFor(header, (offset) => this.baseWord(offset));
     this.streams = header.streamWindowBits.map((w) => new RawInflater(w, 1 << header.bufferBits));
+    const diff = this.streams[1];
+    this.sparse = header.transforms & Transform.sparseDiff ? new SparseDiffReader(() => diff.pull()) : undefined;
     this.notePeak();
   }
 
@@ -190,7 +197,7 @@ export class PatchApplier {
     for (;;) {
       switch (this.phase) {
         case Phase.copy: {
-          const b = diff.pull();
+          const b = this.sparse ? this.sparse.pull() : diff.pull();
           if (b === NEED_INPUT) return;
           if (b === STREAM_END) throw new ProtocolError(Reason.deltaFailed, 'corrupted patch: diff stream ends before the copy does');
           this.out((b + this.predict(this.oldPos)) & 0xff);
@@ -208,6 +215,7 @@ export class PatchApplier {
         }
         case Phase.drainDiff:
         case Phase.drainExtra: {
+          if (this.phase === Phase.drainDiff && this.sparse && !this.sparse.finish()) return;
           const s = this.phase === Phase.drainDiff ? diff : extra;
           const b = s.pull();
           if (b === NEED_INPUT) return;

@@ -28,3 +28,12 @@ export function archForNode(caps: number, targetArch: ArchName): ArchName {
   if (!(caps & Capability.delta)) return 'none';
   return targetArch !== 'none' && caps & ARCH_CAPABILITY[targetArch] ? targetArch : 'none';
 }
+
+/**
+ * Whether a node with capability flags `caps` reads sparse diff streams (transform bit 3): pass it
+ * as `createPatch(base, target, { sparse })` and to the patch cache. A node without capability 256
+ * gets the dense diff stream every delta applier reads.
+ */
+export function deltaSparseFor(caps: number): boolean {
+  return (caps & Capability.delta) !== 0 && (caps & Capability.deltaSparse) !== 0;
+}

@@ -5,8 +5,9 @@ import { Arch, codecFor, Fallback, Predictor, type ArchName } from './arch/index
 import { ByteWriter, Coder, encodeHeader, HEADER_SIZE, HEADER_SIZE_V3, MAX_WINDOW_BITS, MIN_WINDOW_BITS, Transform, type PatchHeader } from './format.js';
 import { detectImage, layoutFor } from './detect.js';
 import { deflateOptimal } from './deflate.js';
-import { RawInflater, STREAM_END } from './inflate.js';
-import { findSteps, type Step } from './match.js';
+import { multiplex } from './frames.js';
+import { findSteps, MatchFinder, type MatchOptions, type Step } from './match.js';
+import { sparseConsumption, toSparse } from './sparse.js';
 
 /**
  * Upper bound on each stream's DEFLATE window, in bits (the `windowBits` option lowers it further).
@@ -42,6 +43,14 @@ export interface CreatePatchOptions {
    * transform never makes a patch larger than leaving it out.
    */
   arch?: ArchName | 'auto';
+  /**
+   * Also try the diff stream in sparse form (transform bit 3, docs/delta.md "Sparse diff") and keep
+   * whichever patch is smaller; default off. Only for a node that announces capability 256
+   * (choose.ts, deltaOptionsFor): appliers without it reject the bit.
+   */
+  sparse?: boolean;
+  /** Matcher settings (match.ts), for experiments; default: ferry's tuned ones. */
+  match?: Omit<MatchOptions, 'onProgress'>;
   /** Make only the candidate transform with this name (stats.transform), for benchmarks; default: the smallest. */
   only?: string;
   /** Called with bytes of the new image matched so far, then with the compression phase. */
@@ -211,80 +220,35 @@ export function compress(data: Uint8Array, windowBits: number): Buffer {
 }
 
 /**
- * For each output byte k of a compressed stream, how many compressed bytes a decoder that reads
- * input only when it needs a bit of it (ours, uzlib, zlib fed byte by byte) has taken once it has
- * produced byte k; the last entry is the count once it has seen the end of the stream.
+ * The matchers every patch is tried with: ferry's tuned settings (cheap jumps near recent
+ * alignments, many short steps; best on the ESP8266 and most Cortex-M pairs) and bsdiff's
+ * thresholds (every jump must gain 8 bytes, copies extended while half their bytes agree; best where one
+ * displacement runs through a long copy, as after a small change early in an image).
  */
-function inputNeeded(compressed: Buffer, windowBits: number, outLength: number): Int32Array {
-  const need = new Int32Array(outLength + 1);
-  const dec = new RawInflater(windowBits, compressed.length || 1);
-  dec.feed(compressed);
-  for (let k = 0; k <= outLength; k++) {
-    const b = dec.pull();
-    if (k < outLength ? b < 0 : b !== STREAM_END) throw new Error(`internal error: stream decodes to ${k} bytes, expected ${outLength}`);
-    need[k] = dec.consumed;
-  }
-  return need;
+const MATCHERS: Omit<MatchOptions, 'onProgress'>[] = [{}, { minGain: 8, minGainNear: 8, minGainRepeat: 8, extendWeight: 2 }];
+
+/** What the candidates made from one matcher's steps share: the steps, and their compressed control and extra streams. */
+interface Shared {
+  steps: Step[];
+  control: Buffer | undefined;
+  extras: Map<number, Buffer>;
 }
 
-/**
- * Multiplexes the three compressed streams into frames, in the order the applier consumes them: the
- * applier is simulated step by step, and whenever it would need a compressed byte of a stream that
- * has not arrived, a frame tops that stream's input buffer up to 2^bufferBits unread bytes.
- */
-function multiplex(steps: readonly Step[], raw: Streams, packed: Buffer[], windowBits: number[], bufferBits: number): { body: Buffer; frames: number; headerBytes: number } {
-  const cap = 1 << bufferBits;
-  const lengths = [raw.control.length, raw.diff.length, raw.extra.length];
-  const need = packed.map((p, i) => inputNeeded(p, windowBits[i], lengths[i]));
-  const delivered = [0, 0, 0];
-  const pulled = [0, 0, 0];
-  const out = new ByteWriter();
-  let frames = 0;
-  let headerBytes = 0;
-  const pull = (s: number, count: number): void => {
-    const n = need[s];
-    for (let j = 0; j < count; j++) {
-      const k = pulled[s]++;
-      if (n[k] <= delivered[s]) continue;
-      const consumed = k > 0 ? n[k - 1] : 0;
-      const upTo = Math.min(packed[s].length, consumed + cap);
-      if (upTo < n[k]) throw new Error(`internal error: one symbol of stream ${s} needs more than ${cap} input bytes`);
-      const len = upTo - delivered[s];
-      const before = out.length;
-      out.uvarint((len - 1) * 4 + s);
-      headerBytes += out.length - before;
-      out.bytes(packed[s].subarray(delivered[s], upTo));
-      delivered[s] = upTo;
-      frames++;
-    }
-  };
-  const varLen = (v: number): number => {
-    let n = 1;
-    while (v >= 0x80) {
-      v = Math.floor(v / 0x80);
-      n++;
-    }
-    return n;
-  };
-  let c = 0; // control bytes used
-  for (const step of steps) {
-    const a = varLen(step.copyLen);
-    pull(0, a);
-    pull(1, step.copyLen);
-    const b = varLen(step.extraLen);
-    pull(0, b);
-    pull(2, step.extraLen);
-    c += a + b;
-    // the adjust varint: whatever is left of this step's control bytes; read its length from the stream
-    let k = c;
-    while (raw.control[k] & 0x80) k++;
-    pull(0, k + 1 - c);
-    c = k + 1;
-  }
-  pull(0, 1); // end of each stream
-  pull(1, 1);
-  pull(2, 1);
-  return { body: out.result(), frames, headerBytes };
+/** One way to make the patch: a matcher's steps, a transform, and the diff stream's form. */
+interface Variant {
+  shared: Shared;
+  raw: Streams;
+  candidate: Candidate;
+  diffRaw: Buffer;
+  diffAfterStep?: number[];
+  transforms: number;
+  estimate: number;
+}
+
+function extraFor(shared: Shared, raw: Streams, w: number): Buffer {
+  let e = shared.extras.get(w);
+  if (!e) shared.extras.set(w, (e = compress(raw.extra, w)));
+  return e;
 }
 
 /** Makes a patch that turns `oldImage` into `newImage`; apply it with PatchApplier. */
@@ -300,53 +264,65 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
   for (const [what, img] of [['old', oldImage], ['new', newImage]] as const) {
     if (img.length > 0xffffffff) throw new ProtocolError(Reason.oversize, `${what} image of ${img.length} bytes exceeds the 4 GiB the format can describe`);
   }
-  const steps = findSteps(oldImage, newImage, { onProgress: (d, t) => opts.onProgress?.(d, t, 'match') });
-  opts.onProgress?.(0, 1, 'compress');
-  const windows = (v3: boolean) => (v3 ? STREAM_WINDOW_BITS_V3 : STREAM_WINDOW_BITS).map((w) => Math.min(w, windowBits)) as [number, number, number];
-  // Every candidate transform shares the steps, so the control and extra streams are the same for
-  // all of them; only the diff stream (and, for version 3, the extra stream's window) differs. Each
-  // candidate's diff stream is compressed and the smallest patch kept: a transform is only used
-  // when it pays on this pair.
-  let control: Buffer | undefined;
-  const extras = new Map<number, Buffer>();
-  const extraFor = (raw: Streams, w: number): Buffer => {
-    let e = extras.get(w);
-    if (!e) extras.set(w, (e = compress(raw.extra, w)));
-    return e;
-  };
   const list = candidates(oldImage, newImage, opts).filter((c) => opts.only === undefined || c.name === opts.only);
   if (list.length === 0) throw new ProtocolError(Reason.badField, `no transform named ${opts.only} applies to these images`);
-  // Ranked first by zlib's quick estimate of the diff stream; only those within 3 % of the best
-  // estimate get the (slow) optimal encoder, which is most of the creation time.
-  const tried: { raw: Streams; candidate: Candidate; estimate: number }[] = [];
-  for (const candidate of list) {
-    const raw = encodeSteps(oldImage, newImage, steps, candidate.predictor());
-    // The same bytes as plain, and a table for nothing:
-    if (candidate.transforms !== 0 && raw.predictedWords === 0 && opts.only === undefined) continue;
-    const w = windows(candidate.headerSize !== HEADER_SIZE);
-    const estimate = deflateRawSync(raw.diff, { windowBits: w[1], level: 9, memLevel: 9 }).length + candidate.headerSize;
-    tried.push({ raw, candidate, estimate });
+  const windows = (v3: boolean) => (v3 ? STREAM_WINDOW_BITS_V3 : STREAM_WINDOW_BITS).map((w) => Math.min(w, windowBits)) as [number, number, number];
+  const quick = (data: Uint8Array, w: number): number => deflateRawSync(data, { windowBits: w, level: 9, memLevel: 9 }).length;
+  // Each matcher's steps, under each candidate transform, with the diff stream dense and (if the node
+  // reads it) sparse: every combination is ranked by zlib's quick estimate of the whole patch, and
+  // only those within 3 % of the best estimate get the (slow) optimal encoder; the smallest wins.
+  const finder = new MatchFinder(oldImage);
+  const matchers = opts.match ? [opts.match] : MATCHERS;
+  const tried: Variant[] = [];
+  for (let m = 0; m < matchers.length; m++) {
+    const steps = findSteps(oldImage, newImage, { ...matchers[m], onProgress: (d, t) => opts.onProgress?.((m + d / t) / matchers.length, 1, 'match') }, finder);
+    const copyLens = steps.map((s) => s.copyLen);
+    const shared: Shared = { steps, control: undefined, extras: new Map() };
+    let controlEstimate = -1;
+    const extraEstimates = new Map<number, number>();
+    for (const candidate of list) {
+      const raw = encodeSteps(oldImage, newImage, steps, candidate.predictor());
+      // The same bytes as plain, and a table for nothing:
+      if (candidate.transforms !== 0 && raw.predictedWords === 0 && opts.only === undefined) continue;
+      const w = windows(candidate.headerSize !== HEADER_SIZE);
+      if (controlEstimate < 0) controlEstimate = quick(raw.control, w[0]);
+      if (!extraEstimates.has(w[2])) extraEstimates.set(w[2], quick(raw.extra, w[2]));
+      const forms: Pick<Variant, 'diffRaw' | 'diffAfterStep' | 'transforms'>[] = [{ diffRaw: raw.diff, transforms: candidate.transforms }];
+      if (opts.sparse) {
+        const sparse = toSparse(raw.diff);
+        forms.push({ diffRaw: sparse, diffAfterStep: sparseConsumption(sparse, copyLens), transforms: candidate.transforms | Transform.sparseDiff });
+      }
+      for (const f of forms) {
+        const estimate = controlEstimate + extraEstimates.get(w[2])! + quick(f.diffRaw, w[1]) + candidate.headerSize;
+        tried.push({ shared, raw, ...f, candidate, estimate });
+      }
+    }
   }
-  const cutoff = Math.min(...tried.map((c) => c.estimate)) * 1.03;
-  let best: { raw: Streams; diff: Buffer; size: number; candidate: Candidate } | undefined;
-  for (const { raw, candidate, estimate } of tried) {
-    if (estimate > cutoff) continue;
-    const w = windows(candidate.headerSize !== HEADER_SIZE);
-    control ??= compress(raw.control, w[0]);
-    const diff = compress(raw.diff, w[1]);
-    const size = diff.length + extraFor(raw, w[2]).length + candidate.headerSize;
-    if (!best || size < best.size) best = { raw, diff, size, candidate };
+  opts.onProgress?.(0, 1, 'compress');
+  // One matcher goes on: the one whose best variant has the best estimate (the matchers' order
+  // agrees across transforms and diff forms on every pair measured), which halves the encoder's work.
+  const lowest = tried.reduce((a, b) => (b.estimate < a.estimate ? b : a));
+  const cutoff = lowest.estimate * 1.03;
+  let best: (Variant & { diff: Buffer; size: number }) | undefined;
+  for (const t of tried) {
+    if (t.estimate > cutoff || t.shared !== lowest.shared) continue;
+    const w = windows(t.candidate.headerSize !== HEADER_SIZE);
+    t.shared.control ??= compress(t.raw.control, w[0]);
+    const diff = compress(t.diffRaw, w[1]);
+    const size = t.shared.control.length + diff.length + extraFor(t.shared, t.raw, w[2]).length + t.candidate.headerSize;
+    if (!best || size < best.size) best = { ...t, diff, size };
   }
-  const { raw, diff, candidate } = best!;
+  const { shared, raw, diff, diffRaw, diffAfterStep, transforms, candidate } = best!;
+  const steps = shared.steps;
   const streamWindowBits = windows(candidate.headerSize !== HEADER_SIZE);
-  const packed = [control!, diff, extraFor(raw, streamWindowBits[2])];
-  const { body, frames, headerBytes } = multiplex(steps, raw, packed, streamWindowBits, BUFFER_BITS);
+  const packed = [shared.control!, diff, extraFor(shared, raw, streamWindowBits[2])];
+  const { body, frames, headerBytes } = multiplex(steps, { ...raw, diff: diffRaw, diffAfterStep }, packed, streamWindowBits, BUFFER_BITS);
   opts.onProgress?.(1, 1, 'compress');
   const header = encodeHeader({
     coder: Coder.deflateRaw,
     streamWindowBits,
     bufferBits: BUFFER_BITS,
-    transforms: candidate.transforms,
+    transforms,
     arch: candidate.arch,
     forms: candidate.forms,
     fallback: candidate.fallback,
@@ -369,13 +345,13 @@ export function createPatchWithStats(oldImage: Uint8Array, newImage: Uint8Array,
       steps: steps.length,
       copyBytes,
       extraBytes,
-      streamBytes: raw.control.length + raw.diff.length + raw.extra.length,
+      streamBytes: raw.control.length + diffRaw.length + raw.extra.length,
       controlBytes: packed[0].length,
       diffBytes: packed[1].length,
       extraStreamBytes: packed[2].length,
       frameHeaderBytes: headerBytes,
       frames,
-      transform: candidate.name,
+      transform: transforms & Transform.sparseDiff ? `${candidate.name}, sparse diff` : candidate.name,
     },
   };
 }

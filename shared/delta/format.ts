@@ -40,8 +40,15 @@ export const Transform = {
   pointerRange: 2,
   /** Version 3: PC-relative instructions of the header's instruction set are predicted. */
   instructions: 4,
+  /** The diff stream is sparse: zero-run lengths and explicit bytes (sparse.ts); versions 2 and 3, capability 256. */
+  sparseDiff: 8,
 } as const;
-const KNOWN_TRANSFORMS: Record<number, number> = { 2: Transform.pointerPrediction, 3: Transform.pointerPrediction | Transform.pointerRange | Transform.instructions };
+const KNOWN_TRANSFORMS: Record<number, number> = {
+  2: Transform.pointerPrediction | Transform.sparseDiff,
+  3: Transform.pointerPrediction | Transform.pointerRange | Transform.instructions | Transform.sparseDiff,
+};
+/** Transform bits that make the applier predict diff bytes (it keeps a table for them). */
+export const PREDICTING_TRANSFORMS = Transform.pointerPrediction | Transform.pointerRange | Transform.instructions;
 /** Instruction sets a version 3 header may name (byte 11), see arch/index.ts. */
 const MAX_ARCH = 4;
 /** Reference forms each instruction set has (bits of header byte 96), see arch/*.ts `forms`. */
@@ -75,7 +82,7 @@ export interface PatchHeader {
 
 /** Writes a version 2 header when no version 3 field is in use, else version 3. */
 export function encodeHeader(h: Omit<PatchHeader, 'version' | 'windowBits' | 'headerSize'>): Buffer {
-  const v3 = (h.transforms & ~Transform.pointerPrediction) !== 0 || h.arch !== 0;
+  const v3 = (h.transforms & (Transform.pointerRange | Transform.instructions)) !== 0 || h.arch !== 0;
   const size = v3 ? HEADER_SIZE_V3 : HEADER_SIZE;
   const out = Buffer.alloc(size);
   MAGIC.copy(out, 0);

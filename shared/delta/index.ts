@@ -4,4 +4,4 @@ export { PatchApplier, applyPatch, checkBase, type ApplyResult, type PatchApplie
 export { readPatchHeader, HEADER_SIZE, MAX_HEADER_SIZE, FORMAT_VERSION, Coder, type PatchHeader } from './format.js';
 export { Arch, ARCH_NAMES, archName, type ArchName } from './arch/index.js';
 export { detectImage, type ImageLayout } from './detect.js';
-export { archForNode, deltaArchFor, ARCH_CAPABILITY, ALL_ARCH_CAPABILITIES } from './choose.js';
+export { archForNode, deltaArchFor, deltaSparseFor, ARCH_CAPABILITY, ALL_ARCH_CAPABILITIES } from './choose.js';

@@ -119,8 +119,7 @@ export interface MatchOptions {
  * keep an alignment going while it still agrees on most bytes, because code that merely moved
  * differs from the old copy only in a few displaced addresses, and those differences compress well.
  */
-export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOptions = {}): Step[] {
-  const finder = new MatchFinder(old);
+export function findSteps(old: Uint8Array, target: Uint8Array, opts: MatchOptions = {}, finder: MatchFinder = new MatchFinder(old)): Step[] {
   // Measured on the ESP8266 pair with separate streams: a far jump costs ~3 control bytes, so it must
   // beat the running alignment by more than 7 bytes; a match within 256 bytes of one of the last 4
   // alignments costs about one byte and needs only 3, as does a return to the previous alignment.
