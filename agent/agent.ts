@@ -1,6 +1,7 @@
 import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { ProtocolError, Reason, reasonName } from '../shared/errors.js';
+import type { LogFields, LogFn, LogLevel } from '../shared/log.js';
 import { decodeUp, LIMITS, MsgType, QueryReason } from '../shared/messages.js';
 import { encodeReleaseStatus, markerWithdraws } from '../shared/release-status.js';
 import { isDeviceId, topics as makeTopics, type Topics } from '../shared/topics.js';
@@ -60,7 +61,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.topics = makeTopics(opts.prefix);
     this.store = new AgentStore(opts.dataDir);
     this.catalog = new ReleaseCatalog(this.store, opts.trust ?? []);
-    const log = (level: 'info' | 'warn' | 'error', msg: string) => this.opts.log?.(level, msg);
+    const log: LogFn = (level, msg, fields) => this.opts.log?.(level, msg, fields);
     this.patches = new PatchCache(opts.dataDir, { log });
     const clientId = opts.clientId ?? opts.username ?? `ferry-agent-${randomInt(1e9).toString(36)}`;
     // The broker's ACL lets an agent publish only the verdicts named after its username on that link.
@@ -102,8 +103,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
   }
 
-  private log(level: 'info' | 'warn' | 'error', msg: string): void {
-    this.opts.log?.(level, msg);
+  private log(level: LogLevel, msg: string, fields?: LogFields): void {
+    this.opts.log?.(level, msg, fields);
   }
 
   async start(): Promise<void> {
@@ -170,7 +171,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private onWithdrawn(hw: string, version: string, on: boolean): void {
     if (this.catalog.isWithdrawn(hw, version) === on) return;
     const held = this.catalog.setWithdrawn(hw, version, on);
-    this.log('info', `release ${hw} ${version} ${on ? 'withdrawn: no longer offered' : 'restored: offered again'}`);
+    this.log('info', `release ${hw} ${version} ${on ? 'withdrawn: no longer offered' : 'restored: offered again'}`, { release: `${hw}/${version}`, withdrawn: on });
     this.store.event(null, on ? 'release-withdrawn' : 'release-restored', `${hw} ${version}`);
     for (const r of held) {
       this.updates.withdrawn(r, on);
@@ -246,7 +247,7 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   /** Logs bad input from a node and tells it why (at most once a second per node). */
   private rejectFromNode(id: string, reason: number, detail: string): void {
-    this.log('warn', `node ${id}: rejected message: ${reasonName(reason)}: ${detail}`);
+    this.log('warn', `node ${id}: rejected message: ${reasonName(reason)}: ${detail}`, { device: id, reason: reasonName(reason) });
     this.store.event(id, 'bad-message', `${reasonName(reason)}: ${detail}`);
     const now = Date.now();
     if (this.updates.nodes.has(id)) {

@@ -1,4 +1,5 @@
 import mqtt, { type MqttClient } from 'mqtt';
+import type { LogFn } from '../shared/log.js';
 import { encodeMessage, type DownMessage } from '../shared/messages.js';
 import type { Topics } from '../shared/topics.js';
 import type { AgentConfig } from './config.js';
@@ -19,7 +20,7 @@ export interface LinkOptions {
   upstreamClientId?: string;
   topics: Topics;
   cfg: AgentConfig;
-  log: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  log: LogFn;
   onMessage: (topic: string, payload: Buffer) => void;
   onReconnect: (link: LinkName, delayMs: number, attempt: number) => void;
   /** The nodes' broker took our subscriptions (after every connect). */

@@ -1,12 +1,13 @@
 import type { CommandModule } from 'yargs';
 import { Agent, type AgentOptions } from '../agent/agent.js';
-import { brokerOption, jsonOption, makeLogger, prefixOption, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
+import { brokerOption, prefixOption, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
+import { logOptions, makeLogger, type LogArgs } from './logger.js';
 import { readTrustKeys } from './key-files.js';
 import { PASSWORD, passwordOptions, readSecret, UPSTREAM_PASSWORD, upstreamPasswordOptions } from './secrets.js';
 import { brokerUrl, optionalBrokerUrl } from './validate.js';
 
-export interface AgentArgs {
+export interface AgentArgs extends LogArgs {
   username?: string;
   password?: string;
   'password-file'?: string;
@@ -40,7 +41,8 @@ export const agentOptions = {
   'delta-margin': { type: 'number', default: 0.2, describe: 'send a patch only when it is at least this fraction smaller than the image (0 to below 1)' },
   'resend-budget': { type: 'number', default: 4, describe: 'chunk resends per node per second, in node windows (bounds what Hellos and Acks can make the agent resend)' },
   'release-timeout': { type: 'number', default: 300, describe: 'seconds to wait for all parts of a release after its manifest before dropping it' },
-  json: jsonOption,
+  json: { type: 'boolean', default: false, describe: 'log JSON lines (the same as --log-format json)' },
+  ...logOptions,
 } as const;
 
 export function validateAgentArgs(argv: AgentArgs): void {
@@ -75,7 +77,7 @@ export function planAgent(argv: AgentArgs): AgentPlan {
     deltaMargin: argv['delta-margin'],
     resendBudget: { windows: argv['resend-budget'], perMs: 1000 },
     releaseAssemblyTimeoutMs: argv['release-timeout'] * 1000,
-    log: makeLogger(argv.json),
+    log: makeLogger(argv),
   };
 }
 

@@ -9,14 +9,6 @@ export const jsonOption = { type: 'boolean', default: false, describe: 'machine-
 /** A bad flag or argument: the CLI prints it with a usage hint and exits 2 (runtime failures exit 1). */
 export class UsageError extends Error {}
 
-/** Log lines for long-running commands: timestamped text, or one JSON object per line. */
-export function makeLogger(json: boolean): (level: 'info' | 'warn' | 'error', msg: string) => void {
-  return (level, msg) => {
-    if (json) process.stdout.write(`${JSON.stringify({ at: new Date().toISOString(), level, msg })}\n`);
-    else process.stderr.write(`${new Date().toISOString().slice(11, 23)} ${level.padEnd(5)} ${msg}\n`);
-  };
-}
-
 /** Resolves when the process is asked to stop (SIGINT/SIGTERM). */
 export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {

@@ -12,7 +12,8 @@ import { demoImage } from '../harness/images.js';
 import { startMicroPythonFleet } from '../device/micropython-fleet.js';
 import { generateOperatorKey } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
-import { makeLogger, UsageError } from './common.js';
+import { UsageError } from './common.js';
+import { makeLogger } from './logger.js';
 import { lockAgentState } from './agent.js';
 import { lockBrokerState } from './broker.js';
 import { formatBytes, progressBar } from './progress.js';
@@ -70,8 +71,8 @@ export const demoCommand: CommandModule<object, Args> = {
     };
 
     const { privateKey, publicKey } = generateOperatorKey();
-    const logger = makeLogger(false);
-    const log = argv.verbose ? logger : (lvl: 'info' | 'warn' | 'error', msg: string) => lvl === 'error' && logger(lvl, msg);
+    // The demo is for a person: readable log lines, errors only unless --verbose.
+    const log = makeLogger({ 'log-format': 'pretty', 'log-level': argv.verbose ? 'info' : 'error' });
     // The broker runs as `ferry gateway` does: ferry plugin on, anonymous clients refused. The demo
     // provisions every client it starts in the store beside the agent state, as an operator would
     // with `ferry devices|agents|operators add`.
