@@ -87,7 +87,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       sendQuery: (id, reason) => this.links.sendDown(id, { type: MsgType.query, reason }),
     });
     this.updates = new Updates({
-      cfg: this.config, store: this.store, catalog: this.catalog, patches: this.patches, links: this.links, topics: this.topics, clock, log,
+      cfg: this.config, store: this.store, catalog: this.catalog, patches: this.patches, links: this.links, topics: this.topics, clock, log, agentName: this.name,
       onStatus: (s) => this.emit('status', s),
       onWindowTimeout: (e) => this.emit('windowTimeout', e),
     });

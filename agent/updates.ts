@@ -60,6 +60,8 @@ export interface UpdatesDeps {
   topics: Topics;
   clock: Clock;
   log: LogFn;
+  /** This agent's name, carried in every node status. */
+  agentName?: string;
   onStatus: (s: NodeStatus) => void;
   onWindowTimeout: (e: { id: string; rto: number; expiries: number }) => void;
 }
@@ -394,7 +396,7 @@ export class Updates {
   }
 
   statusOf(n: NodeRuntime): NodeStatus {
-    return nodeStatus(n.row, this.d.catalog.get(n.row.targetRelease), n.transfer?.window, n.online, n.warnings, n.transfer?.payload.bytes.length);
+    return nodeStatus(n.row, this.d.catalog.get(n.row.targetRelease), n.transfer?.window, n.online, n.warnings, n.transfer?.payload.bytes.length, this.d.agentName);
   }
 
   publishStatus(n: NodeRuntime, force = false): void {

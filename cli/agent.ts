@@ -1,6 +1,6 @@
 import type { CommandModule } from 'yargs';
 import { Agent, type AgentOptions } from '../agent/agent.js';
-import { brokerOption, prefixOption, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
+import { brokerOption, prefixOption, untilSignal, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
 import { logOptions, makeLogger, type LogArgs } from './logger.js';
 import { readTrustKeys } from './key-files.js';
@@ -98,10 +98,11 @@ export const agentCommand: CommandModule<object, AgentArgs & { broker: string }>
     const url = brokerUrl(argv.broker);
     const plan = planAgent(argv);
     const password = readSecret(argv as never, PASSWORD, argv.username);
+    const signal = untilSignal();
     const lock = lockAgentState(argv['data-dir'], 'agent');
     if (lock.tookOverFrom !== undefined) plan.log?.('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
     const agent = createAgent(plan, url, { username: argv.username, password });
-    await untilSignalOnceStarted(agent.start());
+    await untilSignalOnceStarted(agent.start(), signal);
     await agent.stop();
     lock.release();
   },

@@ -87,6 +87,8 @@ export const brokerCommand: CommandModule<object, Args> = {
     }
     const limits = limitsFromFlags(argv.limit);
     const log = makeLogger(argv);
+    // Listening before the first log line: a reader that acts on a line may signal at once.
+    const signal = untilSignal();
     // With --redis the broker's state is in Redis and brokers that share it may share a data dir
     // (docs/broker.md, scale-out); without, the state is this process's alone.
     const lock = argv.redis === undefined ? lockBrokerState(argv['data-dir'], 'broker') : undefined;
@@ -107,7 +109,7 @@ export const brokerCommand: CommandModule<object, Args> = {
     if (argv.redis !== undefined) watchRedis(broker.aedes, argv.redis, log);
     const counts = ['node', 'agent', 'operator'].map((r) => `${store.list(r as 'node').filter((i) => !i.revokedAt).length} ${r}s`).join(', ');
     log('info', `ferry broker on ${argv.host}:${broker.port}${broker.tlsPort !== undefined ? `, TLS on ${broker.tlsPort}` : ''}; identities in ${store.file} (${counts}); anonymous ${argv['allow-anonymous'] ? 'allowed' : 'refused'}${argv.redis ? `; sharing through ${argv.redis}` : ''}`);
-    await untilSignal();
+    await signal;
     await broker.close();
     store.close();
     lock?.release();

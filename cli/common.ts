@@ -25,10 +25,10 @@ export function untilSignal(): Promise<NodeJS.Signals> {
 /**
  * Runs until SIGINT/SIGTERM, the signal also counting while `starting` is still under way (an agent
  * waiting for a broker that is not up yet must stop when asked, not be killed). Rejects if
- * `starting` fails before a signal.
+ * `starting` fails before a signal. Pass `signal` (an untilSignal() taken before the first log line)
+ * when a reader may act on that line: the signal then never arrives before the handler.
  */
-export async function untilSignalOnceStarted(starting: Promise<void>): Promise<void> {
-  const signal = untilSignal();
+export async function untilSignalOnceStarted(starting: Promise<void>, signal = untilSignal()): Promise<void> {
   let signalled = false;
   starting.catch(() => {}); // a failure after the signal no longer matters
   await Promise.race([starting, signal.then(() => void (signalled = true))]);
