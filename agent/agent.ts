@@ -6,6 +6,7 @@ import { decodeUp, LIMITS, MsgType, QueryReason } from '../shared/messages.js';
 import { encodeReleaseStatus, markerWithdraws } from '../shared/release-status.js';
 import { isDeviceId, topics as makeTopics, type Topics } from '../shared/topics.js';
 import { ReleaseCatalog } from './catalog.js';
+import { EventFeed } from './event-feed.js';
 import { resolveConfig, type AgentConfig, type AgentOptions } from './config.js';
 import { Links, type LinkName } from './links.js';
 import { PatchCache } from './patches.js';
@@ -46,6 +47,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly intake: ReleaseIntake;
   private readonly presence: PresenceQueries;
   private readonly updates: Updates;
+  /** The event log on MQTT: live batches and history on request (docs/protocol.md 2.3). */
+  readonly events: EventFeed;
   private sweeper: NodeJS.Timeout | undefined;
   private closed = false;
   private lastBadTopic = 0;
@@ -91,6 +94,10 @@ export class Agent extends EventEmitter<AgentEvents> {
       onStatus: (s) => this.emit('status', s),
       onWindowTimeout: (e) => this.emit('windowTimeout', e),
     });
+    this.events = new EventFeed({
+      store: this.store, topics: this.topics, name: this.name, log,
+      publish: (topic, doc) => this.links.publishEvents(topic, doc),
+    });
     this.intake = new ReleaseIntake({
       catalog: this.catalog, store: this.store, topics: this.topics, timeoutMs: this.config.releaseAssemblyTimeoutMs, log,
       subscribeParts: (f) => this.links.subscribeParts(f),
@@ -115,6 +122,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       throw err;
     }
     this.intake.start();
+    this.events.start();
     this.sweeper = setInterval(() => this.updates.sweep(), 500);
     this.sweeper.unref();
     this.log('info', `agent connected to ${this.links.describe()}, ${this.catalog.all().length} release(s), ${this.updates.nodes.size} known node(s)`);
@@ -132,6 +140,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   async stop(): Promise<void> {
     this.closed = true;
     if (this.sweeper) clearInterval(this.sweeper);
+    this.events.flush();
+    this.events.stop();
     this.intake.stop();
     this.presence.stop();
     this.updates.stop();
@@ -190,6 +200,8 @@ export class Agent extends EventEmitter<AgentEvents> {
         if (!id) return this.badTopic(topic, payload.length);
         if (levels[p + 2] === 'up') this.onUp(id, payload);
         else if (levels[p + 2] === 'presence') this.onPresence(id, payload.toString());
+      } else if (levels[p] === 'e') {
+        if (levels.length === p + 3 && levels[p + 1] === 'req' && isDeviceId(levels[p + 2])) this.events.onRequest(levels[p + 2], payload);
       } else if (levels[p] === 'r') {
         const rest = levels.slice(p + 1);
         if (rest.length === 3 && rest[2] === 'withdrawn') this.onWithdrawn(rest[0], rest[1], markerWithdraws(payload));
