@@ -28,18 +28,18 @@ interface Column {
 
 const COLUMNS: Column[] = [
   { header: 'NODE', cell: (s) => s.id, drop: 0, min: 8 },
-  { header: 'ON', cell: (s) => (s.online ? 'yes' : 'no'), drop: 2 },
+  { header: 'ON', cell: (s) => (s.online ? 'yes' : 'no'), drop: 1 },
   { header: 'AGENT', cell: (s) => s.agent || '-', drop: 5, min: 6 },
   { header: 'HW', cell: (s) => s.hw, drop: 9, min: 6 },
   { header: 'STATE', cell: (s) => s.state, drop: 0 },
-  { header: 'RUNNING', cell: (s) => s.runningVersion, drop: 3, min: 6 },
-  { header: 'TARGET', cell: (s) => s.targetVersion ?? '-', drop: 1, min: 6 },
+  { header: 'RUNNING', cell: (s) => s.runningVersion, drop: 4, min: 6 },
+  { header: 'TARGET', cell: (s) => s.targetVersion ?? '-', drop: 3, min: 6 },
   { header: 'DIGEST', cell: (s) => s.digest ?? '-', drop: 8 },
   { header: 'WAVE', cell: (s) => (s.wave === null || s.wave === undefined ? '-' : String(s.wave)), drop: 6 },
   { header: 'PROGRESS', cell: progressCell, drop: 0 },
   { header: 'ATT', cell: (s) => String(s.attempts), drop: 11 },
   { header: 'RETX', cell: (s) => String(s.retransmits), drop: 10 },
-  { header: 'REASON', cell: (s) => s.reason ?? '-', drop: 4, min: 8 },
+  { header: 'REASON', cell: (s) => s.reason ?? '-', drop: 2, min: 8 },
   { header: 'LAST SEEN', cell: (s, o) => (s.lastSeen ? localTime(new Date(s.lastSeen), o.now, o.timeZone) : '-'), drop: 7 },
 ];
 
