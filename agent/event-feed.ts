@@ -44,8 +44,10 @@ export class EventFeed {
   private timer: NodeJS.Timeout | undefined;
   private refusedRequests = 0;
   private lastRefusalLog = 0;
-  /** Live messages published (for tests and benchmarks). */
+  /** Live messages published, history requests answered and refused by the rate limit (tests, metrics). */
   published = 0;
+  answered = 0;
+  refused = 0;
 
   constructor(private readonly d: EventFeedDeps) {
     this.limits = { ...EVENT_FEED_DEFAULTS, ...d.limits };
@@ -93,6 +95,7 @@ export class EventFeed {
   /** A history request on `P/e/req/<operator>`: answered on `P/a/<agent>/events/res/<operator>`. */
   onRequest(operator: string, payload: Buffer): void {
     if (!this.requests.take(this.now())) {
+      this.refused++;
       this.refusedRequests++;
       if (this.now() - this.lastRefusalLog >= 10_000) {
         this.d.log('warn', `event history requests above ${this.limits.requests.rate}/s: ${this.refusedRequests} not answered`, { operator, reason: 'rateLimited' });
@@ -101,6 +104,7 @@ export class EventFeed {
       }
       return;
     }
+    this.answered++;
     const topic = this.d.topics.eventsResponse(this.d.name, operator);
     let req;
     try {
