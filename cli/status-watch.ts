@@ -31,6 +31,11 @@ const HOME = '\x1b[H';
 const CLEAR_EOL = '\x1b[K';
 const CLEAR_BELOW = '\x1b[J';
 
+/** What redraws a frame in place: from the top-left corner, each line cleared to its end, everything below cleared. */
+export function paint(lines: string[]): string {
+  return `${HOME}${lines.map((l) => l + CLEAR_EOL).join('\r\n')}${CLEAR_BELOW}`;
+}
+
 /**
  * Redraws the fleet until stopped. On a terminal: in place, from the top-left corner, every line
  * cleared to its end and everything below the frame cleared (no stale lines), at most every
@@ -50,7 +55,7 @@ export function watchFleet(feed: FleetFeed, o: { out: NodeJS.WriteStream; title:
     const rows = feed.rows(o.rollout);
     if (tty) {
       const lines = statusFrame(rows, { width: terminalWidth(o.out), height: o.out.rows || 24, now, timeZone: o.timeZone, rollout: o.rollout, title: o.title });
-      o.out.write(`${HOME}${lines.map((l) => l + CLEAR_EOL).join('\n')}${CLEAR_BELOW}`);
+      o.out.write(paint(lines));
     } else {
       const lines = statusFrame(rows, { now, timeZone: o.timeZone, rollout: o.rollout, title: o.title });
       const text = lines.slice(1).join('\n');
