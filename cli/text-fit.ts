@@ -10,7 +10,7 @@ export function fitLine(text: string, width?: number): string {
   return `${text.slice(0, width - 1)}…`;
 }
 
-/** Splits text at spaces into lines of at most `width` (a word longer than a line is cut). */
+/** Splits text at spaces into lines of at most `width`; a word longer than a line (a digest) is split into pieces, never cut. */
 export function wrapWords(text: string, width?: number): string[] {
   if (width === undefined || text.length <= width) return [text];
   const lines: string[] = [];
@@ -20,7 +20,12 @@ export function wrapWords(text: string, width?: number): string[] {
     if (next.length <= width) line = next;
     else {
       if (line) lines.push(line);
-      line = fitLine(word, width);
+      let rest = word;
+      while (rest.length > width) {
+        lines.push(rest.slice(0, width));
+        rest = rest.slice(width);
+      }
+      line = rest;
     }
   }
   if (line) lines.push(line);
