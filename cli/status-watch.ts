@@ -79,7 +79,10 @@ export function watchFleet(feed: FleetFeed, o: { out: NodeJS.WriteStream; title:
     o.out.write(CLEAR_SCREEN);
     o.out.on('resize', onResize);
   }
-  draw();
+  // The retained statuses arrive right after subscribing: the first frame waits a moment for them
+  // rather than flashing "no nodes" first.
+  last = Date.now() + 300 - minGap;
+  schedule();
   return () => {
     clearInterval(tick);
     clearTimeout(timer);
