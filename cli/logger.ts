@@ -1,6 +1,6 @@
-import pino from 'pino';
-type Logger = pino.Logger;
-import pretty from 'pino-pretty';
+import { createRequire } from 'node:module';
+import type Pino from 'pino';
+import type PinoPretty from 'pino-pretty';
 import type { Options } from 'yargs';
 import type { LogFields, LogFn, LogLevel } from '../shared/log.js';
 import { UsageError } from './common.js';
@@ -41,8 +41,12 @@ export function makeLogger(args: LogArgs = {}, fd = 2): LogFn {
   const format = logFormat(args, fd === 2 ? process.stderr : process.stdout);
   const level = args['log-level'] ?? 'info';
   if (!THRESHOLDS.includes(level)) throw new UsageError(`--log-level must be one of ${THRESHOLDS.join(', ')}, not ${level}`);
-  let logger: Logger;
+  // Loaded on first use: every ferry command imports this module, few of them log (start-up time).
+  const require = createRequire(import.meta.url);
+  const pino = require('pino') as typeof Pino;
+  let logger: Pino.Logger;
   if (format === 'pretty') {
+    const pretty = require('pino-pretty') as typeof PinoPretty;
     const stream = pretty({ destination: fd, sync: true, colorize: Boolean(process.stderr.isTTY), translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname', singleLine: true });
     logger = pino({ level, base: undefined }, stream);
   } else {
