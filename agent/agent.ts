@@ -6,6 +6,7 @@ import { decodeUp, LIMITS, MsgType, QueryReason } from '../shared/messages.js';
 import { encodeReleaseStatus, markerWithdraws } from '../shared/release-status.js';
 import { isDeviceId, topics as makeTopics, type Topics } from '../shared/topics.js';
 import { ReleaseCatalog } from './catalog.js';
+import { AgentCounters } from './counters.js';
 import { EventFeed } from './event-feed.js';
 import { resolveConfig, type AgentConfig, type AgentOptions } from './config.js';
 import { Links, type LinkName } from './links.js';
@@ -42,6 +43,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly config: AgentConfig;
   /** The name the agent's release verdicts are published under: its identity on the release link. */
   readonly name: string;
+  /** What the agent has done since it started: chunks, bytes, acks, outcomes, verdicts (for metrics). */
+  readonly counters = new AgentCounters();
   private readonly patches: PatchCache;
   private readonly links: Links;
   private readonly intake: ReleaseIntake;
@@ -91,6 +94,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
     this.updates = new Updates({
       cfg: this.config, store: this.store, catalog: this.catalog, patches: this.patches, links: this.links, topics: this.topics, clock, log, agentName: this.name,
+      counters: this.counters,
       onStatus: (s) => this.emit('status', s),
       onWindowTimeout: (e) => this.emit('windowTimeout', e),
     });
@@ -172,6 +176,7 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   /** Publishes this agent's retained verdict on a release (docs/protocol.md section 2.1). */
   private publishVerdict(v: Verdict): void {
+    this.counters.verdicts[v.state]++;
     const withdrawn = v.state === 'accepted' && this.catalog.isWithdrawn(v.hw, v.version) ? true : undefined;
     const doc = encodeReleaseStatus({ v: 1, agent: this.name, ...v, withdrawn, at: Math.floor(Date.now() / 1000) });
     this.links.publishReleaseStatus(this.topics.releaseStatus(v.hw, v.version, this.name), doc);

@@ -80,7 +80,14 @@ export class Sessions {
     if ((p.kind !== 'downloading' && p.kind !== 'verifying') || p.answer) return;
     const clock = this.d.clock;
     const sentBefore = t.bytesSent;
-    const due = t.pump(clock.now(), (c) => this.d.links.sendDown(n.row.id, c, 0));
+    const resentBefore = t.window.retransmits;
+    const counters = this.d.counters;
+    const due = t.pump(clock.now(), (c) => {
+      counters.chunksSent++;
+      this.d.links.sendDown(n.row.id, c, 0);
+    });
+    counters.bytesRelayed += t.bytesSent - sentBefore;
+    counters.retransmits += t.window.retransmits - resentBefore;
     n.row.bytesSent += t.bytesSent - sentBefore;
     n.row.retransmits = t.window.retransmits;
     if (n.windowTimer) clock.clearTimeout(n.windowTimer);

@@ -5,6 +5,7 @@ import type { Topics } from '../shared/topics.js';
 import { Admission } from './admission.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { AgentConfig } from './config.js';
+import type { AgentCounters } from './counters.js';
 import type { Links } from './links.js';
 import { blankRow, helloFacts, syncRow, updateFromRow } from './node-record.js';
 import { decide } from './offer-policy.js';
@@ -59,6 +60,8 @@ export interface UpdatesDeps {
   links: Links;
   topics: Topics;
   clock: Clock;
+  /** Process-wide counters for metrics. */
+  counters: AgentCounters;
   log: LogFn;
   /** This agent's name, carried in every node status. */
   agentName?: string;
@@ -187,6 +190,7 @@ export class Updates {
       case 'outcome': {
         row.reason = e.reason;
         row.detail = e.detail.slice(0, 200);
+        this.d.counters.outcome(e.outcome);
         if (e.refuse && n.update.target) this.d.store.addRefusal(row.id, n.update.target.id, 'release');
         const level = e.outcome === 'confirmed' ? 'info' : 'warn';
         this.d.log(level, `node ${row.id}: ${e.outcome}${e.reason ? ` (${reasonName(e.reason)})` : ''}: ${e.detail}`, this.fieldsOf(n, { outcome: e.outcome, reason: e.reason ? reasonName(e.reason) : undefined }));
@@ -300,6 +304,7 @@ export class Updates {
     }
     if (a.base > t.count) return 'past-end';
     n.row.acks++;
+    this.d.counters.acks++;
     // The answer to the latest Offer describes all the node holds: it replaces what we believed (the
     // store's coarse bitmap after a restart, or acks of chunks a power cut has since lost).
     let fresh = 1;

@@ -41,6 +41,8 @@ export interface AuthDeps {
   holder(clientId: string, self: Client): Principal | null | undefined;
   /** Accepts the client as `principal` (creates its session) and answers CONNECT. */
   admit(client: Client, principal: Principal, done: Done): void;
+  /** Told of every refused CONNECT, with its MQTT return code (for the broker's counters). */
+  refused?(code: number): void;
 }
 
 const anonymous: Principal = { role: 'anonymous', id: '', groups: [], serves: [] };
@@ -60,6 +62,7 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
 
   const refuse = (done: Done, client: Client, code: number, why: string) => {
     log('warn', `connect refused for client ${JSON.stringify(client.id)} from ${addressOf(client)}: ${why}`, { client: client.id, address: addressOf(client), reason: why, auth: 'refused' });
+    d.refused?.(code);
     const err = new Error(why) as AuthenticateError;
     (err as { returnCode: number }).returnCode = code;
     done(err, null);

@@ -3,7 +3,7 @@ import type { LogFn } from '../shared/log.js';
 import { decodeUp, MsgType } from '../shared/messages.js';
 import { DEFAULT_PREFIX, topics as makeTopics } from '../shared/topics.js';
 import { servesMatcher, TopicAcl, type Principal } from './acl.js';
-import { makeAuthenticator, principalFrom, type Done } from './authenticate.js';
+import { makeAuthenticator, principalFrom, RC, type Done } from './authenticate.js';
 import { backlogOf, guardDeliveries, noteForwarded } from './delivery-guard.js';
 import { frameGuardOf } from './frame-guard.js';
 import type { IdentityStore } from './identity-store.js';
@@ -41,9 +41,28 @@ export interface FerryPlugin {
   principalOf(clientId: string): Principal | undefined;
   /** Applies identity changes now (revocations disconnect) instead of waiting for the poll. */
   refresh(): void;
+  /** Counters and gauges for metrics: connected clients by role, refused logins by reason. */
+  stats(): BrokerStats;
+  /** Counts a socket a guard closed (called by broker/server.ts, which owns the sockets). */
+  refusedConnection(why: ConnectionRefusal): void;
   /** Stops the store poll. Hooks stay installed: close the aedes instance to stop the broker. */
   close(): void;
 }
+
+export interface BrokerStats {
+  /** Authenticated sessions now, by role. */
+  clients: Record<Principal['role'], number>;
+  /** Refused CONNECTs since start, by reason (docs/observability.md). */
+  authFailures: Record<AuthFailure, number>;
+  /** Sockets the broker's guards closed since start: connection rate, caps on unauthenticated connections, packet size caps. */
+  connectionsRefused: Record<ConnectionRefusal, number>;
+}
+
+export type ConnectionRefusal = 'rate' | 'pending' | 'frame';
+
+export type AuthFailure = 'badCredentials' | 'notAuthorized' | 'identifierRejected' | 'serverUnavailable';
+
+const FAILURE_OF_CODE: Record<number, AuthFailure> = { [RC.badCredentials]: 'badCredentials', [RC.notAuthorized]: 'notAuthorized', [RC.identifierRejected]: 'identifierRejected', [RC.serverUnavailable]: 'serverUnavailable' };
 
 interface Session {
   client: Client;
@@ -113,7 +132,13 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   const retained = new RetainedQuota();
   const clients = (aedes as unknown as { clients: Record<string, Client | undefined> }).clients;
 
+  const authFailures: Record<AuthFailure, number> = { badCredentials: 0, notAuthorized: 0, identifierRejected: 0, serverUnavailable: 0 };
+  const connectionsRefused: Record<ConnectionRefusal, number> = { rate: 0, pending: 0, frame: 0 };
   const auth = makeAuthenticator({
+    refused(code) {
+      const kind = FAILURE_OF_CODE[code];
+      if (kind) authFailures[kind]++;
+    },
     store,
     allowAnonymous,
     limits: () => limits,
@@ -300,6 +325,14 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
       return undefined;
     },
     refresh,
+    stats() {
+      const clients = { node: 0, agent: 0, operator: 0, anonymous: 0 };
+      for (const s of sessions.values()) clients[s.principal.role]++;
+      return { clients, authFailures: { ...authFailures }, connectionsRefused: { ...connectionsRefused } };
+    },
+    refusedConnection(why) {
+      connectionsRefused[why]++;
+    },
     close() {
       if (timer) clearInterval(timer);
       presence.close();

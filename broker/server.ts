@@ -148,12 +148,14 @@ function pendingAdmission(plugin: FerryPlugin, log: LogFn): (socket: net.Socket)
     }
     if (!bucket.take(performance.now())) {
       log('warn', `connection from ${addr} refused: more than ${connections.perAddressRate} new connections/s from this address`);
+      plugin.refusedConnection('rate');
       socket.destroy();
       return false;
     }
     const mine = perAddress.get(addr) ?? 0;
     if (total >= pending.total || mine >= pending.perAddress) {
       log('warn', `connection from ${addr} refused: ${total >= pending.total ? `${total} connections` : `${mine} connections from this address`} not yet authenticated`);
+      plugin.refusedConnection('pending');
       socket.destroy();
       return false;
     }
@@ -170,7 +172,10 @@ function pendingAdmission(plugin: FerryPlugin, log: LogFn): (socket: net.Socket)
     };
     socket.on('close', uncount);
     guardFrames(socket, frames, {
-      refused: (reason) => log('warn', `connection from ${addr} closed: ${reason}`),
+      refused: (reason) => {
+        plugin.refusedConnection('frame');
+        log('warn', `connection from ${addr} closed: ${reason}`);
+      },
       authenticated: uncount,
     });
     return true;

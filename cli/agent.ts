@@ -1,6 +1,7 @@
 import type { CommandModule } from 'yargs';
 import { Agent, type AgentOptions } from '../agent/agent.js';
 import { brokerOption, prefixOption, untilSignal, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
+import { checkHttpArgs, httpOptions, maybeStartHttp, type HttpArgs } from './http.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
 import { logOptions, makeLogger, type LogArgs } from './logger.js';
 import { readTrustKeys } from './key-files.js';
@@ -90,19 +91,26 @@ export function createAgent(plan: AgentPlan, brokerUrl: string, credentials: { u
   return new Agent({ ...plan, brokerUrl, username: credentials.username, password: credentials.password });
 }
 
-export const agentCommand: CommandModule<object, AgentArgs & { broker: string }> = {
+export const agentCommand: CommandModule<object, AgentArgs & HttpArgs & { broker: string }> = {
   command: 'agent',
   describe: 'run the relay agent against a broker',
-  builder: (y) => y.options({ broker: brokerOption, username: usernameOption, ...passwordOptions, ...agentOptions }) as never,
+  builder: (y) => y.options({ broker: brokerOption, username: usernameOption, ...passwordOptions, ...httpOptions, ...agentOptions }) as never,
   handler: async (argv) => {
     const url = brokerUrl(argv.broker);
+    checkHttpArgs(argv);
     const plan = planAgent(argv);
     const password = readSecret(argv as never, PASSWORD, argv.username);
     const signal = untilSignal();
     const lock = lockAgentState(argv['data-dir'], 'agent');
     if (lock.tookOverFrom !== undefined) plan.log?.('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
     const agent = createAgent(plan, url, { username: argv.username, password });
+    const http = await maybeStartHttp(argv, { agent }, plan.log ?? (() => {})).catch(async (err: unknown) => {
+      await agent.stop();
+      lock.release();
+      throw err;
+    });
     await untilSignalOnceStarted(agent.start(), signal);
+    await http?.close();
     await agent.stop();
     lock.release();
   },

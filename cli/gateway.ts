@@ -5,11 +5,12 @@ import { startBroker } from '../broker/server.js';
 import { agentOptions, createAgent, lockAgentState, planAgent, type AgentArgs } from './agent.js';
 import { limitOption, limitsFromFlags, lockBrokerState } from './broker.js';
 import { untilSignal, untilSignalOnceStarted } from './common.js';
+import { checkHttpArgs, httpOptions, maybeStartHttp, type HttpArgs } from './http.js';
 import { isListenError, listenProblem } from './startup.js';
 import { listenPort } from './validate.js';
 import { startStatsFile } from './stats-file.js';
 
-interface GatewayArgs extends AgentArgs {
+interface GatewayArgs extends AgentArgs, HttpArgs {
   port: number;
   host: string;
   'allow-anonymous': boolean;
@@ -35,10 +36,12 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
       'allow-anonymous': { type: 'boolean', default: false, describe: 'admit clients without a username (never to ferry topics)' },
       'stats-file': { type: 'string', describe: 'write CPU, memory and store-write counters here as JSON at start, on SIGUSR2 and at exit (for benchmarks)' },
       limit: limitOption,
+      ...httpOptions,
       ...agentOptions,
     }) as never,
   handler: async (argv) => {
     listenPort(argv.port, 'port');
+    checkHttpArgs(argv);
     const limits = limitsFromFlags(argv.limit);
     const plan = planAgent(argv);
     const log = plan.log!;
@@ -58,12 +61,19 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
     });
     log('info', `ferry gateway: broker on ${argv.host}:${broker.port}, agent state and identities in ${argv['data-dir']}`);
     const agent = createAgent(plan, broker.url, { username: GATEWAY_AGENT, password });
+    const plugin = broker.plugin;
+    const http = await maybeStartHttp(argv, { agent, broker: plugin && (() => plugin.stats()) }, log).catch(async (err: unknown) => {
+      await agent.stop();
+      await broker.close();
+      throw err;
+    });
     const stopStats = argv['stats-file'] ? startStatsFile(argv['stats-file'], agent) : undefined;
     try {
       await untilSignalOnceStarted(agent.start(), signal);
     } finally {
       stopStats?.();
     }
+    await http?.close();
     await agent.stop();
     await broker.close();
     store.close();
