@@ -1,11 +1,13 @@
 import { randomInt } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { ProtocolError, Reason, reasonName } from '../shared/errors.js';
+import type { LogFields, LogFn, LogLevel } from '../shared/log.js';
 import { decodeUp, LIMITS, MsgType, QueryReason } from '../shared/messages.js';
 import { encodeReleaseStatus, markerWithdraws } from '../shared/release-status.js';
 import { isDeviceId, topics as makeTopics, type Topics } from '../shared/topics.js';
 import { ReleaseCatalog } from './catalog.js';
 import { AgentCounters } from './counters.js';
+import { EventFeed } from './event-feed.js';
 import { resolveConfig, type AgentConfig, type AgentOptions } from './config.js';
 import { Links, type LinkName } from './links.js';
 import { PatchCache } from './patches.js';
@@ -48,6 +50,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly intake: ReleaseIntake;
   private readonly presence: PresenceQueries;
   private readonly updates: Updates;
+  /** The event log on MQTT: live batches and history on request (docs/protocol.md 2.3). */
+  readonly events: EventFeed;
   private sweeper: NodeJS.Timeout | undefined;
   private closed = false;
   private lastBadTopic = 0;
@@ -63,7 +67,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.topics = makeTopics(opts.prefix);
     this.store = new AgentStore(opts.dataDir);
     this.catalog = new ReleaseCatalog(this.store, opts.trust ?? []);
-    const log = (level: 'info' | 'warn' | 'error', msg: string) => this.opts.log?.(level, msg);
+    const log: LogFn = (level, msg, fields) => this.opts.log?.(level, msg, fields);
     this.patches = new PatchCache(opts.dataDir, { log });
     const clientId = opts.clientId ?? opts.username ?? `ferry-agent-${randomInt(1e9).toString(36)}`;
     // The broker's ACL lets an agent publish only the verdicts named after its username on that link.
@@ -89,10 +93,14 @@ export class Agent extends EventEmitter<AgentEvents> {
       sendQuery: (id, reason) => this.links.sendDown(id, { type: MsgType.query, reason }),
     });
     this.updates = new Updates({
-      cfg: this.config, store: this.store, catalog: this.catalog, patches: this.patches, links: this.links, topics: this.topics, clock, log,
+      cfg: this.config, store: this.store, catalog: this.catalog, patches: this.patches, links: this.links, topics: this.topics, clock, log, agentName: this.name,
       counters: this.counters,
       onStatus: (s) => this.emit('status', s),
       onWindowTimeout: (e) => this.emit('windowTimeout', e),
+    });
+    this.events = new EventFeed({
+      store: this.store, topics: this.topics, name: this.name, log,
+      publish: (topic, doc) => this.links.publishEvents(topic, doc),
     });
     this.intake = new ReleaseIntake({
       catalog: this.catalog, store: this.store, topics: this.topics, timeoutMs: this.config.releaseAssemblyTimeoutMs, log,
@@ -106,8 +114,8 @@ export class Agent extends EventEmitter<AgentEvents> {
     });
   }
 
-  private log(level: 'info' | 'warn' | 'error', msg: string): void {
-    this.opts.log?.(level, msg);
+  private log(level: LogLevel, msg: string, fields?: LogFields): void {
+    this.opts.log?.(level, msg, fields);
   }
 
   async start(): Promise<void> {
@@ -118,6 +126,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       throw err;
     }
     this.intake.start();
+    this.events.start();
     this.sweeper = setInterval(() => this.updates.sweep(), 500);
     this.sweeper.unref();
     this.log('info', `agent connected to ${this.links.describe()}, ${this.catalog.all().length} release(s), ${this.updates.nodes.size} known node(s)`);
@@ -135,6 +144,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   async stop(): Promise<void> {
     this.closed = true;
     if (this.sweeper) clearInterval(this.sweeper);
+    this.events.flush();
+    this.events.stop();
     this.intake.stop();
     this.presence.stop();
     this.updates.stop();
@@ -175,7 +186,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private onWithdrawn(hw: string, version: string, on: boolean): void {
     if (this.catalog.isWithdrawn(hw, version) === on) return;
     const held = this.catalog.setWithdrawn(hw, version, on);
-    this.log('info', `release ${hw} ${version} ${on ? 'withdrawn: no longer offered' : 'restored: offered again'}`);
+    this.log('info', `release ${hw} ${version} ${on ? 'withdrawn: no longer offered' : 'restored: offered again'}`, { release: `${hw}/${version}`, withdrawn: on });
     this.store.event(null, on ? 'release-withdrawn' : 'release-restored', `${hw} ${version}`);
     for (const r of held) {
       this.updates.withdrawn(r, on);
@@ -194,6 +205,8 @@ export class Agent extends EventEmitter<AgentEvents> {
         if (!id) return this.badTopic(topic, payload.length);
         if (levels[p + 2] === 'up') this.onUp(id, payload);
         else if (levels[p + 2] === 'presence') this.onPresence(id, payload.toString());
+      } else if (levels[p] === 'e') {
+        if (levels.length === p + 3 && levels[p + 1] === 'req' && isDeviceId(levels[p + 2])) this.events.onRequest(levels[p + 2], payload);
       } else if (levels[p] === 'r') {
         const rest = levels.slice(p + 1);
         if (rest.length === 3 && rest[2] === 'withdrawn') this.onWithdrawn(rest[0], rest[1], markerWithdraws(payload));
@@ -251,7 +264,7 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   /** Logs bad input from a node and tells it why (at most once a second per node). */
   private rejectFromNode(id: string, reason: number, detail: string): void {
-    this.log('warn', `node ${id}: rejected message: ${reasonName(reason)}: ${detail}`);
+    this.log('warn', `node ${id}: rejected message: ${reasonName(reason)}: ${detail}`, { device: id, reason: reasonName(reason) });
     this.store.event(id, 'bad-message', `${reasonName(reason)}: ${detail}`);
     const now = Date.now();
     if (this.updates.nodes.has(id)) {

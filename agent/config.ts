@@ -1,4 +1,5 @@
 import type { KeyObject } from 'node:crypto';
+import type { LogFn } from '../shared/log.js';
 import { DEFAULT_RECONNECT, type ReconnectConfig } from './reconnect.js';
 import { DEFAULT_RTT, type RttConfig } from './rtt.js';
 
@@ -64,7 +65,8 @@ export interface AgentOptions {
   resendBudget?: Partial<ResendBudget>;
   /** A release whose manifest arrived but not all its parts within this time is dropped and logged. */
   releaseAssemblyTimeoutMs?: number;
-  log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  /** Log lines with optional structured fields (device, release, session, reason). */
+  log?: LogFn;
 }
 
 export interface AgentConfig {

@@ -1,4 +1,5 @@
 import mqtt, { type MqttClient } from 'mqtt';
+import type { LogFn } from '../shared/log.js';
 import { encodeMessage, type DownMessage } from '../shared/messages.js';
 import type { Topics } from '../shared/topics.js';
 import type { AgentConfig } from './config.js';
@@ -19,7 +20,7 @@ export interface LinkOptions {
   upstreamClientId?: string;
   topics: Topics;
   cfg: AgentConfig;
-  log: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  log: LogFn;
   onMessage: (topic: string, payload: Buffer) => void;
   onReconnect: (link: LinkName, delayMs: number, attempt: number) => void;
   /** The nodes' broker took our subscriptions (after every connect). */
@@ -73,7 +74,7 @@ export class Links {
     const t = o.topics;
     const firstReady = new Promise<void>((resolve, reject) => {
       client.on('connect', () => {
-        const filters = [t.upWildcard, t.presenceWildcard, ...(upstream === client ? [t.manifestWildcard, t.withdrawnWildcard, ...this.partSubs] : [])];
+        const filters = [t.upWildcard, t.presenceWildcard, ...(upstream === client ? [t.manifestWildcard, t.withdrawnWildcard, t.eventsRequestWildcard, ...this.partSubs] : [])];
         client.subscribeAsync(filters, { qos: 1 }).then(
           () => {
             if (this.closed) return;
@@ -88,7 +89,7 @@ export class Links {
       });
       if (upstream !== client) {
         upstream.on('connect', () => {
-          upstream.subscribeAsync([t.manifestWildcard, t.withdrawnWildcard, ...this.partSubs], { qos: 1 }).catch((err: Error) => o.log('warn', `subscribing on ${o.upstreamUrl}: ${err.message}`));
+          upstream.subscribeAsync([t.manifestWildcard, t.withdrawnWildcard, t.eventsRequestWildcard, ...this.partSubs], { qos: 1 }).catch((err: Error) => o.log('warn', `subscribing on ${o.upstreamUrl}: ${err.message}`));
         });
       }
     });
@@ -176,6 +177,16 @@ export class Links {
     return box.publish(topic, doc, { qos: 1, retain: true }, `release status ${topic}`, (err) => {
       if (!this.closed) this.o.log('warn', `release status ${topic}: ${err.message}`);
     });
+  }
+
+  /**
+   * Publishes event-log traffic on the operators' link (QoS 1, not retained). It may take at most a
+   * quarter of the publish backlog: events must never crowd out node traffic or release verdicts.
+   */
+  publishEvents(topic: string, doc: string): boolean {
+    const box = this.opOutbox;
+    if (!box || box.pending >= this.o.cfg.maxInflight >> 2) return false;
+    return box.publish(topic, doc, { qos: 1 }, `events ${topic}`);
   }
 
   subscribeParts(filter: string): void {

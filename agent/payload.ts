@@ -1,4 +1,5 @@
 import { Capability, Encoding } from '../shared/messages.js';
+import { releaseName, type LogFn } from '../shared/log.js';
 import { sha256 } from '../shared/manifest.js';
 import { archForNode, deltaSparseFor, detectImage, readPatchHeader, type ArchName } from '../shared/delta/index.js';
 import { Transform } from '../shared/delta/format.js';
@@ -14,7 +15,7 @@ export interface PayloadOptions {
   /** A delta of this release failed on this node before. */
   deltaRefused: (node: string, release: string) => boolean;
   event: (node: string, kind: string, detail: string) => void;
-  log: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  log: LogFn;
   /** Progress of a patch being made, for the node's status detail ('' when done). */
   progress: (node: string, detail: string) => void;
   closed: () => boolean;
@@ -74,7 +75,7 @@ export class PayloadChooser {
         }, arch, sparse);
       } catch (err) {
         if (o.closed()) return full;
-        o.log('warn', `node ${row.id}: no delta ${pair}: ${(err as Error).message}; sending the full image`);
+        o.log('warn', `node ${row.id}: no delta ${pair}: ${(err as Error).message}; sending the full image`, { device: row.id, release: releaseName(release.row.hw, release.row.version) });
         o.event(row.id, 'payload', `full image: no delta ${pair}: ${(err as Error).message}`);
         return full;
       } finally {

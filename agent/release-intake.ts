@@ -1,4 +1,5 @@
 import { ProtocolError } from '../shared/errors.js';
+import { releaseName, type LogFn } from '../shared/log.js';
 import { peekManifest } from '../shared/manifest.js';
 import type { Topics } from '../shared/topics.js';
 import { ReleaseRefused, type ReleaseCatalog } from './catalog.js';
@@ -13,7 +14,7 @@ export interface IntakeOptions {
   timeoutMs: number;
   subscribeParts: (filter: string) => void;
   unsubscribeParts: (filter: string) => void;
-  log: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  log: LogFn;
   onReady: (release: Release) => void;
   /** The agent's verdict on a release, for its retained release-status topic. */
   onVerdict: (v: Verdict) => void;
@@ -98,14 +99,14 @@ export class ReleaseIntake {
         : `${a.missing.length} part(s): ${a.missing.slice(0, 20).join(', ')}${a.missing.length > 20 ? ', …' : ''}`;
       const after = this.o.timeoutMs < 10_000 ? `${this.o.timeoutMs} ms` : `${Math.round(this.o.timeoutMs / 1000)} s`;
       const why = `incomplete after ${after}: ${a.have} part(s), ${a.bytes} of ${a.size} bytes; missing ${missing}; dropped (publish it again)`;
-      this.o.log('warn', `release ${a.hw} ${a.version} ${why}`);
+      this.o.log('warn', `release ${a.hw} ${a.version} ${why}`, { release: releaseName(a.hw, a.version), reason: 'incomplete', verdict: 'refused' });
       this.o.store.event(null, 'release-incomplete', `${a.hw} ${a.version}: ${why}`);
       this.o.onVerdict({ state: 'refused', hw: a.hw, version: a.version, digest: this.takeDigest(a.hw, a.version), reason: 'incomplete', detail: why });
     }
   }
 
   private refused(hw: string, version: string, reason: string, detail: string): void {
-    this.o.log('warn', `release ${hw} ${version} refused: ${reason}: ${detail}`);
+    this.o.log('warn', `release ${hw} ${version} refused: ${reason}: ${detail}`, { release: releaseName(hw, version), reason, verdict: 'refused' });
     this.o.store.event(null, 'release-refused', `${hw} ${version}: ${reason}: ${detail}`);
     this.o.onVerdict({ state: 'refused', hw, version, digest: this.takeDigest(hw, version), reason, detail });
   }
@@ -119,7 +120,9 @@ export class ReleaseIntake {
   }
 
   private ready(release: Release): void {
-    this.o.log('info', `release ${release.row.hw} ${release.row.version} ready (${release.row.size} bytes, security version ${release.row.securityVersion})`);
+    this.o.log('info', `release ${release.row.hw} ${release.row.version} ready (${release.row.size} bytes, security version ${release.row.securityVersion})`, {
+      release: releaseName(release.row.hw, release.row.version), verdict: 'accepted', digest: release.row.digest.toString('hex').slice(0, 8),
+    });
     this.o.store.event(null, 'release', `${release.row.hw} ${release.row.version} ${release.row.id}`);
     this.digests.delete(`${release.row.hw}/${release.row.version}`);
     this.o.onVerdict({ state: 'accepted', hw: release.row.hw, version: release.row.version, digest: release.row.digest.toString('hex') });

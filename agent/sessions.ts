@@ -1,5 +1,6 @@
 import { randomInt } from 'node:crypto';
 import { Reason, reasonName } from '../shared/errors.js';
+import { releaseName } from '../shared/log.js';
 import { Encoding, LIMITS, MsgType, negotiateChunkSize } from '../shared/messages.js';
 import type { PayloadChooser } from './payload.js';
 import { Transfer } from './transfer.js';
@@ -56,7 +57,9 @@ export class Sessions {
     n.transfer = new Transfer(session, p.payload, p.chunkSize, row.window, n.rtt, this.d.cfg.resendBudget, now);
     Object.assign(row, { payloadEncoding: p.payload.encoding, chunkSize: p.chunkSize, chunkCount: n.transfer.count, attempts: row.attempts + 1, bitmap: n.transfer.window.acked.toBytes() });
     const what = p.payload.encoding === Encoding.delta ? `delta patch (${p.payload.bytes.length} B for a ${release.row.size} B image)` : `${release.row.size} B`;
-    this.d.log('info', `node ${row.id}: offering ${release.row.version}: ${what} in ${n.transfer.count} chunks of ${p.chunkSize} B`);
+    this.d.log('info', `node ${row.id}: offering ${release.row.version}: ${what} in ${n.transfer.count} chunks of ${p.chunkSize} B`, {
+      device: row.id, release: releaseName(release.row.hw, release.row.version), session, payload: p.payload.encoding === Encoding.delta ? 'delta' : 'full',
+    });
   }
 
   sendOffer(n: NodeRuntime): void {

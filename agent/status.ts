@@ -7,10 +7,14 @@ import type { TransferWindow } from './window.js';
 /** The retained per-node status document (docs/protocol.md §8). JSON, for operators and scripts. */
 export interface NodeStatus {
   id: string;
+  /** The serving agent's name (its identity: Agent.name): which site or gateway the node is at. */
+  agent: string;
   hw: string;
   state: string;
   runningVersion: string;
   targetVersion: string | null;
+  /** First 8 hex digits of the target release's image digest: tells two builds of one version apart. */
+  digest: string | null;
   /** Chunks of the session's payload: of the patch for a delta session, of the image for a full one. */
   received: number;
   total: number;
@@ -47,8 +51,11 @@ export interface NodeStatus {
 
 const IMAGE_STATES = ['new', 'pendingVerify', 'valid', 'invalid', 'aborted', 'undefined', 'recovery'];
 
-/** `payloadSize`: the live session's payload size, when one is in progress (exact byte counts). */
-export function nodeStatus(row: NodeRow, target: Release | undefined, window: TransferWindow | undefined, online: boolean, warnings: string[], payloadSize?: number): NodeStatus {
+/**
+ * `payloadSize`: the live session's payload size, when one is in progress (exact byte counts).
+ * `agent`: the name of the agent serving the node.
+ */
+export function nodeStatus(row: NodeRow, target: Release | undefined, window: TransferWindow | undefined, online: boolean, warnings: string[], payloadSize?: number, agent = ''): NodeStatus {
   const total = row.chunkCount;
   const received = window ? window.received : row.state === 'confirmed' ? total : countBits(row.bitmap);
   const delta = row.payloadEncoding === Encoding.delta;
@@ -56,10 +63,12 @@ export function nodeStatus(row: NodeRow, target: Release | undefined, window: Tr
   const progress = total === 0 ? 0 : Math.round((received / total) * 1000) / 1000;
   return {
     id: row.id,
+    agent,
     hw: row.hw,
     state: row.state,
     runningVersion: row.runningVersion,
     targetVersion: target?.row.version ?? null,
+    digest: target ? target.row.digest.toString('hex').slice(0, 8) : null,
     received,
     total,
     bytes: Math.min(payloadSize ?? (delta ? total * row.chunkSize : target?.row.size ?? 0), received * row.chunkSize),

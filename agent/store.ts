@@ -102,6 +102,8 @@ const MAX_REFUSALS_PER_NODE = 16;
 const MAX_EVENTS = 50_000;
 
 export interface StoredEvent {
+  /** The row's sequence number: increasing, what history requests page by. */
+  seq: number;
   at: number;
   node: string | null;
   kind: string;
@@ -270,12 +272,19 @@ export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
   event(node: string | null, kind: string, detail = ''): void {
     const at = Date.now();
     this.beginWrite();
-    this.insertEvent.run(at, node, kind, detail);
-    if (this.listenerCount('event') > 0) this.emit('event', { at, node, kind, detail });
+    const seq = Number(this.insertEvent.run(at, node, kind, detail).lastInsertRowid);
+    if (this.listenerCount('event') > 0) this.emit('event', { seq, at, node, kind, detail });
     if (++this.eventsSinceTrim >= 1000) {
       this.eventsSinceTrim = 0;
       this.db.prepare('DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?').run(MAX_EVENTS);
     }
+  }
+
+  /** Events newest first: of one node or all, only those before `before` (a seq) when given. */
+  eventPage(node: string | undefined, before: number | undefined, limit: number): StoredEvent[] {
+    const where = [node !== undefined ? 'node = @node' : '', before !== undefined ? 'seq < @before' : ''].filter(Boolean);
+    const sql = `SELECT seq, at, node, kind, detail FROM events ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY seq DESC LIMIT @limit`;
+    return this.db.prepare(sql).all({ node, before, limit }) as StoredEvent[];
   }
 
   events(node?: string, limit = 100): { at: number; node: string | null; kind: string; detail: string }[] {

@@ -1,4 +1,5 @@
 import { Reason, reasonName } from '../shared/errors.js';
+import { releaseName, type LogFields, type LogFn } from '../shared/log.js';
 import { Capability, Encoding, ImageState, MsgType, type Ack, type Hello, type Report } from '../shared/messages.js';
 import type { Topics } from '../shared/topics.js';
 import { Admission } from './admission.js';
@@ -61,7 +62,9 @@ export interface UpdatesDeps {
   clock: Clock;
   /** Process-wide counters for metrics. */
   counters: AgentCounters;
-  log: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  log: LogFn;
+  /** This agent's name, carried in every node status. */
+  agentName?: string;
   onStatus: (s: NodeStatus) => void;
   onWindowTimeout: (e: { id: string; rto: number; expiries: number }) => void;
 }
@@ -111,6 +114,15 @@ export class Updates {
     return c;
   }
 
+  /** Log fields of a node's line: device, the target release, the session (when there is one). */
+  private fieldsOf(n: NodeRuntime, extra: LogFields = {}): LogFields {
+    const f: LogFields = { device: n.row.id };
+    if (n.update.target) f.release = releaseName(n.row.hw, n.update.target.version);
+    if (n.update.session !== null) f.session = n.update.session;
+    for (const [k, v] of Object.entries(extra)) if (v !== undefined) f[k] = v;
+    return f;
+  }
+
   private env(n: NodeRuntime): Env {
     return { cfg: this.d.cfg, rto: n.rtt.rto, random: Math.random };
   }
@@ -129,7 +141,10 @@ export class Updates {
       else this.execute(n, e, now);
     }
     const changed = syncRow(n.row, update);
-    if (n.row.state !== wasName) this.d.store.event(n.row.id, 'state', `${wasName} -> ${n.row.state}`);
+    if (n.row.state !== wasName) {
+      this.d.store.event(n.row.id, 'state', `${wasName} -> ${n.row.state}`);
+      this.d.log('info', `node ${n.row.id}: ${wasName} -> ${n.row.state}`, this.fieldsOf(n, { from: wasName, state: n.row.state }));
+    }
     if (changed) {
       this.persist(n);
       this.publishStatus(n, true);
@@ -178,7 +193,7 @@ export class Updates {
         this.d.counters.outcome(e.outcome);
         if (e.refuse && n.update.target) this.d.store.addRefusal(row.id, n.update.target.id, 'release');
         const level = e.outcome === 'confirmed' ? 'info' : 'warn';
-        this.d.log(level, `node ${row.id}: ${e.outcome}${e.reason ? ` (${reasonName(e.reason)})` : ''}: ${e.detail}`);
+        this.d.log(level, `node ${row.id}: ${e.outcome}${e.reason ? ` (${reasonName(e.reason)})` : ''}: ${e.detail}`, this.fieldsOf(n, { outcome: e.outcome, reason: e.reason ? reasonName(e.reason) : undefined }));
         return;
       }
       case 'event':
@@ -260,7 +275,7 @@ export class Updates {
     this.heard(n, now);
     const row = n.row;
     if (h.bootCount !== undefined) n.bootCount = h.bootCount;
-    if (row.runningVersion !== h.version) this.d.log('info', `node ${id} runs ${h.version}`);
+    if (row.runningVersion !== h.version) this.d.log('info', `node ${id} runs ${h.version}`, { device: id, release: releaseName(h.hw, h.version) });
     Object.assign(row, {
       hw: h.hw, runningVersion: h.version, runningDigest: h.digest, securityVersion: h.securityVersion, slot: h.slot, imageState: h.imageState,
       caps: h.caps, maxMessage: h.maxMessage, window: h.window,
@@ -386,7 +401,7 @@ export class Updates {
   }
 
   statusOf(n: NodeRuntime): NodeStatus {
-    return nodeStatus(n.row, this.d.catalog.get(n.row.targetRelease), n.transfer?.window, n.online, n.warnings, n.transfer?.payload.bytes.length);
+    return nodeStatus(n.row, this.d.catalog.get(n.row.targetRelease), n.transfer?.window, n.online, n.warnings, n.transfer?.payload.bytes.length, this.d.agentName);
   }
 
   publishStatus(n: NodeRuntime, force = false): void {

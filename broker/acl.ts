@@ -29,7 +29,13 @@ export type TopicClass =
   /** An agent's retained verdict on a release; `agent` is the agent's identity name. */
   | { kind: 'release-status'; hw: string; version: string; agent: string }
   /** An operator's retained withdraw marker of a release. */
-  | { kind: 'withdrawn'; hw: string; version: string };
+  | { kind: 'withdrawn'; hw: string; version: string }
+  /** An agent's live events; `agent` is its identity name. */
+  | { kind: 'agent-events'; agent: string }
+  /** An operator's request for event history, to every agent; `operator` is the requester's name. */
+  | { kind: 'events-request'; operator: string }
+  /** An agent's answer to one operator's history request. */
+  | { kind: 'events-response'; agent: string; operator: string };
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/;
 const VERSION = /^[0-9A-Za-z.+-]{1,32}$/;
@@ -60,6 +66,11 @@ export class TopicAcl {
       const sub = rest[2];
       if (sub === 'up' || sub === 'dn' || sub === 'status' || sub === 'presence') return { kind: sub, id: rest[1] };
     }
+    if (rest[0] === 'a' && isDeviceId(rest[1] ?? '') && rest[2] === 'events') {
+      if (rest.length === 3) return { kind: 'agent-events', agent: rest[1] };
+      if (rest.length === 5 && rest[3] === 'res' && isDeviceId(rest[4])) return { kind: 'events-response', agent: rest[1], operator: rest[4] };
+    }
+    if (rest[0] === 'e' && rest.length === 3 && rest[1] === 'req' && isDeviceId(rest[2])) return { kind: 'events-request', operator: rest[2] };
     if (rest[0] === 'g' && rest.length === 3 && rest[2] === 'dn' && isGroupName(rest[1])) return { kind: 'group-dn', group: rest[1] };
     if (rest[0] === 'r' && NAME.test(rest[1] ?? '') && VERSION.test(rest[2] ?? '')) {
       if (rest.length === 4 && rest[3] === 'manifest') return { kind: 'manifest', hw: rest[1], version: rest[2] };
@@ -93,8 +104,13 @@ export class TopicAcl {
       case 'withdrawn':
         return p.role === 'operator';
       case 'release-status':
-        // An agent speaks only for itself: the last level is its identity name.
+      case 'agent-events':
+      case 'events-response':
+        // An agent speaks only for itself: the level after the kind is its identity name.
         return p.role === 'agent' && p.id === c.agent;
+      case 'events-request':
+        // Answers go to the topic named after the requester: one operator cannot read another's.
+        return p.role === 'operator' && p.id === c.operator;
       default:
         return false;
     }
@@ -120,6 +136,12 @@ export class TopicAcl {
       case 'withdrawn':
       case 'release-status':
         return p.role === 'agent' || p.role === 'operator';
+      case 'agent-events':
+        return p.role === 'operator';
+      case 'events-response':
+        return p.role === 'operator' && p.id === c.operator;
+      case 'events-request':
+        return p.role === 'agent';
       default:
         return false;
     }
@@ -154,9 +176,9 @@ export class TopicAcl {
       case 'node':
         return [`${P}/d/${p.id}/dn`, ...p.groups.map((g) => `${P}/g/${g}/dn`)];
       case 'agent':
-        return [`${P}/d/+/up`, `${P}/d/+/status`, `${P}/d/+/presence`, ...releaseTemplates(P)];
+        return [`${P}/d/+/up`, `${P}/d/+/status`, `${P}/d/+/presence`, `${P}/e/req/+`, ...releaseTemplates(P)];
       case 'operator':
-        return [`${P}/d/+/status`, `${P}/d/+/presence`, ...releaseTemplates(P)];
+        return [`${P}/d/+/status`, `${P}/d/+/presence`, `${P}/a/+/events`, `${P}/a/+/events/res/${p.id}`, ...releaseTemplates(P)];
       default:
         return [];
     }

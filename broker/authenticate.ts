@@ -61,7 +61,7 @@ export function makeAuthenticator(d: AuthDeps): Authenticator {
   const budget = new TokenBucket({ rate: d.limits().auth.newAddressRate, burst: d.limits().auth.newAddressBurst }, performance.now());
 
   const refuse = (done: Done, client: Client, code: number, why: string) => {
-    log('warn', `connect refused for client ${JSON.stringify(client.id)} from ${addressOf(client)}: ${why}`);
+    log('warn', `connect refused for client ${JSON.stringify(client.id)} from ${addressOf(client)}: ${why}`, { client: client.id, address: addressOf(client), reason: why, auth: 'refused' });
     d.refused?.(code);
     const err = new Error(why) as AuthenticateError;
     (err as { returnCode: number }).returnCode = code;

@@ -20,6 +20,7 @@ export function mosquittoAcl(identities: Identity[], prefix = 'ferry', plainTopi
       out.push(`topic write ${P}/d/${i.username}/up`, `topic read ${P}/d/${i.username}/dn`, ...i.groups.map((g) => `topic read ${P}/g/${g}/dn`));
     } else if (i.role === 'operator') {
       out.push(`topic readwrite ${P}/r/+/+/manifest`, `topic readwrite ${P}/r/+/+/part/+`, `topic readwrite ${P}/r/+/+/withdrawn`, `topic read ${P}/r/+/+/status/+`, `topic read ${P}/d/+/status`, `topic read ${P}/d/+/presence`);
+      out.push(`topic read ${P}/a/+/events`, `topic write ${P}/e/req/${i.username}`, `topic read ${P}/a/+/events/res/${i.username}`);
     } else {
       const all = i.serves.includes('*');
       const ids = all ? ['+'] : nodes.filter((n) => servesNode(i.serves, n)).map((n) => n.username);
@@ -29,6 +30,8 @@ export function mosquittoAcl(identities: Identity[], prefix = 'ferry', plainTopi
       out.push(`topic read ${P}/r/+/+/manifest`, `topic read ${P}/r/+/+/part/+`, `topic read ${P}/r/+/+/withdrawn`, `topic read ${P}/r/+/+/status/+`);
       // Its own verdicts only (the ferry plugin checks the same: the last level is the agent's name).
       out.push(`topic write ${P}/r/+/+/status/${i.username}`);
+      // Its own event log, live and on request (docs/protocol.md 2.3).
+      out.push(`topic write ${P}/a/${i.username}/events`, `topic read ${P}/e/req/+`, `topic write ${P}/a/${i.username}/events/res/+`);
     }
     out.push(...tail, '');
   }

@@ -1,4 +1,5 @@
 import type { Aedes, AedesPublishPacket, Client, ConnackPacket, PublishPacket, Subscription } from 'aedes';
+import type { LogFn } from '../shared/log.js';
 import { decodeUp, MsgType } from '../shared/messages.js';
 import { DEFAULT_PREFIX, topics as makeTopics } from '../shared/topics.js';
 import { servesMatcher, TopicAcl, type Principal } from './acl.js';
@@ -18,7 +19,7 @@ import { RetainedQuota } from './retained-quota.js';
  * (broker/delivery-guard.ts) and listens to aedes events, so it loads into any aedes 1.x instance.
  * Packet size caps need the socket: broker/server.ts puts broker/frame-guard.ts in front of aedes.
  */
-export type LogFn = (level: 'info' | 'warn' | 'error', msg: string) => void;
+export type { LogFn };
 
 export interface FerryPluginOptions {
   /** Identities. Without a store every client is anonymous: no ferry topic is reachable. */
@@ -236,7 +237,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
     try {
       const sys = sub.topic.startsWith('$');
       if (sys ? mayReadSys(s.principal) : acl.canSubscribe(s.principal, sub.topic, s.serves)) return done(null, sub);
-      log('warn', `refused subscription of ${who(s, client)} to ${sub.topic}`);
+      log('warn', `refused subscription of ${who(s, client)} to ${sub.topic}`, { client: client?.id, topic: sub.topic, reason: 'not authorized' });
       done(null, null);
     } catch (err) {
       log('error', `authorizeSubscribe failed on ${sub.topic}: ${(err as Error).message}`);

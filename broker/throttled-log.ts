@@ -6,7 +6,7 @@ export function throttled(log: LogFn | undefined, perSecond = 20): LogFn {
   let windowStart = 0;
   let said = 0;
   let held = 0;
-  return (level, msg) => {
+  return (level, msg, fields) => {
     const now = Date.now();
     if (now - windowStart >= 1000) {
       if (held > 0) log('warn', `${held} similar messages not shown`);
@@ -14,7 +14,7 @@ export function throttled(log: LogFn | undefined, perSecond = 20): LogFn {
       said = 0;
       held = 0;
     }
-    if (said++ < perSecond) log(level, msg);
+    if (said++ < perSecond) log(level, msg, fields);
     else held++;
   };
 }

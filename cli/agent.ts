@@ -1,13 +1,14 @@
 import type { CommandModule } from 'yargs';
 import { Agent, type AgentOptions } from '../agent/agent.js';
-import { brokerOption, jsonOption, makeLogger, prefixOption, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
+import { brokerOption, prefixOption, untilSignal, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
 import { checkHttpArgs, httpOptions, maybeStartHttp, type HttpArgs } from './http.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
+import { logOptions, makeLogger, type LogArgs } from './logger.js';
 import { readTrustKeys } from './key-files.js';
 import { PASSWORD, passwordOptions, readSecret, UPSTREAM_PASSWORD, upstreamPasswordOptions } from './secrets.js';
 import { brokerUrl, optionalBrokerUrl } from './validate.js';
 
-export interface AgentArgs {
+export interface AgentArgs extends LogArgs {
   username?: string;
   password?: string;
   'password-file'?: string;
@@ -41,7 +42,8 @@ export const agentOptions = {
   'delta-margin': { type: 'number', default: 0.2, describe: 'send a patch only when it is at least this fraction smaller than the image (0 to below 1)' },
   'resend-budget': { type: 'number', default: 4, describe: 'chunk resends per node per second, in node windows (bounds what Hellos and Acks can make the agent resend)' },
   'release-timeout': { type: 'number', default: 300, describe: 'seconds to wait for all parts of a release after its manifest before dropping it' },
-  json: jsonOption,
+  json: { type: 'boolean', default: false, describe: 'log JSON lines (the same as --log-format json)' },
+  ...logOptions,
 } as const;
 
 export function validateAgentArgs(argv: AgentArgs): void {
@@ -76,7 +78,7 @@ export function planAgent(argv: AgentArgs): AgentPlan {
     deltaMargin: argv['delta-margin'],
     resendBudget: { windows: argv['resend-budget'], perMs: 1000 },
     releaseAssemblyTimeoutMs: argv['release-timeout'] * 1000,
-    log: makeLogger(argv.json),
+    log: makeLogger(argv),
   };
 }
 
@@ -98,6 +100,7 @@ export const agentCommand: CommandModule<object, AgentArgs & HttpArgs & { broker
     checkHttpArgs(argv);
     const plan = planAgent(argv);
     const password = readSecret(argv as never, PASSWORD, argv.username);
+    const signal = untilSignal();
     const lock = lockAgentState(argv['data-dir'], 'agent');
     if (lock.tookOverFrom !== undefined) plan.log?.('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
     const agent = createAgent(plan, url, { username: argv.username, password });
@@ -106,7 +109,7 @@ export const agentCommand: CommandModule<object, AgentArgs & HttpArgs & { broker
       lock.release();
       throw err;
     });
-    await untilSignalOnceStarted(agent.start());
+    await untilSignalOnceStarted(agent.start(), signal);
     await http?.close();
     await agent.stop();
     lock.release();

@@ -2,7 +2,8 @@ import type { CommandModule } from 'yargs';
 import { IdentityStore } from '../broker/identity-store.js';
 import { parseLimitFlags, type LimitsInput } from '../broker/limits.js';
 import { startBroker, type TlsListenerOptions } from '../broker/server.js';
-import { jsonOption, makeLogger, prefixOption, untilSignal, UsageError } from './common.js';
+import { prefixOption, untilSignal, UsageError } from './common.js';
+import { logOptions, makeLogger, type LogArgs } from './logger.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
 import { readFileOrFail } from './key-files.js';
 import { checkRedis, redisUrl, watchRedis } from './redis-check.js';
@@ -16,7 +17,7 @@ export function lockBrokerState(dataDir: string, command: string): DataDirLock {
   return lockDataDir(dataDir, 'broker', command);
 }
 
-interface Args {
+interface Args extends LogArgs {
   port: number;
   host: string;
   'data-dir': string;
@@ -66,7 +67,8 @@ export const brokerCommand: CommandModule<object, Args> = {
       'tls-ca': { type: 'string', describe: 'CA for client certificates: a verified certificate CN is the identity' },
       'require-client-cert': { type: 'boolean', default: false, describe: 'refuse TLS clients without a valid certificate' },
       limit: limitOption,
-      json: jsonOption,
+      json: { type: 'boolean', default: false, describe: 'log JSON lines (the same as --log-format json)' },
+      ...logOptions,
     }) as never,
   handler: async (argv) => {
     listenPort(argv.port, 'port');
@@ -84,7 +86,9 @@ export const brokerCommand: CommandModule<object, Args> = {
       };
     }
     const limits = limitsFromFlags(argv.limit);
-    const log = makeLogger(argv.json);
+    const log = makeLogger(argv);
+    // Listening before the first log line: a reader that acts on a line may signal at once.
+    const signal = untilSignal();
     // With --redis the broker's state is in Redis and brokers that share it may share a data dir
     // (docs/broker.md, scale-out); without, the state is this process's alone.
     const lock = argv.redis === undefined ? lockBrokerState(argv['data-dir'], 'broker') : undefined;
@@ -105,7 +109,7 @@ export const brokerCommand: CommandModule<object, Args> = {
     if (argv.redis !== undefined) watchRedis(broker.aedes, argv.redis, log);
     const counts = ['node', 'agent', 'operator'].map((r) => `${store.list(r as 'node').filter((i) => !i.revokedAt).length} ${r}s`).join(', ');
     log('info', `ferry broker on ${argv.host}:${broker.port}${broker.tlsPort !== undefined ? `, TLS on ${broker.tlsPort}` : ''}; identities in ${store.file} (${counts}); anonymous ${argv['allow-anonymous'] ? 'allowed' : 'refused'}${argv.redis ? `; sharing through ${argv.redis}` : ''}`);
-    await untilSignal();
+    await signal;
     await broker.close();
     store.close();
     lock?.release();

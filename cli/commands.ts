@@ -8,6 +8,7 @@ import { gatewayCommand } from './gateway.js';
 import { keygenCommand } from './keygen.js';
 import { releaseCommand } from './release.js';
 import { statusCommand } from './status.js';
+import { eventsCommand } from './events.js';
 import { diffCommand } from './diff.js';
 import { patchCommand } from './patch.js';
 import { simCommand } from './sim.js';
@@ -22,6 +23,7 @@ export const commands: CommandModule<any, any>[] = [
   keygenCommand,
   releaseCommand,
   statusCommand,
+  eventsCommand,
   brokerCommand,
   devicesCommand,
   agentsCommand,

@@ -9,14 +9,6 @@ export const jsonOption = { type: 'boolean', default: false, describe: 'machine-
 /** A bad flag or argument: the CLI prints it with a usage hint and exits 2 (runtime failures exit 1). */
 export class UsageError extends Error {}
 
-/** Log lines for long-running commands: timestamped text, or one JSON object per line. */
-export function makeLogger(json: boolean): (level: 'info' | 'warn' | 'error', msg: string) => void {
-  return (level, msg) => {
-    if (json) process.stdout.write(`${JSON.stringify({ at: new Date().toISOString(), level, msg })}\n`);
-    else process.stderr.write(`${new Date().toISOString().slice(11, 23)} ${level.padEnd(5)} ${msg}\n`);
-  };
-}
-
 /** Resolves when the process is asked to stop (SIGINT/SIGTERM). */
 export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
@@ -33,10 +25,10 @@ export function untilSignal(): Promise<NodeJS.Signals> {
 /**
  * Runs until SIGINT/SIGTERM, the signal also counting while `starting` is still under way (an agent
  * waiting for a broker that is not up yet must stop when asked, not be killed). Rejects if
- * `starting` fails before a signal.
+ * `starting` fails before a signal. Pass `signal` (an untilSignal() taken before the first log line)
+ * when a reader may act on that line: the signal then never arrives before the handler.
  */
-export async function untilSignalOnceStarted(starting: Promise<void>): Promise<void> {
-  const signal = untilSignal();
+export async function untilSignalOnceStarted(starting: Promise<void>, signal = untilSignal()): Promise<void> {
   let signalled = false;
   starting.catch(() => {}); // a failure after the signal no longer matters
   await Promise.race([starting, signal.then(() => void (signalled = true))]);

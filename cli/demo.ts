@@ -12,10 +12,12 @@ import { demoImage } from '../harness/images.js';
 import { startMicroPythonFleet } from '../device/micropython-fleet.js';
 import { generateOperatorKey } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
-import { makeLogger, UsageError } from './common.js';
+import { UsageError } from './common.js';
+import { makeLogger } from './logger.js';
 import { lockAgentState } from './agent.js';
 import { lockBrokerState } from './broker.js';
 import { formatBytes, progressBar } from './progress.js';
+import { fitLine, terminalWidth, wrapWords } from './text-fit.js';
 
 interface Args {
   devices: number;
@@ -31,11 +33,15 @@ interface Args {
 
 const FINAL = new Set(['confirmed', 'rolledBack', 'rejected', 'timedOut', 'failed']);
 
-function progressLine(s: NodeStatus): string {
+/** One node's line, never wider than `width` (the bar narrows first, then the tail is cut). */
+export function nodeProgressLine(s: NodeStatus, width?: number): string {
   const pct = s.total ? Math.floor((100 * s.received) / s.total) : s.state === 'confirmed' ? 100 : 0;
-  const bar = '#'.repeat(Math.round(pct / 5)).padEnd(20, '.');
   const why = s.reason ? ` (${s.reason})` : '';
-  return `${s.id.padEnd(8)} [${bar}] ${String(pct).padStart(3)}%  ${s.state}${why}  running ${s.runningVersion}`;
+  const tail = `] ${String(pct).padStart(3)}%  ${s.state}${why}  running ${s.runningVersion}`;
+  const head = `${s.id.padEnd(8)} [`;
+  const cells = Math.max(5, Math.min(20, (width ?? Infinity) - head.length - tail.length));
+  const fill = Math.round((pct / 100) * cells);
+  return fitLine(`${head}${'#'.repeat(fill).padEnd(cells, '.')}${tail}`, width);
 }
 
 /** `ferry demo`: the whole system in one process, from a signed release to confirmed boots. */
@@ -66,12 +72,13 @@ export const demoCommand: CommandModule<object, Args> = {
     const dataDir = argv['data-dir'] ?? fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-demo-'));
     const locks = [lockBrokerState(dataDir, 'demo'), lockAgentState(dataDir, 'demo')];
     const say = (line: string) => {
-      if (!argv.json) out.write(`${line}\n`);
+      // On a terminal, long lines are broken at spaces here rather than wrapped by the terminal.
+      if (!argv.json) out.write(`${line.split('\n').flatMap((l) => wrapWords(l, terminalWidth(out))).join('\n')}\n`);
     };
 
     const { privateKey, publicKey } = generateOperatorKey();
-    const logger = makeLogger(false);
-    const log = argv.verbose ? logger : (lvl: 'info' | 'warn' | 'error', msg: string) => lvl === 'error' && logger(lvl, msg);
+    // The demo is for a person: readable log lines, errors only unless --verbose.
+    const log = makeLogger({ 'log-format': 'pretty', 'log-level': argv.verbose ? 'info' : 'error' });
     // The broker runs as `ferry gateway` does: ferry plugin on, anonymous clients refused. The demo
     // provisions every client it starts in the store beside the agent state, as an operator would
     // with `ferry devices|agents|operators add`.
@@ -110,15 +117,23 @@ export const demoCommand: CommandModule<object, Args> = {
     const draw = () => {
       const rows = agent.statuses().sort((a, b) => a.id.localeCompare(b.id, undefined, { numeric: true }));
       if (tty) {
+        // Lines that never wrap and a block no taller than the terminal: moving up `drawn` lines
+        // then lands on the block's first line, and every line is cleared before it is drawn.
+        const width = terminalWidth(out);
+        const room = Math.max(2, (out.rows || 24) - 2);
+        const lines = rows.length <= room ? rows.map((s) => nodeProgressLine(s, width)) : [
+          ...rows.slice(0, room - 1).map((s) => nodeProgressLine(s, width)),
+          fitLine(`… ${rows.length - room + 1} more nodes (${rows.filter((s) => FINAL.has(s.state)).length} of ${rows.length} finished)`, width),
+        ];
         if (drawn) out.write(`\x1b[${drawn}A`);
-        for (const s of rows) out.write(`\x1b[2K${progressLine(s)}\n`);
-        drawn = rows.length;
+        for (const l of lines) out.write(`\x1b[2K${l}\n`);
+        drawn = lines.length;
       } else if (!argv.json) {
         for (const s of rows) {
           const key = `${s.state}/${s.runningVersion}`;
           if (lastState.get(s.id) !== key) {
             lastState.set(s.id, key);
-            out.write(`${progressLine(s)}\n`);
+            out.write(`${nodeProgressLine(s)}\n`);
           }
         }
       }

@@ -4,7 +4,7 @@ import { newSecret } from '../broker/secret.js';
 import { startBroker } from '../broker/server.js';
 import { agentOptions, createAgent, lockAgentState, planAgent, type AgentArgs } from './agent.js';
 import { limitOption, limitsFromFlags, lockBrokerState } from './broker.js';
-import { untilSignalOnceStarted } from './common.js';
+import { untilSignal, untilSignalOnceStarted } from './common.js';
 import { checkHttpArgs, httpOptions, maybeStartHttp, type HttpArgs } from './http.js';
 import { isListenError, listenProblem } from './startup.js';
 import { listenPort } from './validate.js';
@@ -45,6 +45,7 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
     const limits = limitsFromFlags(argv.limit);
     const plan = planAgent(argv);
     const log = plan.log!;
+    const signal = untilSignal();
     const locks = [lockBrokerState(argv['data-dir'], 'gateway'), lockAgentState(argv['data-dir'], 'gateway')];
     for (const lock of locks) if (lock.tookOverFrom !== undefined) log('warn', `took over the lock of pid ${lock.tookOverFrom}, which is gone (${lock.file})`);
     const store = IdentityStore.open(argv['data-dir']);
@@ -68,7 +69,7 @@ export const gatewayCommand: CommandModule<object, GatewayArgs> = {
     });
     const stopStats = argv['stats-file'] ? startStatsFile(argv['stats-file'], agent) : undefined;
     try {
-      await untilSignalOnceStarted(agent.start());
+      await untilSignalOnceStarted(agent.start(), signal);
     } finally {
       stopStats?.();
     }

@@ -4,12 +4,19 @@ import { commands } from './commands.js';
 import { UsageError } from './common.js';
 import { failureLine } from './failure.js';
 import { checkDashSecrets } from './secrets.js';
+import { ferryVersion } from './version.js';
 
 /**
  * The ferry command line. Each command lives in its own module under cli/ and is listed in
  * cli/commands.ts; this file only wires yargs. Bad flags exit 2 with a message naming the flag.
  */
 export async function runCli(argv: string[]): Promise<void> {
+  // `ferry --version` (before any command) is ferry's own version; after a command, --version is
+  // the firmware version a release command takes, so yargs' built-in flag stays off.
+  if (argv[0] === '--version' || argv[0] === '-V') {
+    process.stdout.write(`ferry ${ferryVersion()}\n`);
+    return;
+  }
   try {
     checkDashSecrets(argv);
   } catch (err) {
@@ -20,7 +27,6 @@ export async function runCli(argv: string[]): Promise<void> {
     .strict()
     .demandCommand(1, 'name a command: ferry --help lists them')
     .recommendCommands()
-    // --version belongs to release commands (the firmware version), not to ferry itself.
     .version(false)
     .help()
     .wrap(Math.min(110, process.stdout.columns || 100))

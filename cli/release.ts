@@ -9,6 +9,7 @@ import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
 import { reachingBroker } from './startup.js';
 import { brokerUrl } from './validate.js';
 import { formatBytes, progressBar } from './progress.js';
+import { terminalWidth, wrapWords } from './text-fit.js';
 
 interface BrokerArgs {
   broker: string;
@@ -88,7 +89,8 @@ const publish: CommandModule<object, PublishArgs> = {
       if (argv.json) process.stdout.write(`${JSON.stringify(s)}\n`);
       else {
         for (const v of result.verdicts) process.stdout.write(`  ${v.agent}: ${describeVerdict(v)}\n`);
-        process.stdout.write(`${argv.wait ? 'accepted' : 'published'} ${s.hw} ${s.version} sha256 ${s.digest}\n`);
+        // On a narrow terminal the line is broken here (the digest in pieces, not cut), not by the terminal.
+        process.stdout.write(`${wrapWords(`${argv.wait ? 'accepted' : 'published'} ${s.hw} ${s.version} sha256 ${s.digest}`, terminalWidth(process.stdout)).join('\n')}\n`);
       }
     } catch (err) {
       if (argv.json && err instanceof PublishError) {

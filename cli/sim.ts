@@ -19,6 +19,7 @@ import { failureLine } from './failure.js';
 import { readFileOrFail, readTrustKeys } from './key-files.js';
 import { PASSWORD, passwordOptions, readSecret, secretFlagGiven } from './secrets.js';
 import { brokerUrl } from './validate.js';
+import { fitLine, terminalWidth } from './text-fit.js';
 
 interface SimArgs {
   broker: string;
@@ -169,7 +170,8 @@ const simRunCommand: CommandModule<object, SimArgs> = {
         const { text: _text, ...rest } = detail;
         process.stdout.write(`${JSON.stringify({ at: new Date().toISOString(), id, event, ...rest })}\n`);
       } else {
-        process.stdout.write(`${((Date.now() - t0) / 1000).toFixed(1).padStart(7)}s ${id.padEnd(12)} ${event.padEnd(11)} ${detail.text}\n`);
+        // On a terminal each event stays on one line (cut to its width), so the progress reads as a column.
+        process.stdout.write(`${fitLine(`${((Date.now() - t0) / 1000).toFixed(1).padStart(7)}s ${id.padEnd(12)} ${event.padEnd(11)} ${detail.text}`, terminalWidth(process.stdout))}\n`);
       }
     };
 

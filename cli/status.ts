@@ -1,10 +1,11 @@
-import mqtt from 'mqtt';
 import type { CommandModule } from 'yargs';
-import { topics } from '../shared/topics.js';
-import type { NodeStatus } from '../agent/status.js';
-import { brokerOption, jsonOption, prefixOption, usernameOption } from './common.js';
+import { brokerOption, jsonOption, prefixOption, untilSignal, usernameOption, UsageError } from './common.js';
+import { FleetFeed, readFleet } from './fleet-feed.js';
 import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
 import { reachingBroker } from './startup.js';
+import { statusTable, totalsLines } from './status-table.js';
+import { watchFleet } from './status-watch.js';
+import { terminalWidth } from './text-fit.js';
 import { brokerUrl } from './validate.js';
 
 interface Args {
@@ -15,62 +16,16 @@ interface Args {
   'password-file'?: string;
   json: boolean;
   wait: number;
+  watch: boolean;
+  interval: number;
+  rollout?: string;
 }
 
-/** Collects the retained status documents: they arrive right after subscribing, then go quiet. */
-export async function readStatuses(opts: { brokerUrl: string; prefix?: string; username?: string; password?: string; quietMs?: number }): Promise<NodeStatus[]> {
-  const t = topics(opts.prefix);
-  const client = await mqtt.connectAsync(opts.brokerUrl, { protocolVersion: 4, username: opts.username, password: opts.password, reconnectPeriod: 0, connectTimeout: 10_000 });
-  const found = new Map<string, NodeStatus>();
-  let timer: NodeJS.Timeout | undefined;
-  const quiet = new Promise<void>((resolve) => {
-    const arm = () => {
-      if (timer) clearTimeout(timer);
-      timer = setTimeout(resolve, opts.quietMs ?? 300);
-    };
-    client.on('message', (topic, payload) => {
-      const id = t.deviceOf(topic);
-      if (id && payload.length > 0) {
-        try {
-          found.set(id, JSON.parse(payload.toString()) as NodeStatus);
-        } catch {
-          /* not a ferry status document: skip it */
-        }
-      }
-      arm();
-    });
-    arm();
-  });
-  await client.subscribeAsync(t.statusWildcard, { qos: 1 });
-  await quiet;
-  await client.endAsync();
-  return [...found.values()].sort((a, b) => a.id.localeCompare(b.id, undefined, { numeric: true }));
-}
-
-export function statusTable(rows: NodeStatus[]): string {
-  const header = ['NODE', 'HW', 'STATE', 'RUNNING', 'TARGET', 'PROGRESS', 'ATT', 'RETX', 'REASON', 'LAST SEEN'];
-  const lines = rows.map((s) => [
-    s.id,
-    s.hw,
-    s.state,
-    s.runningVersion,
-    s.targetVersion ?? '-',
-    // A delta session counts patch chunks: say so, so a small total does not read as a small image.
-    s.total ? `${Math.floor((100 * s.received) / s.total)}% ${s.received}/${s.total}${s.payload === 'delta' ? ' delta' : ''}` : '-',
-    String(s.attempts),
-    String(s.retransmits),
-    s.reason ?? '-',
-    s.lastSeen ? s.lastSeen.slice(0, 19).replace('T', ' ') : '-',
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-  const fmt = (cells: string[]) => cells.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
-  const warnings = rows.flatMap((s) => s.warnings.map((w) => `warning: ${s.id}: ${w}`));
-  return [fmt(header), ...lines.map(fmt), ...warnings].join('\n');
-}
+export { statusTable } from './status-table.js';
 
 export const statusCommand: CommandModule<object, Args> = {
   command: 'status',
-  describe: 'show every node the agents report on',
+  describe: 'show every node the agents report on (operator identity)',
   builder: (y) =>
     y.options({
       broker: brokerOption,
@@ -79,12 +34,39 @@ export const statusCommand: CommandModule<object, Args> = {
       ...passwordOptions,
       json: jsonOption,
       wait: { type: 'number', default: 300, describe: 'ms of quiet after which the retained statuses are complete' },
+      watch: { type: 'boolean', default: false, describe: 'keep watching: redraw in place on a terminal, a snapshot per change otherwise (Ctrl-C stops)' },
+      interval: { type: 'number', default: 2, describe: 'with --watch and no terminal: seconds between snapshots, at most' },
+      rollout: { type: 'string', describe: 'only the nodes whose current or last update belongs to this rollout id' },
     }) as never,
   handler: async (argv) => {
     const url = brokerUrl(argv.broker);
+    if (!(argv.interval > 0)) throw new UsageError(`--interval must be a positive number of seconds, not ${argv.interval}`);
+    if (argv.watch && argv.json) throw new UsageError('--watch draws for people; for scripts, run ferry status --json repeatedly');
     const secret = readSecret(argv as never, PASSWORD, argv.username);
-    const rows = await reachingBroker(url, readStatuses({ brokerUrl: url, prefix: argv.prefix, username: argv.username, password: secret, quietMs: argv.wait }));
-    if (argv.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
-    else process.stdout.write(rows.length ? `${statusTable(rows)}\n` : 'no nodes have reported yet\n');
+    const feedOptions = { brokerUrl: url, prefix: argv.prefix, username: argv.username, password: secret };
+    if (argv.watch) {
+      const signal = untilSignal();
+      const feed = new FleetFeed(feedOptions);
+      await reachingBroker(url, feed.start(true));
+      const title = `ferry status ${url}${argv.rollout !== undefined ? ` rollout ${argv.rollout}` : ''}`;
+      const stop = watchFleet(feed, { out: process.stdout, title, rollout: argv.rollout, intervalMs: argv.interval * 1000 });
+      await signal;
+      stop();
+      await feed.stop();
+      return;
+    }
+    const feed = await reachingBroker(url, readFleet({ ...feedOptions, quietMs: argv.wait }));
+    const rows = feed.rows(argv.rollout);
+    if (argv.json) {
+      process.stdout.write(`${JSON.stringify(rows)}\n`);
+      return;
+    }
+    if (rows.length === 0) {
+      process.stdout.write(argv.rollout !== undefined ? `no node reports rollout ${argv.rollout}\n` : 'no nodes have reported yet\n');
+      return;
+    }
+    const width = terminalWidth(process.stdout);
+    const lines = statusTable(rows, { width, now: new Date(), rollout: argv.rollout !== undefined });
+    process.stdout.write(`${[...lines, '', ...totalsLines(rows, width)].join('\n')}\n`);
   },
 };

@@ -32,6 +32,15 @@ export interface Topics {
   withdrawnWildcard: string;
   /** Every release status of every release. */
   allReleaseStatusWildcard: string;
+  /** agent → operators: the agent's events as they happen (batches, QoS 1, not retained). */
+  agentEvents(agent: string): string;
+  agentEventsWildcard: string;
+  /** operator → every agent: a request for event history; the last level is the operator's name. */
+  eventsRequest(operator: string): string;
+  eventsRequestWildcard: string;
+  /** agent → one operator: the history that operator asked for. */
+  eventsResponse(agent: string, operator: string): string;
+  eventsResponseWildcard(operator: string): string;
   upWildcard: string;
   statusWildcard: string;
   presenceWildcard: string;
@@ -57,6 +66,12 @@ export function topics(prefix = DEFAULT_PREFIX): Topics {
     releaseWithdrawn: (hw, v) => `${prefix}/r/${hw}/${v}/withdrawn`,
     withdrawnWildcard: `${prefix}/r/+/+/withdrawn`,
     allReleaseStatusWildcard: `${prefix}/r/+/+/status/+`,
+    agentEvents: (agent) => `${prefix}/a/${agent}/events`,
+    agentEventsWildcard: `${prefix}/a/+/events`,
+    eventsRequest: (op) => `${prefix}/e/req/${op}`,
+    eventsRequestWildcard: `${prefix}/e/req/+`,
+    eventsResponse: (agent, op) => `${prefix}/a/${agent}/events/res/${op}`,
+    eventsResponseWildcard: (op) => `${prefix}/a/+/events/res/${op}`,
     upWildcard: `${prefix}/d/+/up`,
     statusWildcard: `${prefix}/d/+/status`,
     presenceWildcard: `${prefix}/d/+/presence`,

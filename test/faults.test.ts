@@ -144,8 +144,12 @@ t.test('duplicate, reordered and late messages are harmless', async (t) => {
   const seen: { msg: UpMessage; raw: Buffer }[] = [];
   let offersAfterConfirm = 0;
   let confirmed = false;
+  let onSeen = () => {};
   sniff.on('message', (topic, payload) => {
-    if (topic.endsWith('/up')) seen.push({ msg: decodeUp(payload), raw: Buffer.from(payload) });
+    if (topic.endsWith('/up')) {
+      seen.push({ msg: decodeUp(payload), raw: Buffer.from(payload) });
+      onSeen();
+    }
     else if (confirmed && decodeDown(payload).type === MsgType.offer) offersAfterConfirm++;
   });
   await sniff.subscribeAsync(['ferry/d/dup/up', 'ferry/d/dup/dn'], { qos: 1 });
@@ -156,6 +160,8 @@ t.test('duplicate, reordered and late messages are harmless', async (t) => {
   });
   const replay = (raw: Buffer) => sniff.publishAsync('ferry/d/dup/up', raw, { qos: 1 });
   const find = (pred: (m: UpMessage) => boolean) => seen.find((s) => pred(s.msg))!.raw;
+  /** The sniffer and the agent get each message from the broker independently: either may be first. */
+  const sniffed = (pred: (m: UpMessage) => boolean) => new Promise<void>((resolve) => ((onSeen = () => seen.some((s) => pred(s.msg)) && resolve()), onSeen()));
 
   await n.start();
   await world.until('dup', () => true, 'hello');
@@ -173,6 +179,7 @@ t.test('duplicate, reordered and late messages are harmless', async (t) => {
 
   const s = await world.until('dup', (s) => s.state === 'confirmed', 'confirmed');
   confirmed = true;
+  await sniffed((m) => m.type === MsgType.report && m.stage === Stage.confirmed);
   t.equal(s.runningVersion, '1.1.0');
   t.ok(s.retransmits < s.total / 2, `retransmits ${s.retransmits} of ${s.total} chunks`);
 
