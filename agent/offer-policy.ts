@@ -18,8 +18,10 @@ export type Decision =
  * what the node would refuse: releases the node refused or rolled back from, versions not newer
  * than it runs, lower security versions, and releases needing a rollback its bootloader lacks.
  * `lostDownload`: the node's Hello shows an activation in progress whose download it no longer holds.
+ * `downgrade`: a rollout authorised an older release (auto-revert): the version check is skipped,
+ * never the security version.
  */
-export function decide(row: NodeRow, u: Update, release: Release | undefined, refused: boolean, lostDownload = false): Decision {
+export function decide(row: NodeRow, u: Update, release: Release | undefined, refused: boolean, lostDownload = false, downgrade = false): Decision {
   if (!release) return { kind: 'none' };
   const r = release.row;
   const target: Target = { id: r.id, version: r.version };
@@ -39,7 +41,7 @@ export function decide(row: NodeRow, u: Update, release: Release | undefined, re
     if (u.target?.id === r.id && p.kind === 'done' && p.outcome === 'rejected') return { kind: 'none' };
     return { kind: 'finish', outcome: 'rejected', reason, detail: `not offered by the agent: ${why}`, release: target };
   };
-  if (compareVersions(r.version, row.runningVersion) <= 0) {
+  if (!downgrade && compareVersions(r.version, row.runningVersion) <= 0) {
     // Running it unsettled (trial boot, recovery), or an update to it in progress: that update
     // decides the outcome.
     if (row.runningDigest?.equals(r.digest) || (u.target?.id === r.id && p.kind !== 'done')) return { kind: 'none' };

@@ -5,6 +5,7 @@ import { Admission } from './admission.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { AgentConfig } from './config.js';
 import type { Links } from './links.js';
+import type { ReleaseChoice } from './rollouts.js';
 import { blankRow, helloFacts, syncRow, updateFromRow } from './node-record.js';
 import { decide } from './offer-policy.js';
 import type { PatchCache } from './patches.js';
@@ -48,6 +49,10 @@ export interface NodeRuntime {
   warnings: string[];
   /** Boot count of the newest Hello: an older one is a late duplicate and is ignored. */
   bootCount?: number;
+  /** Battery percent from the newest Hello; null: mains powered. */
+  battery: number | null;
+  /** The revert permit to send with the Offer of an authorised downgrade. */
+  permit?: Buffer;
 }
 
 export interface UpdatesDeps {
@@ -61,6 +66,10 @@ export interface UpdatesDeps {
   log: (level: 'info' | 'warn' | 'error', msg: string) => void;
   onStatus: (s: NodeStatus) => void;
   onWindowTimeout: (e: { id: string; rto: number; expiries: number }) => void;
+  /** Which release a rollout lets the node have now (agent/rollouts.ts); `free`: no rollout governs it. */
+  choose: (row: NodeRow) => ReleaseChoice;
+  /** A node said Hello or its update changed state (rollouts count outcomes). */
+  onNodeChange: (id: string) => void;
 }
 
 /**
@@ -98,7 +107,7 @@ export class Updates {
   private runtime(row: NodeRow, update: Update): NodeRuntime {
     return {
       row, update, rtt: new RttEstimator(this.d.cfg.rtt), prepGen: 0, timers: new Map(), silentExpiries: 0, bitmapDirty: false, lastBitmapSave: 0,
-      statusDirty: true, lastStatus: 0, online: false, warnings: [],
+      statusDirty: true, lastStatus: 0, online: false, warnings: [], battery: null,
     };
   }
 
@@ -134,6 +143,7 @@ export class Updates {
     this.rearm(n);
     if (consider) this.consider(n, consider.lostDownload);
     if (wasSlot && !holdsSlot(n.update.phase)) this.admitWaiting();
+    if (n.row.state !== wasName) this.d.onNodeChange(n.row.id);
   }
 
   private execute(n: NodeRuntime, e: Exclude<Effect, { kind: 'consider' }>, now: number): void {
@@ -215,12 +225,21 @@ export class Updates {
     });
   }
 
-  /** Decides whether a node should get the latest release for its hardware, and starts it. */
+  /**
+   * Decides whether a node should get a release, and starts it: the one its rollout allows now, or
+   * (offer policy `auto`, no rollout governing the node) the latest release for its hardware.
+   */
   consider(n: NodeRuntime, lostDownload = false): void {
     const row = n.row;
-    const release = this.d.catalog.offerableFor(row.hw);
-    const refused = release !== undefined && this.d.store.refusals(row.id).some((r) => r.kind === 'release' && r.release === release.row.id);
-    const d = decide(row, n.update, release, refused, lostDownload);
+    const choice = this.d.choose(row);
+    const release = choice.kind === 'rollout' ? choice.release : this.d.cfg.offerPolicy === 'auto' ? this.d.catalog.offerableFor(row.hw) : undefined;
+    const downgrade = choice.kind === 'rollout' && choice.downgrade;
+    const refused = release !== undefined && !downgrade && this.d.store.refusals(row.id).some((r) => r.kind === 'release' && r.release === release.row.id);
+    const d = decide(row, n.update, release, refused, lostDownload, downgrade);
+    if (d.kind === 'start' || d.kind === 'newer') {
+      n.permit = downgrade ? (choice as { permit?: Buffer }).permit : undefined;
+      Object.assign(row, choice.kind === 'rollout' ? { rollout: choice.rollout, wave: choice.wave } : { rollout: null, wave: null });
+    }
     switch (d.kind) {
       case 'none':
         return;
@@ -255,6 +274,7 @@ export class Updates {
     }
     this.heard(n, now);
     const row = n.row;
+    n.battery = h.battery ?? null;
     if (h.bootCount !== undefined) n.bootCount = h.bootCount;
     if (row.runningVersion !== h.version) this.d.log('info', `node ${id} runs ${h.version}`);
     Object.assign(row, {
@@ -268,6 +288,8 @@ export class Updates {
     if (h.imageState === ImageState.recovery) n.warnings.push('node is in recovery mode (failed starts, or a failed image with no way back): it takes a full image of a newer release');
     n.rtt.resetBackoff();
     this.d.store.event(id, 'hello', `${h.version} slot ${h.slot} state ${h.imageState}${h.transfer ? ` transfer ${h.transfer.session}` : ''}`);
+    // Rollouts learn of the node (and its battery) before its machine may ask what to offer.
+    this.d.onNodeChange(id);
     const facts = helloFacts(h, n.update, this.d.catalog, n.transfer, now);
     if (n.transfer) n.bitmapDirty = true;
     this.input(n, { kind: 'hello', hello: facts });

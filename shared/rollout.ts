@@ -40,6 +40,8 @@ export interface RolloutSpec {
   autoRevert: boolean;
   /** `--auto`: every node of the class at once, no canary, no halt. */
   auto: boolean;
+  /** With autoRevert: base64 of the signed revert permit (signPermit) the agent hands the node with the downgrade Offer. */
+  revertPermit: string | null;
   /** The operator's command: start/resume (`run`), `pause`, `abort`. */
   command: RolloutCommand;
   /** Raised by every command: an agent ignores a document with a seq below the one it holds (no replay). */
@@ -156,13 +158,15 @@ export function validateSpec(x: unknown): RolloutSpec {
   if (o.window !== null && (typeof o.window !== 'string' || !WINDOW.test(o.window))) fail('rollout window must be HH:MM-HH:MM or null');
   if (o.minBattery !== null && !(typeof o.minBattery === 'number' && o.minBattery >= 0 && o.minBattery <= 100)) fail('rollout minBattery must be 0..100 or null');
   if (typeof o.autoRevert !== 'boolean' || typeof o.auto !== 'boolean') fail('rollout autoRevert and auto must be booleans');
+  if (o.revertPermit !== null && (typeof o.revertPermit !== 'string' || o.revertPermit.length > 1024)) fail('rollout revertPermit must be base64 text or null');
   if (o.command !== 'run' && o.command !== 'pause' && o.command !== 'abort') fail('rollout command must be run, pause or abort');
   if (!Number.isInteger(o.seq) || (o.seq as number) < 0) fail('rollout seq must be a whole number');
   if (!Number.isInteger(o.created) || (o.created as number) < 0) fail('rollout created must be Unix seconds');
   return {
     v: 1, id: o.id as string, hw: o.hw as string, version: o.version as string, digest: o.digest as string, groups, devices,
     canary: o.canary as Amount, waves: waves as number[], maxFailures: o.maxFailures as Amount, window: o.window as string | null,
-    minBattery: o.minBattery as number | null, autoRevert: o.autoRevert as boolean, auto: o.auto as boolean, command: o.command as RolloutCommand,
+    minBattery: o.minBattery as number | null, autoRevert: o.autoRevert as boolean, auto: o.auto as boolean,
+    revertPermit: o.revertPermit as string | null, command: o.command as RolloutCommand,
     seq: o.seq as number, created: o.created as number,
   };
 }
@@ -222,4 +226,46 @@ export function supersedes(a: RolloutSpec, b: RolloutSpec | undefined): boolean 
 /** The newest of several rollouts of one hw class (by creation, then id). */
 export function newestFirst(a: RolloutSpec, b: RolloutSpec): number {
   return b.created - a.created || compareVersions(b.version, a.version) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0);
+}
+
+/**
+ * A revert permit: the operator's signed "a node of `hw` running `from` may take an older release"
+ * (docs/protocol.md section 2.3). It travels in the Offer (key 9) of an auto-revert, so the node
+ * itself can tell an authorised downgrade from a forged one; the security version still holds.
+ * Encoded as CBOR-free JSON: { doc, kid, sig } like a rollout, with its own signing domain.
+ */
+export interface RevertPermit {
+  v: 1;
+  kind: 'revert';
+  rollout: string;
+  hw: string;
+  from: string;
+}
+
+const PERMIT_DOMAIN = Buffer.from('ferry-permit-v1\0');
+export const MAX_PERMIT = 512;
+
+export function signPermit(p: RevertPermit, privateKey: KeyObject): Buffer {
+  const doc = JSON.stringify(p);
+  const sig = sign(null, Buffer.concat([PERMIT_DOMAIN, Buffer.from(doc)]), privateKey);
+  return Buffer.from(JSON.stringify({ doc, kid: keyId(createPublicKey(privateKey)).toString('hex'), sig: sig.toString('base64') }));
+}
+
+/** Verifies a permit against the node's keys; throws RolloutError naming what is wrong. */
+export function verifyPermit(bytes: Uint8Array, trusted: readonly KeyObject[]): RevertPermit {
+  if (bytes.length > MAX_PERMIT) fail(`revert permit of ${bytes.length} bytes exceeds ${MAX_PERMIT}`);
+  let env: Record<string, unknown>;
+  let p: Record<string, unknown>;
+  try {
+    env = JSON.parse(Buffer.from(bytes).toString('utf8'));
+    p = JSON.parse(String(env.doc));
+  } catch {
+    fail('revert permit is not a signed JSON envelope');
+  }
+  if (p.v !== 1 || p.kind !== 'revert' || typeof p.hw !== 'string' || typeof p.from !== 'string' || typeof p.rollout !== 'string') fail('revert permit fields are not valid');
+  const keys = trusted.filter((k) => keyId(k).toString('hex') === env.kid);
+  if (keys.length === 0) fail('revert permit signed by an unknown key');
+  const message = Buffer.concat([PERMIT_DOMAIN, Buffer.from(String(env.doc))]);
+  if (!keys.some((k) => verify(null, message, k, Buffer.from(String(env.sig), 'base64')))) fail('revert permit signature does not verify');
+  return p as unknown as RevertPermit;
 }

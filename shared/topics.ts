@@ -32,6 +32,15 @@ export interface Topics {
   withdrawnWildcard: string;
   /** Every release status of every release. */
   allReleaseStatusWildcard: string;
+  /** broker → agents, operators: retained JSON facts the broker holds about node `<id>` (its groups). */
+  info(deviceId: string): string;
+  infoWildcard: string;
+  /** operator → agents: retained signed rollout document (docs/protocol.md section 2.3). */
+  rollout(id: string): string;
+  rolloutWildcard: string;
+  /** agent → operators, agents: retained JSON state of one agent in one rollout. */
+  rolloutState(id: string, agent: string): string;
+  rolloutStateWildcard: string;
   upWildcard: string;
   statusWildcard: string;
   presenceWildcard: string;
@@ -57,6 +66,12 @@ export function topics(prefix = DEFAULT_PREFIX): Topics {
     releaseWithdrawn: (hw, v) => `${prefix}/r/${hw}/${v}/withdrawn`,
     withdrawnWildcard: `${prefix}/r/+/+/withdrawn`,
     allReleaseStatusWildcard: `${prefix}/r/+/+/status/+`,
+    info: (id) => `${prefix}/d/${id}/info`,
+    infoWildcard: `${prefix}/d/+/info`,
+    rollout: (id) => `${prefix}/rollout/${id}`,
+    rolloutWildcard: `${prefix}/rollout/+`,
+    rolloutState: (id, agent) => `${prefix}/rollout/${id}/state/${agent}`,
+    rolloutStateWildcard: `${prefix}/rollout/+/state/+`,
     upWildcard: `${prefix}/d/+/up`,
     statusWildcard: `${prefix}/d/+/status`,
     presenceWildcard: `${prefix}/d/+/presence`,
