@@ -7,6 +7,7 @@ import { operatorsCommand } from './operators.js';
 import { gatewayCommand } from './gateway.js';
 import { keygenCommand } from './keygen.js';
 import { releaseCommand } from './release.js';
+import { rolloutCommand } from './rollout.js';
 import { statusCommand } from './status.js';
 import { diffCommand } from './diff.js';
 import { patchCommand } from './patch.js';
@@ -21,6 +22,7 @@ export const commands: CommandModule<any, any>[] = [
   agentCommand,
   keygenCommand,
   releaseCommand,
+  rolloutCommand,
   statusCommand,
   brokerCommand,
   devicesCommand,
