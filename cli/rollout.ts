@@ -133,6 +133,7 @@ function pick(all: RolloutListing[], id: string | undefined, command: string): R
 
 export function describeRollout(r: RolloutListing): string[] {
   const v = r.view;
+  if (r.problem) return [`rollout ${v.id}: unreadable document: ${r.problem}`, ...r.agents.map((a) => `  agent ${a.agent}: ${a.refused ? `refused: ${a.refused}` : a.state}`)];
   const lines = [`rollout ${v.id}: ${v.hw} ${v.version}  ${v.state.toUpperCase()}${v.state === 'running' ? ` (wave ${v.currentWave}${v.currentWave === 0 ? ', canary' : ''})` : ''}`];
   if (v.reason) lines.push(`  why: ${v.reason}`);
   for (const w of v.waves) {
@@ -155,7 +156,7 @@ const status: CommandModule<object, OneArgs> = {
   handler: async (argv) => {
     const a = access(argv);
     const r = pick(await reachingBroker(a.brokerUrl, readRollouts(a, argv.id)), argv.id, 'status');
-    if (argv.json) process.stdout.write(`${JSON.stringify({ ...r.view, agents: r.agents })}\n`);
+    if (argv.json) process.stdout.write(`${JSON.stringify({ ...r.view, agents: r.agents, ...(r.problem ? { problem: r.problem } : {}) })}\n`);
     else process.stdout.write(`${describeRollout(r).join('\n')}\n`);
   },
 };

@@ -13,6 +13,8 @@ const SETTLE_MS = 500;
 /** One rollout as the broker holds it: the document, every agent's state, and the merged view. */
 export interface RolloutListing {
   spec: RolloutSpec;
+  /** The retained document could not be read (not a signed envelope, bad fields): why. */
+  problem?: string;
   view: RolloutView;
   agents: { agent: string; state: string; wave: number; nodes: number; refused?: string }[];
 }
@@ -58,13 +60,20 @@ export async function readRollouts(a: BrokerAccess, only?: string): Promise<Roll
   const id = only ?? '+';
   const got = await gather(a, [`${t.prefix}/rollout/${id}`, `${t.prefix}/rollout/${id}/state/+`], 'the rollout topics');
   const specs = new Map<string, RolloutSpec>();
+  const problems = new Map<string, string>();
   const states = new Map<string, Map<string, AgentRolloutState & { refused?: string }>>();
   const base = t.prefix.split('/').length;
   for (const [topic, payload] of got) {
     const levels = topic.split('/').slice(base + 1);
     try {
-      if (levels.length === 1) specs.set(levels[0], peekRollout(payload));
-      else if (levels.length === 3 && levels[1] === 'state') {
+      if (levels.length === 1) {
+        try {
+          specs.set(levels[0], peekRollout(payload));
+        } catch (err) {
+          problems.set(levels[0], (err as Error).message);
+          specs.set(levels[0], placeholder(levels[0]));
+        }
+      } else if (levels.length === 3 && levels[1] === 'state') {
         const o = JSON.parse(payload.toString('utf8')) as AgentRolloutState & { refused?: string };
         const m = states.get(levels[0]) ?? new Map();
         m.set(levels[2], o);
@@ -82,7 +91,7 @@ export async function readRollouts(a: BrokerAccess, only?: string): Promise<Roll
     const agents = [...per].sort(([x], [y]) => x.localeCompare(y)).map(([agent, s]) => ({
       agent, state: s.refused ? 'refused' : s.status.kind, wave: s.wave ?? 0, nodes: Object.keys(s.nodes ?? {}).length, ...(s.refused ? { refused: s.refused } : {}),
     }));
-    out.push({ spec, view: rolloutView(spec, merged), agents });
+    out.push({ spec, view: rolloutView(spec, merged), agents, ...(problems.has(rid) ? { problem: problems.get(rid) } : {}) });
   }
   return out.sort((x, y) => y.spec.created - x.spec.created || x.spec.id.localeCompare(y.spec.id));
 }
@@ -123,4 +132,12 @@ export function revertPermitFor(spec: Pick<RolloutSpec, 'id' | 'hw' | 'version'>
 /** A new command for an existing rollout: the same document with the command and a higher seq. */
 export function withCommand(spec: RolloutSpec, command: RolloutCommand): RolloutSpec {
   return { ...spec, command, seq: spec.seq + 1 };
+}
+
+/** Stands in for a document that does not read, so its agents' refusals can still be listed. */
+function placeholder(id: string): RolloutSpec {
+  return {
+    v: 1, id, hw: '?', version: '?', digest: '', groups: [], devices: [], canary: { n: 0 }, waves: [100], maxFailures: { n: 0 }, window: null, minBattery: null,
+    autoRevert: false, auto: false, revertPermit: null, command: 'abort', seq: 0, created: 0,
+  };
 }

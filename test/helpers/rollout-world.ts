@@ -34,6 +34,8 @@ export interface RolloutWorld {
   serves(name: string, list: string[]): void;
   addNodes(ids: string[], opts?: (id: string) => Partial<SimNodeOptions> & { groups?: string[]; broker?: number }): Promise<SimNode[]>;
   publish(version: string): Promise<void>;
+  /** Stops a node and starts it again on the same flash (with changed options). */
+  restartNode(old: SimNode, extra?: Partial<SimNodeOptions>): Promise<SimNode>;
   /** Runs `ferry rollout ARGS` as a process against broker 0 with the operator's identity. */
   cli(args: string[], broker?: number): Promise<FerryResult>;
   close(): Promise<void>;
@@ -52,6 +54,7 @@ export async function makeRolloutWorld(brokerOpts: BrokerOptions[] = [{}]): Prom
   const [operator] = (await provision(store, 'operator', ['op-1'])).values();
   const agentCreds = new Map<string, { username: string; password: string }>();
   const serves = new Map<string, string[]>();
+  const nodeOpts = new Map<string, SimNodeOptions>();
   const w: RolloutWorld = {
     dir, store, brokers, key, keyFile, operator, agents: [], nodes: [],
     serves: (name, list) => void serves.set(name, list),
@@ -80,14 +83,23 @@ export async function makeRolloutWorld(brokerOpts: BrokerOptions[] = [{}]): Prom
       for (const [g, list] of byGroup) for (const [id, c] of await provision(store, 'node', list, { groups: g ? g.split(',') : [] })) creds.set(id, c);
       const made = ids.map((id) => {
         const { groups: _g, broker = 0, ...o } = opts(id);
-        return new SimNode({
+        const full: SimNodeOptions = {
           brokerUrl: brokers[broker].url, deviceId: id, ...creds.get(id)!, hw: HW, version: '1.0.0', trust: [key.publicKey], maxMessage: 4096,
           selfTestMs: 5, rebootMs: 5, reconnectPeriod: 100, slotSize: 128 * 1024, initialImage: demoImage(HW, '1.0.0', IMAGE_SIZE), ...o,
-        });
+        };
+        nodeOpts.set(id, full);
+        return new SimNode(full);
       });
       await Promise.all(made.map((n) => n.start()));
       w.nodes.push(...made);
       return made;
+    },
+    async restartNode(old, extra = {}) {
+      await old.stop();
+      const n = new SimNode({ ...nodeOpts.get(old.id)!, flash: old.flash, ...extra });
+      w.nodes[w.nodes.indexOf(old)] = n;
+      await n.start();
+      return n;
     },
     async publish(version) {
       await publishRelease({ brokerUrl: brokers[0].url, ...operator, image: demoImage(HW, version, IMAGE_SIZE), hw: HW, version, key: key.privateKey });
