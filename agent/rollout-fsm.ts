@@ -200,6 +200,11 @@ export function step(prev: RolloutState, input: RolloutInput, now: number): { st
           // The image before the rollout's: kept from the update's start for auto-revert.
           from: had?.from ?? (phase === 'waiting' || phase === 'skipped' || phase === 'inProgress' ? (f.running !== s.spec.digest ? f.running : null) : null),
         };
+        // Halted with auto-revert: a node whose update was under way at the halt goes back once it confirms.
+        if (phase === 'confirmed' && entry.from && s.status.kind === 'halted' && s.spec.autoRevert) {
+          Object.assign(entry, { phase: 'reverting', detail: 'auto-revert: offered its previous release' });
+          wake.add(f.id);
+        }
         if (had?.phase === 'skipped' && phase === 'waiting') wake.add(f.id);
         if (!had) wake.add(f.id);
         s.nodes[f.id] = entry;

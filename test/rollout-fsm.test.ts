@@ -176,3 +176,15 @@ t.test('agents share a rollout: waves and halts from the merged view', async (t)
   t.same(view.failures.map((f) => f.device), [failed]);
   t.equal(view.waves[0].nodes, 2);
 });
+
+t.test('auto-revert also takes back a node that confirms after the halt', async (t) => {
+  const sp = spec({ canary: { n: 2 }, waves: [100], maxFailures: { n: 0 }, autoRevert: true });
+  const [x, y] = order;
+  let { s } = run(initial(sp), [{ kind: 'facts', nodes: ids.map((id) => node(id)) }, { kind: 'facts', nodes: [node(x, { progress: 'inProgress' })] }]);
+  ({ s } = run(s, [{ kind: 'facts', nodes: [node(y, { progress: 'failed', reason: 'bootFailed' })] }]));
+  t.equal(s.status.kind, 'halted');
+  t.equal(s.nodes[x].phase, 'inProgress', 'an update under way finishes');
+  const r = step(s, { kind: 'facts', nodes: [node(x, { progress: 'confirmed', running: DIGEST })] }, NOON);
+  t.equal(r.state.nodes[x].phase, 'reverting', 'then goes back');
+  t.same(offerFor(r.state, x, NOON), { kind: 'revert', to: OLD, wave: 0 });
+});
