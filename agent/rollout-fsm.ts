@@ -130,17 +130,40 @@ export function waveBounds(spec: RolloutSpec, total: number): number[] {
   return [canary, ...spec.waves.map((p) => Math.min(total, Math.max(canary, Math.ceil((p * total) / 100 - 1e-9))))];
 }
 
-/** Wave of every node, by its rank among all the rollout's nodes. */
-export function assignWaves(spec: RolloutSpec, ids: Iterable<string>): Map<string, number> {
+/** Wave of every node: by the plan's rank ranges when the document has one, else by rank among `ids`. */
+export function assignWaves(spec: Pick<RolloutSpec, 'id' | 'canary' | 'waves'> & { plan?: RolloutSpec['plan'] }, ids: Iterable<string>): Map<string, number> {
   const sorted = [...ids].map((id) => ({ id, r: rank(spec.id, id) })).sort((a, b) => (a.r < b.r ? -1 : a.r > b.r ? 1 : 0));
-  const bounds = waveBounds(spec, sorted.length);
   const out = new Map<string, number>();
+  const plan = spec.plan;
+  if (plan) {
+    const lastWave = plan.last.length - 1;
+    for (const { id, r } of sorted) {
+      const w = plan.last.findIndex((last, k) => plan.counts[k] > 0 && r <= last);
+      out.set(id, w < 0 ? lastWave : w);
+    }
+    return out;
+  }
+  const bounds = waveBounds(spec as RolloutSpec, sorted.length);
   let w = 0;
   sorted.forEach(({ id }, i) => {
     while (w < bounds.length - 1 && i >= bounds[w]) w++;
     out.set(id, w);
   });
   return out;
+}
+
+/** The plan an operator tool writes into the document from the fleet it sees (RolloutSpec.plan). */
+export function planFor(spec: Pick<RolloutSpec, 'id' | 'canary' | 'waves'>, ids: string[]): NonNullable<RolloutSpec['plan']> {
+  const waves = assignWaves({ ...spec, plan: null }, ids);
+  const n = spec.waves.length + 1;
+  const last: string[] = Array.from({ length: n }, () => '');
+  const counts: number[] = Array.from({ length: n }, () => 0);
+  for (const [id, w] of waves) {
+    counts[w]++;
+    const r = rank(spec.id, id);
+    if (r > last[w]) last[w] = r;
+  }
+  return { last, counts };
 }
 
 export function failuresOf(all: Map<string, NodeEntry>): [string, NodeEntry][] {
@@ -257,7 +280,13 @@ function settle(s: RolloutState, now: number, effects: RolloutEffect[], wake: Se
     return s;
   }
   const last = s.spec.waves.length;
-  const waveDone = (w: number) => [...view.values()].every((e) => e.wave > w || FINISHED.has(e.phase));
+  // With a plan, a wave also waits until as many of its nodes as planned have reported (from
+  // whichever agent serves them): an agent does not run ahead of a peer it has not heard yet.
+  const planned = (w: number) => (s.spec.plan ? s.spec.plan.counts.slice(0, w + 1).reduce((a, b) => a + b, 0) : 0);
+  const waveDone = (w: number) => {
+    const members = [...view.values()].filter((e) => e.wave <= w);
+    return members.every((e) => FINISHED.has(e.phase)) && members.length >= planned(w);
+  };
   while (s.wave < last && waveDone(s.wave)) {
     s.wave++;
     effects.push({ kind: 'event', detail: `rollout ${s.spec.id}: wave ${s.wave} of ${last} starts` });

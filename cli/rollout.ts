@@ -2,7 +2,8 @@ import { randomBytes } from 'node:crypto';
 import type { Argv, CommandModule } from 'yargs';
 import { describeAmount, parseAmount, parseWaves, parseWindow, ROLLOUT_ID, RolloutError, type RolloutCommand, type RolloutSpec } from '../shared/rollout.js';
 import { isDeviceId } from '../shared/topics.js';
-import { findRelease, publishRollout, readRollouts, revertPermitFor, withCommand, type RolloutListing } from '../operator/rollouts.js';
+import { planFor, targets } from '../agent/rollout-fsm.js';
+import { findRelease, publishRollout, readFleet, readRollouts, revertPermitFor, withCommand, type RolloutListing } from '../operator/rollouts.js';
 import { brokerOption, jsonOption, prefixOption, UsageError, usernameOption } from './common.js';
 import { readOperatorKey } from './key-files.js';
 import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
@@ -79,7 +80,7 @@ export function specFromFlags(argv: Omit<StartArgs, keyof BrokerArgs | 'key'>, d
     maxFailures: argv['max-failures'] !== undefined ? parseAmount(argv['max-failures'], '--max-failures') : { n: 0 },
     window: argv.window !== undefined ? parseWindow(argv.window) : null,
     minBattery: minBattery ?? null,
-    autoRevert: argv['auto-revert'], auto: argv.auto, revertPermit: null, command: 'run' as const, seq: 1, created: Math.floor(now / 1000),
+    autoRevert: argv['auto-revert'], auto: argv.auto, plan: null, revertPermit: null, command: 'run' as const, seq: 1, created: Math.floor(now / 1000),
   }));
 }
 
@@ -108,12 +109,17 @@ const start: CommandModule<object, StartArgs> = {
     const release = await reachingBroker(a.brokerUrl, findRelease(a, hw, version));
     if (!release) throw new Error(`unknown release ${hw}/${version}: the broker holds no manifest for it (ferry release publish first)`);
     const spec = specFromFlags(argv, release.digest);
+    // Waves fixed now from the fleet the broker knows, so agents serving parts of it agree at once.
+    const fleet = await reachingBroker(a.brokerUrl, readFleet(a));
+    const members = [...fleet].filter(([id, f]) => targets(spec, { id, hw: f.hw, groups: f.groups })).map(([id]) => id);
+    if (members.length > 0) spec.plan = planFor(spec, members);
     if (spec.autoRevert) spec.revertPermit = revertPermitFor(spec, key);
     await reachingBroker(a.brokerUrl, publishRollout(a, spec, key));
     if (argv.json) process.stdout.write(`${JSON.stringify({ result: 'started', ...spec, revertPermit: undefined })}\n`);
     else {
       const plan = spec.auto ? 'every node at once (--auto)' : `canary ${describeAmount(spec.canary)}, waves ${spec.waves.map((w) => `${w}%`).join(',')}, halt above ${describeAmount(spec.maxFailures)} failure(s)`;
-      process.stdout.write(`started rollout ${spec.id}: ${hw} ${version}, ${plan}\n`);
+      const seen = spec.plan ? `; ${members.length} node(s) known now: ${spec.plan.counts.map((c, i) => `${i === 0 ? 'canary' : `wave ${i}`} ${c}`).join(', ')}` : '';
+      process.stdout.write(`started rollout ${spec.id}: ${hw} ${version}, ${plan}${seen}\n`);
     }
   },
 };

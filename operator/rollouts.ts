@@ -54,6 +54,27 @@ export async function findRelease(a: BrokerAccess, hw: string, version: string):
   return { digest: m.digest.toString('hex'), securityVersion: m.securityVersion };
 }
 
+/** The nodes the broker knows: hw from their retained statuses, groups from the broker's node info. */
+export async function readFleet(a: BrokerAccess): Promise<Map<string, { hw: string; groups: string[] }>> {
+  const t = makeTopics(a.prefix);
+  const got = await gather(a, [t.statusWildcard, t.infoWildcard], 'the node status topics');
+  const out = new Map<string, { hw: string; groups: string[] }>();
+  const info = new Map<string, string[]>();
+  for (const [topic, payload] of got) {
+    const id = t.deviceOf(topic);
+    if (!id) continue;
+    try {
+      const o = JSON.parse(payload.toString('utf8')) as { hw?: unknown; groups?: unknown };
+      if (topic.endsWith('/info') && Array.isArray(o.groups)) info.set(id, o.groups.filter((g): g is string => typeof g === 'string'));
+      else if (topic.endsWith('/status') && typeof o.hw === 'string') out.set(id, { hw: o.hw, groups: [] });
+    } catch {
+      // a damaged retained message is skipped
+    }
+  }
+  for (const [id, f] of out) f.groups = info.get(id) ?? [];
+  return out;
+}
+
 /** Every rollout on the broker (or one), merged with the agents' states; newest first. */
 export async function readRollouts(a: BrokerAccess, only?: string): Promise<RolloutListing[]> {
   const t = makeTopics(a.prefix);
@@ -138,6 +159,6 @@ export function withCommand(spec: RolloutSpec, command: RolloutCommand): Rollout
 function placeholder(id: string): RolloutSpec {
   return {
     v: 1, id, hw: '?', version: '?', digest: '', groups: [], devices: [], canary: { n: 0 }, waves: [100], maxFailures: { n: 0 }, window: null, minBattery: null,
-    autoRevert: false, auto: false, revertPermit: null, command: 'abort', seq: 0, created: 0,
+    autoRevert: false, auto: false, plan: null, revertPermit: null, command: 'abort', seq: 0, created: 0,
   };
 }

@@ -40,6 +40,14 @@ export interface RolloutSpec {
   autoRevert: boolean;
   /** `--auto`: every node of the class at once, no canary, no halt. */
   auto: boolean;
+  /**
+   * Wave membership fixed by the operator tool at start from the fleet it saw (retained node statuses
+   * and broker node info): per wave (index 0 = canary) the highest node rank in it (hex, "" when the
+   * wave is empty) and its node count. Agents place every node by its rank alone, so agents serving
+   * different parts of the fleet agree without waiting for each other; a node that shows up later
+   * falls into the wave whose rank range covers it. null: agents rank the nodes they see together.
+   */
+  plan: { last: string[]; counts: number[] } | null;
   /** With autoRevert: base64 of the signed revert permit (signPermit) the agent hands the node with the downgrade Offer. */
   revertPermit: string | null;
   /** The operator's command: start/resume (`run`), `pause`, `abort`. */
@@ -158,6 +166,11 @@ export function validateSpec(x: unknown): RolloutSpec {
   if (o.window !== null && (typeof o.window !== 'string' || !WINDOW.test(o.window))) fail('rollout window must be HH:MM-HH:MM or null');
   if (o.minBattery !== null && !(typeof o.minBattery === 'number' && o.minBattery >= 0 && o.minBattery <= 100)) fail('rollout minBattery must be 0..100 or null');
   if (typeof o.autoRevert !== 'boolean' || typeof o.auto !== 'boolean') fail('rollout autoRevert and auto must be booleans');
+  const plan = o.plan as RolloutSpec['plan'];
+  if (plan !== null && (typeof plan !== 'object' || !Array.isArray(plan.last) || !Array.isArray(plan.counts) || plan.last.length !== waves.length + 1 || plan.counts.length !== waves.length + 1
+    || !plan.last.every((x) => typeof x === 'string' && /^([0-9a-f]{64})?$/.test(x)) || !plan.counts.every((n) => Number.isInteger(n) && n >= 0))) {
+    fail('rollout plan must be {last, counts} with one entry per wave (canary included)');
+  }
   if (o.revertPermit !== null && (typeof o.revertPermit !== 'string' || o.revertPermit.length > 1024)) fail('rollout revertPermit must be base64 text or null');
   if (o.command !== 'run' && o.command !== 'pause' && o.command !== 'abort') fail('rollout command must be run, pause or abort');
   if (!Number.isInteger(o.seq) || (o.seq as number) < 0) fail('rollout seq must be a whole number');
@@ -166,7 +179,7 @@ export function validateSpec(x: unknown): RolloutSpec {
     v: 1, id: o.id as string, hw: o.hw as string, version: o.version as string, digest: o.digest as string, groups, devices,
     canary: o.canary as Amount, waves: waves as number[], maxFailures: o.maxFailures as Amount, window: o.window as string | null,
     minBattery: o.minBattery as number | null, autoRevert: o.autoRevert as boolean, auto: o.auto as boolean,
-    revertPermit: o.revertPermit as string | null, command: o.command as RolloutCommand,
+    plan, revertPermit: o.revertPermit as string | null, command: o.command as RolloutCommand,
     seq: o.seq as number, created: o.created as number,
   };
 }

@@ -108,7 +108,7 @@ t.test('bad input: flags, unknown release, forged and unsigned documents', async
   // A rollout signed by a key the agent does not trust, a tampered one, an unsigned one.
   const spec: RolloutSpec = {
     v: 1, id: 'forged-1', hw: HW, version: '1.1.0', digest: agent.catalog.all()[0].row.digest.toString('hex'), groups: [], devices: [], canary: { n: 0 },
-    waves: [100], maxFailures: { n: 0 }, window: null, minBattery: null, autoRevert: false, auto: true, revertPermit: null, command: 'run', seq: 1, created: 1,
+    waves: [100], maxFailures: { n: 0 }, window: null, minBattery: null, autoRevert: false, auto: true, plan: null, revertPermit: null, command: 'run', seq: 1, created: 1,
   };
   const a = { brokerUrl: w.brokers[0].url, ...w.operator };
   await publishRollout(a, spec, generateOperatorKey().privateKey);

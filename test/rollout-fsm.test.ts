@@ -11,7 +11,7 @@ const NOON = new Date(2026, 0, 1, 12, 0).getTime();
 function spec(o: Partial<RolloutSpec> = {}): RolloutSpec {
   return {
     v: 1, id: 'r1', hw: 'hw', version: '1.1.0', digest: DIGEST, groups: [], devices: [], canary: { n: 1 }, waves: [100], maxFailures: { n: 0 },
-    window: null, minBattery: null, autoRevert: false, auto: false, revertPermit: null, command: 'run', seq: 1, created: 1, ...o,
+    window: null, minBattery: null, autoRevert: false, auto: false, plan: null, revertPermit: null, command: 'run', seq: 1, created: 1, ...o,
   };
 }
 
