@@ -4,6 +4,20 @@ import { Capability, ImageState } from '../shared/messages.js';
 import { compareVersions } from '../shared/version.js';
 import { holdsSlot, type Target, type Update } from './update-fsm.js';
 import type { NodeRow, Release } from './types.js';
+import type { ReleaseCatalog } from './catalog.js';
+import type { ReleaseChoice } from './rollouts.js';
+
+/**
+ * The release a node may be offered now: its rollout's (maybe an authorised downgrade, with the
+ * permit for the Offer), or under offer policy `auto` with no rollout governing it, the newest of
+ * its class; with the rollout and wave to record in its status.
+ */
+export function releaseOf(choice: ReleaseChoice, hw: string, policy: 'auto' | 'rollout', catalog: ReleaseCatalog): {
+  release: Release | undefined; downgrade: boolean; permit: Buffer | undefined; rollout: string | null; wave: number | null;
+} {
+  if (choice.kind === 'rollout') return { release: choice.release, downgrade: choice.downgrade, permit: choice.downgrade ? choice.permit : undefined, rollout: choice.rollout, wave: choice.wave };
+  return { release: policy === 'auto' ? catalog.offerableFor(hw) : undefined, downgrade: false, permit: undefined, rollout: null, wave: null };
+}
 
 export type Decision =
   | { kind: 'none' }

@@ -4,10 +4,11 @@ import type { Topics } from '../shared/topics.js';
 import { Admission } from './admission.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { AgentConfig } from './config.js';
+import type { Clock } from './clock.js';
 import type { Links } from './links.js';
 import type { ReleaseChoice } from './rollouts.js';
 import { blankRow, helloFacts, syncRow, updateFromRow } from './node-record.js';
-import { decide } from './offer-policy.js';
+import { decide, releaseOf } from './offer-policy.js';
 import type { PatchCache } from './patches.js';
 import { PayloadChooser } from './payload.js';
 import { Sessions } from './sessions.js';
@@ -18,15 +19,7 @@ import { Transfer } from './transfer.js';
 import type { NodeRow, Payload, Release } from './types.js';
 import { classifyAck, holdsSlot, IDLE, step, timersOf, type Effect, type Env, type Input, type TimerKind, type Update } from './update-fsm.js';
 
-/** The clock the runtime reads and sets its timers with (injected: tests may drive it). */
-export interface Clock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): NodeJS.Timeout;
-  clearTimeout(t: NodeJS.Timeout): void;
-}
-
-export const SYSTEM_CLOCK: Clock = { now: () => Date.now(), setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (t) => clearTimeout(t) };
-
+export { SYSTEM_CLOCK, type Clock } from './clock.js';
 
 /** One node: its stored row, its update machine, and the runtime pieces around them. */
 export interface NodeRuntime {
@@ -49,9 +42,8 @@ export interface NodeRuntime {
   warnings: string[];
   /** Boot count of the newest Hello: an older one is a late duplicate and is ignored. */
   bootCount?: number;
-  /** Battery percent from the newest Hello; null: mains powered. */
+  /** Battery percent from the newest Hello (null: mains powered); the revert permit for an authorised downgrade's Offer. */
   battery: number | null;
-  /** The revert permit to send with the Offer of an authorised downgrade. */
   permit?: Buffer;
 }
 
@@ -225,20 +217,16 @@ export class Updates {
     });
   }
 
-  /**
-   * Decides whether a node should get a release, and starts it: the one its rollout allows now, or
-   * (offer policy `auto`, no rollout governing the node) the latest release for its hardware.
-   */
+  /** Decides whether a node should get a release (its rollout's, or see releaseOf), and starts it. */
   consider(n: NodeRuntime, lostDownload = false): void {
     const row = n.row;
-    const choice = this.d.choose(row);
-    const release = choice.kind === 'rollout' ? choice.release : this.d.cfg.offerPolicy === 'auto' ? this.d.catalog.offerableFor(row.hw) : undefined;
-    const downgrade = choice.kind === 'rollout' && choice.downgrade;
-    const refused = release !== undefined && !downgrade && this.d.store.refusals(row.id).some((r) => r.kind === 'release' && r.release === release.row.id);
-    const d = decide(row, n.update, release, refused, lostDownload, downgrade);
+    const c = releaseOf(this.d.choose(row), row.hw, this.d.cfg.offerPolicy, this.d.catalog);
+    const release = c.release;
+    const refused = release !== undefined && !c.downgrade && this.d.store.refusals(row.id).some((r) => r.kind === 'release' && r.release === release.row.id);
+    const d = decide(row, n.update, release, refused, lostDownload, c.downgrade);
     if (d.kind === 'start' || d.kind === 'newer') {
-      n.permit = downgrade ? (choice as { permit?: Buffer }).permit : undefined;
-      Object.assign(row, choice.kind === 'rollout' ? { rollout: choice.rollout, wave: choice.wave } : { rollout: null, wave: null });
+      n.permit = c.permit;
+      Object.assign(row, { rollout: c.rollout, wave: c.wave });
     }
     switch (d.kind) {
       case 'none':

@@ -19,7 +19,8 @@ export function mosquittoAcl(identities: Identity[], prefix = 'ferry', plainTopi
     if (i.role === 'node') {
       out.push(`topic write ${P}/d/${i.username}/up`, `topic read ${P}/d/${i.username}/dn`, ...i.groups.map((g) => `topic read ${P}/g/${g}/dn`));
     } else if (i.role === 'operator') {
-      out.push(`topic readwrite ${P}/r/+/+/manifest`, `topic readwrite ${P}/r/+/+/part/+`, `topic readwrite ${P}/r/+/+/withdrawn`, `topic read ${P}/r/+/+/status/+`, `topic read ${P}/d/+/status`, `topic read ${P}/d/+/presence`);
+      out.push(`topic readwrite ${P}/r/+/+/manifest`, `topic readwrite ${P}/r/+/+/part/+`, `topic readwrite ${P}/r/+/+/withdrawn`, `topic read ${P}/r/+/+/status/+`, `topic read ${P}/d/+/status`, `topic read ${P}/d/+/presence`,
+        `topic readwrite ${P}/rollout/+`, `topic read ${P}/rollout/+/state/+`);
     } else {
       const all = i.serves.includes('*');
       const ids = all ? ['+'] : nodes.filter((n) => servesNode(i.serves, n)).map((n) => n.username);
@@ -29,6 +30,8 @@ export function mosquittoAcl(identities: Identity[], prefix = 'ferry', plainTopi
       out.push(`topic read ${P}/r/+/+/manifest`, `topic read ${P}/r/+/+/part/+`, `topic read ${P}/r/+/+/withdrawn`, `topic read ${P}/r/+/+/status/+`);
       // Its own verdicts only (the ferry plugin checks the same: the last level is the agent's name).
       out.push(`topic write ${P}/r/+/+/status/${i.username}`);
+      // Rollouts: read the operators' documents and the other agents' states, write its own state only.
+      out.push(`topic read ${P}/rollout/+`, `topic read ${P}/rollout/+/state/+`, `topic write ${P}/rollout/+/state/${i.username}`);
     }
     out.push(...tail, '');
   }
