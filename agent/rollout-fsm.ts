@@ -106,9 +106,18 @@ export function targets(spec: RolloutSpec, f: Pick<NodeFacts, 'id' | 'hw' | 'gro
   return true;
 }
 
-/** A node's place in the rollout's order: the same on every agent. */
+const ranks = new Map<string, string>();
+
+/** A node's place in the rollout's order: the same on every agent. (Memoised: waves are recomputed at every step.) */
 export function rank(rolloutId: string, deviceId: string): string {
-  return createHash('sha256').update(`${rolloutId}\0${deviceId}`).digest('hex');
+  const key = `${rolloutId}\0${deviceId}`;
+  let r = ranks.get(key);
+  if (r === undefined) {
+    if (ranks.size >= 100_000) ranks.clear();
+    r = createHash('sha256').update(key).digest('hex');
+    ranks.set(key, r);
+  }
+  return r;
 }
 
 export function minuteOfDay(now: number): number {
@@ -230,7 +239,7 @@ export function step(prev: RolloutState, input: RolloutInput, now: number): { st
         }
         if (had?.phase === 'skipped' && phase === 'waiting') wake.add(f.id);
         if (!had) wake.add(f.id);
-        s.nodes[f.id] = entry;
+        if (!had || !same(had, entry)) s.nodes[f.id] = entry;
       }
       break;
     case 'forget':
@@ -245,7 +254,10 @@ export function step(prev: RolloutState, input: RolloutInput, now: number): { st
   }
   s = settle(s, now, effects, wake);
   if (wake.size > 0) effects.push({ kind: 'consider', devices: [...wake].sort() });
-  if (!same(prev.nodes, s.nodes) || !same(prev.status, s.status) || prev.wave !== s.wave) effects.unshift({ kind: 'publish' });
+  // Entries are replaced only when they change, so comparing references finds every change cheaply.
+  const keys = Object.keys(s.nodes);
+  const nodesChanged = keys.length !== Object.keys(prev.nodes).length || keys.some((k) => prev.nodes[k] !== s.nodes[k]);
+  if (nodesChanged || !same(prev.status, s.status) || prev.wave !== s.wave) effects.unshift({ kind: 'publish' });
   return { state: s, effects };
 }
 
@@ -256,7 +268,7 @@ function settle(s: RolloutState, now: number, effects: RolloutEffect[], wake: Se
   const waves = assignWaves(s.spec, all.keys());
   for (const [id, e] of Object.entries(s.nodes)) {
     const w = waves.get(id) ?? e.wave;
-    if (e.phase === 'waiting' || e.phase === 'skipped') s.nodes[id] = { ...e, wave: w };
+    if ((e.phase === 'waiting' || e.phase === 'skipped') && e.wave !== w) s.nodes[id] = { ...e, wave: w };
   }
   const view = merged(s);
   const open = inWindow(s.spec.window, minuteOfDay(now));

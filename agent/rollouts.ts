@@ -3,7 +3,8 @@ import { reasonName } from '../shared/errors.js';
 import { ImageState } from '../shared/messages.js';
 import { newestFirst, RolloutError, verifyRollout, type RolloutSpec } from '../shared/rollout.js';
 import type { ReleaseCatalog } from './catalog.js';
-import { initial, offerFor, step, targets, type AgentRolloutState, type NodeFacts, type RolloutEffect, type RolloutInput, type RolloutState } from './rollout-fsm.js';
+import { initial, offerFor, step, targets, type AgentRolloutState, type NodeEntry, type NodeFacts, type NodePhase, type RolloutEffect, type RolloutStatus, type RolloutInput, type RolloutState } from './rollout-fsm.js';
+import { isDeviceId } from '../shared/topics.js';
 import { rolloutView, type RolloutView } from './rollout-view.js';
 import type { AgentStore } from './store.js';
 import type { NodeRow, Release } from './types.js';
@@ -112,7 +113,8 @@ export class Rollouts {
     if (bytes.length > 0) {
       try {
         const o = JSON.parse(bytes.toString('utf8')) as Partial<AgentRolloutState> & { refused?: string };
-        if (!o.refused && o.status && typeof o.wave === 'number' && o.nodes && typeof o.nodes === 'object') state = { status: o.status, wave: o.wave, nodes: o.nodes };
+        const status = validStatus(o.status);
+        if (!o.refused && status && Number.isInteger(o.wave) && o.nodes && typeof o.nodes === 'object') state = { status, wave: o.wave as number, nodes: validEntries(o.nodes) };
       } catch {
         this.d.log('warn', `rollout ${id}: state of agent ${agent} is not JSON; ignored`);
         return;
@@ -282,4 +284,29 @@ export class Rollouts {
   private publishRefused(id: string, why: string): void {
     this.d.publish(id, JSON.stringify({ v: 1, agent: this.d.agent, id, at: Math.floor(Date.now() / 1000), refused: why }));
   }
+}
+
+const PHASES = new Set(['waiting', 'skipped', 'inProgress', 'confirmed', 'failed', 'reverting', 'reverted']);
+
+/** A peer's node entries, keeping only well-formed ones (another agent's state is input like any other). */
+function validEntries(nodes: object): Record<string, NodeEntry> {
+  const out: Record<string, NodeEntry> = {};
+  for (const [id, e] of Object.entries(nodes).slice(0, 100_000)) {
+    if (!isDeviceId(id) || typeof e !== 'object' || e === null) continue;
+    const x = e as Record<string, unknown>;
+    if (!Number.isInteger(x.wave) || (x.wave as number) < 0 || !PHASES.has(x.phase as string)) continue;
+    out[id] = {
+      wave: x.wave as number, phase: x.phase as NodePhase, outcome: typeof x.outcome === 'string' ? x.outcome : null, reason: typeof x.reason === 'string' ? x.reason : null,
+      detail: typeof x.detail === 'string' ? x.detail.slice(0, 200) : '', from: typeof x.from === 'string' ? x.from : null,
+    };
+  }
+  return out;
+}
+
+function validStatus(x: unknown): RolloutStatus | undefined {
+  const o = x as { kind?: unknown; reason?: unknown } | null;
+  if (typeof o !== 'object' || o === null) return undefined;
+  if (o.kind === 'running' || o.kind === 'paused' || o.kind === 'done') return { kind: o.kind };
+  if (o.kind === 'halted' || o.kind === 'aborted') return { kind: o.kind, reason: typeof o.reason === 'string' ? o.reason.slice(0, 2000) : '' };
+  return undefined;
 }
