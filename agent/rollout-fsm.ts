@@ -252,7 +252,9 @@ export function step(prev: RolloutState, input: RolloutInput, now: number): { st
     case 'tick':
       break;
   }
-  s = settle(s, now, effects, wake);
+  // Waves are recomputed only when the set of nodes may have changed (a sort over the fleet).
+  const members = input.kind === 'peer' || input.kind === 'forget' || Object.keys(s.nodes).length !== Object.keys(prev.nodes).length;
+  s = settle(s, now, effects, wake, members);
   if (wake.size > 0) effects.push({ kind: 'consider', devices: [...wake].sort() });
   // Entries are replaced only when they change, so comparing references finds every change cheaply.
   const keys = Object.keys(s.nodes);
@@ -262,13 +264,14 @@ export function step(prev: RolloutState, input: RolloutInput, now: number): { st
 }
 
 /** Waves, halts and completion from the merged view of all agents. */
-function settle(s: RolloutState, now: number, effects: RolloutEffect[], wake: Set<string>): RolloutState {
+function settle(s: RolloutState, now: number, effects: RolloutEffect[], wake: Set<string>, members: boolean): RolloutState {
   // Wave membership: a node keeps the wave it was offered in; the others are placed by rank.
-  const all = merged(s);
-  const waves = assignWaves(s.spec, all.keys());
-  for (const [id, e] of Object.entries(s.nodes)) {
-    const w = waves.get(id) ?? e.wave;
-    if ((e.phase === 'waiting' || e.phase === 'skipped') && e.wave !== w) s.nodes[id] = { ...e, wave: w };
+  if (members) {
+    const waves = assignWaves(s.spec, merged(s).keys());
+    for (const [id, e] of Object.entries(s.nodes)) {
+      const w = waves.get(id) ?? e.wave;
+      if ((e.phase === 'waiting' || e.phase === 'skipped') && e.wave !== w) s.nodes[id] = { ...e, wave: w };
+    }
   }
   const view = merged(s);
   const open = inWindow(s.spec.window, minuteOfDay(now));
