@@ -42,7 +42,8 @@ export function rolloutView(spec: RolloutSpec, own: AgentRolloutState, peers: Re
     const failed = members.filter((e) => e.phase === 'failed').length;
     const inProgress = members.filter((e) => e.phase === 'inProgress').length;
     const state = i < own.wave || own.status.kind === 'done' ? 'done' : i === own.wave ? (halted ? 'halted' : 'running') : 'pending';
-    waves.push({ index: i, target: members.length, nodes: members.length, confirmed, failed, inProgress, state });
+    // target: the nodes planned for the wave at start (the plan), else those it holds now.
+    waves.push({ index: i, target: spec.plan?.counts[i] ?? members.length, nodes: members.length, confirmed, failed, inProgress, state });
   }
   return {
     id: spec.id,
