@@ -13,6 +13,8 @@ import { Links, type LinkName } from './links.js';
 import { PatchCache } from './patches.js';
 import { PresenceQueries } from './presence.js';
 import { ReleaseIntake, type Verdict } from './release-intake.js';
+import { Rollouts } from './rollouts.js';
+import type { RolloutView } from './rollout-view.js';
 import type { NodeStatus } from './status.js';
 import { AgentStore } from './store.js';
 import type { Release } from './types.js';
@@ -52,6 +54,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly updates: Updates;
   /** The event log on MQTT: live batches and history on request (docs/protocol.md 2.3). */
   readonly events: EventFeed;
+  private readonly rolloutsRuntime: Rollouts;
   private sweeper: NodeJS.Timeout | undefined;
   private closed = false;
   private lastBadTopic = 0;
@@ -92,11 +95,28 @@ export class Agent extends EventEmitter<AgentEvents> {
       hasRoom: () => this.links.connected && this.links.pending < this.config.maxInflight >> 1,
       sendQuery: (id, reason) => this.links.sendDown(id, { type: MsgType.query, reason }),
     });
+    this.rolloutsRuntime = new Rollouts({
+      store: this.store, catalog: this.catalog, trust: opts.trust ?? [], agent: this.name, now: () => clock.now(), log,
+      publish: (id, doc) => this.links.publishReleaseStatus(this.topics.rolloutState(id, this.name), doc),
+      nodes: () => this.updates.nodes.values(),
+      node: (id) => this.updates.nodes.get(id),
+      // After the current step: a rollout's wake-up never runs inside the node machine's own step.
+      consider: (ids) =>
+        setImmediate(() => {
+          if (this.closed) return;
+          for (const id of ids) {
+            const n = this.updates.nodes.get(id);
+            if (n && n.row.lastSeen > 0) this.updates.consider(n);
+          }
+        }),
+    });
     this.updates = new Updates({
       cfg: this.config, store: this.store, catalog: this.catalog, patches: this.patches, links: this.links, topics: this.topics, clock, log, agentName: this.name,
       counters: this.counters,
       onStatus: (s) => this.emit('status', s),
       onWindowTimeout: (e) => this.emit('windowTimeout', e),
+      choose: (row) => this.rolloutsRuntime.choose(row),
+      onNodeChange: (id) => this.rolloutsRuntime.nodeChanged(id),
     });
     this.events = new EventFeed({
       store: this.store, topics: this.topics, name: this.name, log,
@@ -127,7 +147,10 @@ export class Agent extends EventEmitter<AgentEvents> {
     }
     this.intake.start();
     this.events.start();
-    this.sweeper = setInterval(() => this.updates.sweep(), 500);
+    this.sweeper = setInterval(() => {
+      this.updates.sweep();
+      this.rolloutsRuntime.tick();
+    }, 500);
     this.sweeper.unref();
     this.log('info', `agent connected to ${this.links.describe()}, ${this.catalog.all().length} release(s), ${this.updates.nodes.size} known node(s)`);
     for (const why of this.catalog.skipped) this.log('warn', `stored release not offered: ${why}`);
@@ -137,6 +160,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   private onLinkUp(): void {
     if (this.closed) return;
     this.updates.resumeAll();
+    this.rolloutsRuntime.republishAll();
     for (const id of this.updates.toQuery()) this.presence.enqueue(id, QueryReason.agentConnected);
     this.emit('linkUp');
   }
@@ -148,6 +172,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.events.stop();
     this.intake.stop();
     this.presence.stop();
+    this.rolloutsRuntime.stop();
     this.updates.stop();
     await this.links.stop();
     await this.patches.close();
@@ -162,6 +187,11 @@ export class Agent extends EventEmitter<AgentEvents> {
   status(id: string): NodeStatus | undefined {
     const n = this.updates.nodes.get(id);
     return n && this.updates.statusOf(n);
+  }
+
+  /** Every rollout this agent takes part in, merged with the other agents' published states. */
+  rollouts(): RolloutView[] {
+    return this.rolloutsRuntime.views();
   }
 
   /** Releases whose manifest arrived but not yet all their parts. */
@@ -205,8 +235,13 @@ export class Agent extends EventEmitter<AgentEvents> {
         if (!id) return this.badTopic(topic, payload.length);
         if (levels[p + 2] === 'up') this.onUp(id, payload);
         else if (levels[p + 2] === 'presence') this.onPresence(id, payload.toString());
+        else if (levels[p + 2] === 'info') this.rolloutsRuntime.onInfo(id, payload);
       } else if (levels[p] === 'e') {
         if (levels.length === p + 3 && levels[p + 1] === 'req' && isDeviceId(levels[p + 2])) this.events.onRequest(levels[p + 2], payload);
+      } else if (levels[p] === 'rollout') {
+        const rest = levels.slice(p + 1);
+        if (rest.length === 1) this.rolloutsRuntime.onDocument(rest[0], payload);
+        else if (rest.length === 3 && rest[1] === 'state') this.rolloutsRuntime.onPeerState(rest[0], rest[2], payload);
       } else if (levels[p] === 'r') {
         const rest = levels.slice(p + 1);
         if (rest.length === 3 && rest[2] === 'withdrawn') this.onWithdrawn(rest[0], rest[1], markerWithdraws(payload));

@@ -65,6 +65,12 @@ export interface AgentOptions {
   resendBudget?: Partial<ResendBudget>;
   /** A release whose manifest arrived but not all its parts within this time is dropped and logged. */
   releaseAssemblyTimeoutMs?: number;
+  /**
+   * `auto` (the library default): a node with no rollout governing it gets the newest release of its
+   * class, as before rollouts existed. `rollout`: releases are offered only through a rollout
+   * (the `ferry gateway`/`ferry agent` default; `--auto-offer` selects `auto`).
+   */
+  offerPolicy?: 'auto' | 'rollout';
   /** Log lines with optional structured fields (device, release, session, reason). */
   log?: LogFn;
 }
@@ -89,6 +95,7 @@ export interface AgentConfig {
   statusEveryMs: number;
   /** Queries waiting to be sent, at most (ids come from the network). */
   maxQueuedQueries: number;
+  offerPolicy: 'auto' | 'rollout';
 }
 
 /** Every default in one place. */
@@ -109,6 +116,7 @@ export const DEFAULTS: AgentConfig = {
   bitmapPersistMs: 2000,
   statusEveryMs: 1000,
   maxQueuedQueries: 10_000,
+  offerPolicy: 'auto',
 };
 
 export function resolveConfig(o: AgentOptions): AgentConfig {
@@ -133,5 +141,6 @@ export function resolveConfig(o: AgentOptions): AgentConfig {
     tcpNoDelay: o.tcpNoDelay ?? d.tcpNoDelay,
     resendBudget: budget,
     releaseAssemblyTimeoutMs: o.releaseAssemblyTimeoutMs ?? d.releaseAssemblyTimeoutMs,
+    offerPolicy: o.offerPolicy ?? d.offerPolicy,
   };
 }

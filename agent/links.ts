@@ -74,7 +74,7 @@ export class Links {
     const t = o.topics;
     const firstReady = new Promise<void>((resolve, reject) => {
       client.on('connect', () => {
-        const filters = [t.upWildcard, t.presenceWildcard, ...(upstream === client ? [t.manifestWildcard, t.withdrawnWildcard, t.eventsRequestWildcard, ...this.partSubs] : [])];
+        const filters = [t.upWildcard, t.presenceWildcard, t.infoWildcard, ...(upstream === client ? [...this.releaseFilters(), ...this.partSubs] : [])];
         client.subscribeAsync(filters, { qos: 1 }).then(
           () => {
             if (this.closed) return;
@@ -89,7 +89,7 @@ export class Links {
       });
       if (upstream !== client) {
         upstream.on('connect', () => {
-          upstream.subscribeAsync([t.manifestWildcard, t.withdrawnWildcard, t.eventsRequestWildcard, ...this.partSubs], { qos: 1 }).catch((err: Error) => o.log('warn', `subscribing on ${o.upstreamUrl}: ${err.message}`));
+          upstream.subscribeAsync([...this.releaseFilters(), ...this.partSubs], { qos: 1 }).catch((err: Error) => o.log('warn', `subscribing on ${o.upstreamUrl}: ${err.message}`));
         });
       }
     });
@@ -100,6 +100,12 @@ export class Links {
       upstream === client ? undefined : untilConnected(upstream, (err) => o.log('warn', `waiting for the upstream broker ${o.upstreamUrl} (${err.message}); retrying with backoff`)),
       firstReady,
     ]);
+  }
+
+  /** What the agent reads from operators: releases, withdraw markers, rollouts and the other agents' rollout states. */
+  private releaseFilters(): string[] {
+    const t = this.o.topics;
+    return [t.manifestWildcard, t.withdrawnWildcard, t.eventsRequestWildcard, t.rolloutWildcard, t.rolloutStateWildcard];
   }
 
   private makeOutbox(client: MqttClient, nodeLink: boolean): Outbox {
@@ -170,7 +176,7 @@ export class Links {
     return ok;
   }
 
-  /** Publishes a retained release verdict on the release link (upstream, else the one link). */
+  /** Publishes a retained release verdict or rollout state on the release link (upstream, else the one link). */
   publishReleaseStatus(topic: string, doc: string): boolean {
     const box = this.opOutbox;
     if (!box) return false;

@@ -10,7 +10,7 @@ export function blankRow(id: string, h: Hello, now: number): NodeRow {
     id, hw: h.hw, runningVersion: h.version, runningDigest: h.digest, securityVersion: h.securityVersion, slot: h.slot, imageState: h.imageState,
     caps: h.caps, maxMessage: h.maxMessage, window: h.window, state: 'idle', targetRelease: null, session: null, chunkSize: 0, chunkCount: 0,
     bitmap: null, payloadEncoding: 0, acks: 0, attempts: 0, retransmits: 0, bytesSent: 0, reason: 0, detail: '', stageDeadline: null,
-    lastSeen: now, offerId: 0, nextRelease: null, updatedAt: now,
+    lastSeen: now, offerId: 0, nextRelease: null, updatedAt: now, rollout: null, wave: null,
   };
 }
 

@@ -4,6 +4,20 @@ import { Capability, ImageState } from '../shared/messages.js';
 import { compareVersions } from '../shared/version.js';
 import { holdsSlot, type Target, type Update } from './update-fsm.js';
 import type { NodeRow, Release } from './types.js';
+import type { ReleaseCatalog } from './catalog.js';
+import type { ReleaseChoice } from './rollouts.js';
+
+/**
+ * The release a node may be offered now: its rollout's (maybe an authorised downgrade, with the
+ * permit for the Offer), or under offer policy `auto` with no rollout governing it, the newest of
+ * its class; with the rollout and wave to record in its status.
+ */
+export function releaseOf(choice: ReleaseChoice, hw: string, policy: 'auto' | 'rollout', catalog: ReleaseCatalog): {
+  release: Release | undefined; downgrade: boolean; permit: Buffer | undefined; rollout: string | null; wave: number | null;
+} {
+  if (choice.kind === 'rollout') return { release: choice.release, downgrade: choice.downgrade, permit: choice.downgrade ? choice.permit : undefined, rollout: choice.rollout, wave: choice.wave };
+  return { release: policy === 'auto' ? catalog.offerableFor(hw) : undefined, downgrade: false, permit: undefined, rollout: null, wave: null };
+}
 
 export type Decision =
   | { kind: 'none' }
@@ -18,8 +32,10 @@ export type Decision =
  * what the node would refuse: releases the node refused or rolled back from, versions not newer
  * than it runs, lower security versions, and releases needing a rollback its bootloader lacks.
  * `lostDownload`: the node's Hello shows an activation in progress whose download it no longer holds.
+ * `downgrade`: a rollout authorised an older release (auto-revert): the version check is skipped,
+ * never the security version.
  */
-export function decide(row: NodeRow, u: Update, release: Release | undefined, refused: boolean, lostDownload = false): Decision {
+export function decide(row: NodeRow, u: Update, release: Release | undefined, refused: boolean, lostDownload = false, downgrade = false): Decision {
   if (!release) return { kind: 'none' };
   const r = release.row;
   const target: Target = { id: r.id, version: r.version };
@@ -39,7 +55,7 @@ export function decide(row: NodeRow, u: Update, release: Release | undefined, re
     if (u.target?.id === r.id && p.kind === 'done' && p.outcome === 'rejected') return { kind: 'none' };
     return { kind: 'finish', outcome: 'rejected', reason, detail: `not offered by the agent: ${why}`, release: target };
   };
-  if (compareVersions(r.version, row.runningVersion) <= 0) {
+  if (!downgrade && compareVersions(r.version, row.runningVersion) <= 0) {
     // Running it unsettled (trial boot, recovery), or an update to it in progress: that update
     // decides the outcome.
     if (row.runningDigest?.equals(r.digest) || (u.target?.id === r.id && p.kind !== 'done')) return { kind: 'none' };

@@ -69,6 +69,7 @@ export class Sessions {
     this.d.links.sendDown(n.row.id, {
       type: MsgType.offer, session: n.update.session, offerId: n.update.offerId, manifest: release.row.manifest, encoding: t.payload.encoding,
       payloadSize: t.payload.bytes.length, payloadDigest: t.payload.digest, chunkSize: t.chunkSize, baseDigest: t.payload.baseDigest,
+      permit: n.permit,
     });
   }
 

@@ -47,6 +47,9 @@ export interface NodeStatus {
   lastSeen: string | null;
   online: boolean;
   warnings: string[];
+  /** Rollout id the node's current/last update belongs to, and its wave there (0 = canary). */
+  rollout: string | null;
+  wave: number | null;
 }
 
 const IMAGE_STATES = ['new', 'pendingVerify', 'valid', 'invalid', 'aborted', 'undefined', 'recovery'];
@@ -87,6 +90,8 @@ export function nodeStatus(row: NodeRow, target: Release | undefined, window: Tr
     lastSeen: row.lastSeen ? new Date(row.lastSeen).toISOString() : null,
     online,
     warnings,
+    rollout: row.rollout ?? null,
+    wave: row.wave ?? null,
   };
 }
 

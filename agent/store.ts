@@ -70,6 +70,12 @@ CREATE TABLE IF NOT EXISTS withdrawals (
   at INTEGER NOT NULL,
   PRIMARY KEY (hw, version)
 );
+CREATE TABLE IF NOT EXISTS rollouts (
+  id TEXT PRIMARY KEY,
+  doc BLOB NOT NULL,
+  state TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS events (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   at INTEGER NOT NULL,
@@ -86,13 +92,15 @@ const NODE_COLUMNS: [keyof NodeRow, string][] = [
   ['session', 'session'], ['chunkSize', 'chunk_size'], ['chunkCount', 'chunk_count'], ['bitmap', 'bitmap'],
   ['payloadEncoding', 'payload_encoding'], ['acks', 'acks'], ['attempts', 'attempts'], ['retransmits', 'retransmits'], ['bytesSent', 'bytes_sent'],
   ['reason', 'reason'], ['detail', 'detail'], ['stageDeadline', 'stage_deadline'], ['lastSeen', 'last_seen'],
-  ['offerId', 'offer_id'], ['nextRelease', 'next_release'], ['updatedAt', 'updated_at'],
+  ['offerId', 'offer_id'], ['nextRelease', 'next_release'], ['updatedAt', 'updated_at'], ['rollout', 'rollout'], ['wave', 'wave'],
 ];
 
 /** Columns added after the first schema: added to an older database on open. */
 const ADDED_COLUMNS: [string, string][] = [
   ['offer_id', 'INTEGER NOT NULL DEFAULT 0'],
   ['next_release', 'TEXT'],
+  ['rollout', 'TEXT'],
+  ['wave', 'INTEGER'],
 ];
 
 /** Refusals a node keeps, newest last: older ones are forgotten (a bound, not a policy). */
@@ -263,6 +271,16 @@ export class AgentStore extends EventEmitter<{ event: [StoredEvent] }> {
   saveNode(row: NodeRow): void {
     this.beginWrite();
     this.upsertNode.run(row);
+  }
+
+  /** Stores a rollout: its signed document and this agent's state of it (JSON). */
+  saveRollout(id: string, doc: Buffer, state: string): void {
+    this.beginWrite();
+    this.db.prepare('INSERT OR REPLACE INTO rollouts (id, doc, state, updated_at) VALUES (?, ?, ?, ?)').run(id, doc, state, Date.now());
+  }
+
+  rollouts(): { id: string; doc: Buffer; state: string }[] {
+    return this.db.prepare('SELECT id, doc, state FROM rollouts ORDER BY id').all() as { id: string; doc: Buffer; state: string }[];
   }
 
   nodes(): NodeRow[] {

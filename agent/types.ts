@@ -66,6 +66,9 @@ export interface NodeRow {
   /** A newer release waiting for the current update's outcome (the node was activating or confirming). */
   nextRelease: string | null;
   updatedAt: number;
+  /** The rollout the node's current (or last) update belongs to, and its wave there (0 = canary). */
+  rollout: string | null;
+  wave: number | null;
 }
 
 /** Why a release is not offered to a node again: it refused or rolled back the release, or a delta of it failed. */

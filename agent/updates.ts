@@ -6,9 +6,11 @@ import { Admission } from './admission.js';
 import type { ReleaseCatalog } from './catalog.js';
 import type { AgentConfig } from './config.js';
 import type { AgentCounters } from './counters.js';
+import type { Clock } from './clock.js';
 import type { Links } from './links.js';
+import type { ReleaseChoice } from './rollouts.js';
 import { blankRow, helloFacts, syncRow, updateFromRow } from './node-record.js';
-import { decide } from './offer-policy.js';
+import { decide, releaseOf } from './offer-policy.js';
 import type { PatchCache } from './patches.js';
 import { PayloadChooser } from './payload.js';
 import { Sessions } from './sessions.js';
@@ -19,15 +21,7 @@ import { Transfer } from './transfer.js';
 import type { NodeRow, Payload, Release } from './types.js';
 import { classifyAck, holdsSlot, IDLE, step, timersOf, type Effect, type Env, type Input, type TimerKind, type Update } from './update-fsm.js';
 
-/** The clock the runtime reads and sets its timers with (injected: tests may drive it). */
-export interface Clock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): NodeJS.Timeout;
-  clearTimeout(t: NodeJS.Timeout): void;
-}
-
-export const SYSTEM_CLOCK: Clock = { now: () => Date.now(), setTimeout: (fn, ms) => setTimeout(fn, ms), clearTimeout: (t) => clearTimeout(t) };
-
+export { SYSTEM_CLOCK, type Clock } from './clock.js';
 
 /** One node: its stored row, its update machine, and the runtime pieces around them. */
 export interface NodeRuntime {
@@ -50,6 +44,9 @@ export interface NodeRuntime {
   warnings: string[];
   /** Boot count of the newest Hello: an older one is a late duplicate and is ignored. */
   bootCount?: number;
+  /** Battery percent from the newest Hello (null: mains powered); the revert permit for an authorised downgrade's Offer. */
+  battery: number | null;
+  permit?: Buffer;
 }
 
 export interface UpdatesDeps {
@@ -67,6 +64,10 @@ export interface UpdatesDeps {
   agentName?: string;
   onStatus: (s: NodeStatus) => void;
   onWindowTimeout: (e: { id: string; rto: number; expiries: number }) => void;
+  /** Which release a rollout lets the node have now (agent/rollouts.ts); `free`: no rollout governs it. */
+  choose: (row: NodeRow) => ReleaseChoice;
+  /** A node said Hello or its update changed state (rollouts count outcomes). */
+  onNodeChange: (id: string) => void;
 }
 
 /**
@@ -104,7 +105,7 @@ export class Updates {
   private runtime(row: NodeRow, update: Update): NodeRuntime {
     return {
       row, update, rtt: new RttEstimator(this.d.cfg.rtt), prepGen: 0, timers: new Map(), silentExpiries: 0, bitmapDirty: false, lastBitmapSave: 0,
-      statusDirty: true, lastStatus: 0, online: false, warnings: [],
+      statusDirty: true, lastStatus: 0, online: false, warnings: [], battery: null,
     };
   }
 
@@ -152,6 +153,7 @@ export class Updates {
     this.rearm(n);
     if (consider) this.consider(n, consider.lostDownload);
     if (wasSlot && !holdsSlot(n.update.phase)) this.admitWaiting();
+    if (n.row.state !== wasName) this.d.onNodeChange(n.row.id);
   }
 
   private execute(n: NodeRuntime, e: Exclude<Effect, { kind: 'consider' }>, now: number): void {
@@ -234,12 +236,17 @@ export class Updates {
     });
   }
 
-  /** Decides whether a node should get the latest release for its hardware, and starts it. */
+  /** Decides whether a node should get a release (its rollout's, or see releaseOf), and starts it. */
   consider(n: NodeRuntime, lostDownload = false): void {
     const row = n.row;
-    const release = this.d.catalog.offerableFor(row.hw);
-    const refused = release !== undefined && this.d.store.refusals(row.id).some((r) => r.kind === 'release' && r.release === release.row.id);
-    const d = decide(row, n.update, release, refused, lostDownload);
+    const c = releaseOf(this.d.choose(row), row.hw, this.d.cfg.offerPolicy, this.d.catalog);
+    const release = c.release;
+    const refused = release !== undefined && !c.downgrade && this.d.store.refusals(row.id).some((r) => r.kind === 'release' && r.release === release.row.id);
+    const d = decide(row, n.update, release, refused, lostDownload, c.downgrade);
+    if (d.kind === 'start' || d.kind === 'newer') {
+      n.permit = c.permit;
+      Object.assign(row, { rollout: c.rollout, wave: c.wave });
+    }
     switch (d.kind) {
       case 'none':
         return;
@@ -274,6 +281,7 @@ export class Updates {
     }
     this.heard(n, now);
     const row = n.row;
+    n.battery = h.battery ?? null;
     if (h.bootCount !== undefined) n.bootCount = h.bootCount;
     if (row.runningVersion !== h.version) this.d.log('info', `node ${id} runs ${h.version}`, { device: id, release: releaseName(h.hw, h.version) });
     Object.assign(row, {
@@ -287,6 +295,8 @@ export class Updates {
     if (h.imageState === ImageState.recovery) n.warnings.push('node is in recovery mode (failed starts, or a failed image with no way back): it takes a full image of a newer release');
     n.rtt.resetBackoff();
     this.d.store.event(id, 'hello', `${h.version} slot ${h.slot} state ${h.imageState}${h.transfer ? ` transfer ${h.transfer.session}` : ''}`);
+    // Rollouts learn of the node (and its battery) before its machine may ask what to offer.
+    this.d.onNodeChange(id);
     const facts = helloFacts(h, n.update, this.d.catalog, n.transfer, now);
     if (n.transfer) n.bitmapDirty = true;
     this.input(n, { kind: 'hello', hello: facts });

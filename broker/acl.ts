@@ -23,6 +23,12 @@ export type TopicClass =
   | { kind: 'outside' }
   | { kind: 'invalid' }
   | { kind: 'up' | 'dn' | 'status' | 'presence'; id: string }
+  /** The broker's retained facts about a node (its groups): written by the broker only. */
+  | { kind: 'info'; id: string }
+  /** An operator's retained signed rollout document. */
+  | { kind: 'rollout'; id: string }
+  /** An agent's retained state in a rollout; `agent` is the agent's identity name. */
+  | { kind: 'rollout-state'; id: string; agent: string }
   | { kind: 'group-dn'; group: string }
   | { kind: 'manifest'; hw: string; version: string }
   | { kind: 'part'; hw: string; version: string; index: number }
@@ -39,6 +45,7 @@ export type TopicClass =
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$/;
 const VERSION = /^[0-9A-Za-z.+-]{1,32}$/;
+const ROLLOUT_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 /** Group names share the hardware-class syntax: a safe single topic level. */
 export function isGroupName(name: string): boolean {
@@ -64,7 +71,11 @@ export class TopicAcl {
     const rest = topic === this.prefix ? [] : topic.slice(this.inside.length).split('/');
     if (rest[0] === 'd' && rest.length === 3 && isDeviceId(rest[1])) {
       const sub = rest[2];
-      if (sub === 'up' || sub === 'dn' || sub === 'status' || sub === 'presence') return { kind: sub, id: rest[1] };
+      if (sub === 'up' || sub === 'dn' || sub === 'status' || sub === 'presence' || sub === 'info') return { kind: sub, id: rest[1] };
+    }
+    if (rest[0] === 'rollout' && ROLLOUT_ID.test(rest[1] ?? '')) {
+      if (rest.length === 2) return { kind: 'rollout', id: rest[1] };
+      if (rest.length === 4 && rest[2] === 'state' && isDeviceId(rest[3])) return { kind: 'rollout-state', id: rest[1], agent: rest[3] };
     }
     if (rest[0] === 'a' && isDeviceId(rest[1] ?? '') && rest[2] === 'events') {
       if (rest.length === 3) return { kind: 'agent-events', agent: rest[1] };
@@ -102,6 +113,7 @@ export class TopicAcl {
       case 'manifest':
       case 'part':
       case 'withdrawn':
+      case 'rollout':
         return p.role === 'operator';
       case 'release-status':
       case 'agent-events':
@@ -111,6 +123,8 @@ export class TopicAcl {
       case 'events-request':
         // Answers go to the topic named after the requester: one operator cannot read another's.
         return p.role === 'operator' && p.id === c.operator;
+      case 'rollout-state':
+        return p.role === 'agent' && p.id === c.agent;
       default:
         return false;
     }
@@ -130,11 +144,14 @@ export class TopicAcl {
         return p.role === 'agent' && serves(c.id);
       case 'status':
       case 'presence':
+      case 'info':
         return p.role === 'operator' || (p.role === 'agent' && serves(c.id));
       case 'manifest':
       case 'part':
       case 'withdrawn':
       case 'release-status':
+      case 'rollout':
+      case 'rollout-state':
         return p.role === 'agent' || p.role === 'operator';
       case 'agent-events':
         return p.role === 'operator';
@@ -176,9 +193,9 @@ export class TopicAcl {
       case 'node':
         return [`${P}/d/${p.id}/dn`, ...p.groups.map((g) => `${P}/g/${g}/dn`)];
       case 'agent':
-        return [`${P}/d/+/up`, `${P}/d/+/status`, `${P}/d/+/presence`, `${P}/e/req/+`, ...releaseTemplates(P)];
+        return [`${P}/d/+/up`, `${P}/d/+/status`, `${P}/d/+/presence`, `${P}/d/+/info`, `${P}/e/req/+`, ...releaseTemplates(P)];
       case 'operator':
-        return [`${P}/d/+/status`, `${P}/d/+/presence`, `${P}/a/+/events`, `${P}/a/+/events/res/${p.id}`, ...releaseTemplates(P)];
+        return [`${P}/d/+/status`, `${P}/d/+/presence`, `${P}/d/+/info`, `${P}/a/+/events`, `${P}/a/+/events/res/${p.id}`, ...releaseTemplates(P)];
       default:
         return [];
     }
@@ -186,7 +203,7 @@ export class TopicAcl {
 }
 
 function releaseTemplates(P: string): string[] {
-  return [`${P}/r/+/+/manifest`, `${P}/r/+/+/part/+`, `${P}/r/+/+/withdrawn`, `${P}/r/+/+/status/+`];
+  return [`${P}/r/+/+/manifest`, `${P}/r/+/+/part/+`, `${P}/r/+/+/withdrawn`, `${P}/r/+/+/status/+`, `${P}/rollout/+`, `${P}/rollout/+/state/+`];
 }
 
 /** Can two MQTT topic filters (split into levels) match a common topic? */

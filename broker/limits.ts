@@ -16,6 +16,9 @@ export interface PayloadLimits {
   status: number;
   manifest: number;
   part: number;
+  /** A signed rollout document, and one agent's rollout state (a few dozen bytes per node it serves). */
+  rollout: number;
+  rolloutState: number;
   /** Any topic outside the prefix (the plain-broker part). */
   outside: number;
 }
@@ -63,6 +66,8 @@ export const DEFAULT_LIMITS: Limits = {
     status: 8 * 1024,
     manifest: 1024,
     part: 64 * 1024 + 1024,
+    rollout: 16 * 1024,
+    rolloutState: 64 * 1024,
     outside: 64 * 1024,
   },
   rate: {
@@ -165,6 +170,10 @@ export function payloadCap(limits: PayloadLimits, c: TopicClass): number | undef
       return limits.manifest;
     case 'part':
       return limits.part;
+    case 'rollout':
+      return limits.rollout;
+    case 'rollout-state':
+      return limits.rolloutState;
     case 'outside':
       return limits.outside;
     default:

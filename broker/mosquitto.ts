@@ -21,10 +21,11 @@ export function mosquittoAcl(identities: Identity[], prefix = 'ferry', plainTopi
     } else if (i.role === 'operator') {
       out.push(`topic readwrite ${P}/r/+/+/manifest`, `topic readwrite ${P}/r/+/+/part/+`, `topic readwrite ${P}/r/+/+/withdrawn`, `topic read ${P}/r/+/+/status/+`, `topic read ${P}/d/+/status`, `topic read ${P}/d/+/presence`);
       out.push(`topic read ${P}/a/+/events`, `topic write ${P}/e/req/${i.username}`, `topic read ${P}/a/+/events/res/${i.username}`);
+      out.push(`topic read ${P}/d/+/info`, `topic readwrite ${P}/rollout/+`, `topic read ${P}/rollout/+/state/+`);
     } else {
       const all = i.serves.includes('*');
       const ids = all ? ['+'] : nodes.filter((n) => servesNode(i.serves, n)).map((n) => n.username);
-      for (const id of ids) out.push(`topic read ${P}/d/${id}/up`, `topic write ${P}/d/${id}/dn`, `topic readwrite ${P}/d/${id}/status`, `topic read ${P}/d/${id}/presence`);
+      for (const id of ids) out.push(`topic read ${P}/d/${id}/up`, `topic write ${P}/d/${id}/dn`, `topic readwrite ${P}/d/${id}/status`, `topic read ${P}/d/${id}/presence`, `topic read ${P}/d/${id}/info`);
       const groups = all ? ['+'] : [...new Set(nodes.flatMap((n) => n.groups))].filter((g) => i.serves.some((s) => s.startsWith('group:') && glob(s.slice(6)).test(g)));
       for (const g of groups) out.push(`topic write ${P}/g/${g}/dn`);
       out.push(`topic read ${P}/r/+/+/manifest`, `topic read ${P}/r/+/+/part/+`, `topic read ${P}/r/+/+/withdrawn`, `topic read ${P}/r/+/+/status/+`);
@@ -32,6 +33,8 @@ export function mosquittoAcl(identities: Identity[], prefix = 'ferry', plainTopi
       out.push(`topic write ${P}/r/+/+/status/${i.username}`);
       // Its own event log, live and on request (docs/protocol.md 2.3).
       out.push(`topic write ${P}/a/${i.username}/events`, `topic read ${P}/e/req/+`, `topic write ${P}/a/${i.username}/events/res/+`);
+      // Rollouts: read the operators' documents and the other agents' states, write its own state only.
+      out.push(`topic read ${P}/rollout/+`, `topic read ${P}/rollout/+/state/+`, `topic write ${P}/rollout/+/state/${i.username}`);
     }
     out.push(...tail, '');
   }

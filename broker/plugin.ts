@@ -96,6 +96,17 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   // aedes, so it marks the packet and the wrapped publish below swallows it (Mosquitto does the same).
   const dropped = new WeakSet<object>();
   const presence = new PresencePublisher(aedes, prefix, log);
+  // The node's groups, told to the agents by the broker itself: a node cannot forge them (only
+  // the broker writes `P/d/<id>/info`; docs/protocol.md section 2). Republished when they change.
+  const infoSent = new Map<string, string>();
+  const publishInfo = (id: string, groups: readonly string[]) => {
+    const doc = JSON.stringify({ v: 1, groups: [...groups].sort() });
+    if (infoSent.get(id) === doc) return;
+    infoSent.set(id, doc);
+    aedes.publish({ cmd: 'publish', topic: `${prefix}/d/${id}/info`, payload: Buffer.from(doc), qos: 1, retain: true, dup: false }, (err) => {
+      if (err) log('warn', `info for ${id} not published: ${err.message}`);
+    });
+  };
   // A socket that sends no CONNECT holds a pending slot until this fires (aedes' default is 30 s).
   (aedes as unknown as { connectTimeout: number }).connectTimeout = limits.pending.connectTimeoutMs;
 
@@ -275,7 +286,9 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
   // (its SUBSCRIBE, then its Hello) as soon as CONNACK is out, before clientReady fires.
   const onConnack = (packet: ConnackPacket, client: Client) => {
     const s = packet.returnCode === 0 ? sessions.get(client) : undefined;
-    if (s?.principal.role === 'node') presence.connected(client, s.principal.id);
+    if (s?.principal.role !== 'node') return;
+    publishInfo(s.principal.id, s.principal.groups);
+    presence.connected(client, s.principal.id);
   };
   const onSubscribe = (subs: Subscription[], client: Client) => {
     const s = sessions.get(client);
@@ -312,6 +325,7 @@ export function installFerryPlugin(aedes: Aedes, opts: FerryPluginOptions = {}):
       s.serves = fresh.serves;
       s.servesGroup = fresh.servesGroup;
       s.servesCache = fresh.servesCache;
+      if (s.principal.role === 'node') publishInfo(s.principal.id, s.principal.groups);
     }
   };
   const timer = store ? setInterval(refresh, opts.storePollMs ?? 1000) : undefined;

@@ -25,6 +25,7 @@ export interface AgentArgs extends LogArgs {
   'delta-margin': number;
   'resend-budget': number;
   'release-timeout': number;
+  'auto-offer': boolean;
   json: boolean;
 }
 
@@ -42,6 +43,7 @@ export const agentOptions = {
   'delta-margin': { type: 'number', default: 0.2, describe: 'send a patch only when it is at least this fraction smaller than the image (0 to below 1)' },
   'resend-budget': { type: 'number', default: 4, describe: 'chunk resends per node per second, in node windows (bounds what Hellos and Acks can make the agent resend)' },
   'release-timeout': { type: 'number', default: 300, describe: 'seconds to wait for all parts of a release after its manifest before dropping it' },
+  'auto-offer': { type: 'boolean', default: false, describe: 'offer every new release to every node of its class at once, without a rollout (default: releases go out only through `ferry rollout start`)' },
   json: { type: 'boolean', default: false, describe: 'log JSON lines (the same as --log-format json)' },
   ...logOptions,
 } as const;
@@ -78,6 +80,7 @@ export function planAgent(argv: AgentArgs): AgentPlan {
     deltaMargin: argv['delta-margin'],
     resendBudget: { windows: argv['resend-budget'], perMs: 1000 },
     releaseAssemblyTimeoutMs: argv['release-timeout'] * 1000,
+    offerPolicy: argv['auto-offer'] ? 'auto' : 'rollout',
     log: makeLogger(argv),
   };
 }

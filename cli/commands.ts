@@ -7,6 +7,7 @@ import { operatorsCommand } from './operators.js';
 import { gatewayCommand } from './gateway.js';
 import { keygenCommand } from './keygen.js';
 import { releaseCommand } from './release.js';
+import { rolloutCommand } from './rollout.js';
 import { statusCommand } from './status.js';
 import { eventsCommand } from './events.js';
 import { diffCommand } from './diff.js';
@@ -22,6 +23,7 @@ export const commands: CommandModule<any, any>[] = [
   agentCommand,
   keygenCommand,
   releaseCommand,
+  rolloutCommand,
   statusCommand,
   eventsCommand,
   brokerCommand,

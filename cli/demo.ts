@@ -10,10 +10,14 @@ import { startBroker } from '../broker/server.js';
 import { fleetIds, startFleet } from '../device/fleet.js';
 import { demoImage } from '../harness/images.js';
 import { startMicroPythonFleet } from '../device/micropython-fleet.js';
-import { generateOperatorKey } from '../shared/manifest.js';
+import { generateOperatorKey, sha256 } from '../shared/manifest.js';
 import { publishRelease } from '../operator/publish.js';
 import { UsageError } from './common.js';
 import { makeLogger } from './logger.js';
+import { publishRollout } from '../operator/rollouts.js';
+import { planFor } from '../agent/rollout-fsm.js';
+import type { RolloutView } from '../agent/rollout-view.js';
+import type { RolloutSpec } from '../shared/rollout.js';
 import { lockAgentState } from './agent.js';
 import { lockBrokerState } from './broker.js';
 import { formatBytes, progressBar } from './progress.js';
@@ -38,16 +42,23 @@ export function nodeProgressLine(s: NodeStatus, width?: number): string {
   const pct = s.total ? Math.floor((100 * s.received) / s.total) : s.state === 'confirmed' ? 100 : 0;
   const why = s.reason ? ` (${s.reason})` : '';
   const tail = `] ${String(pct).padStart(3)}%  ${s.state}${why}  running ${s.runningVersion}`;
-  const head = `${s.id.padEnd(8)} [`;
+  const wave = s.wave === null ? '  ' : s.wave === 0 ? 'c ' : `w${s.wave}`;
+  const head = `${s.id.padEnd(8)} ${wave} [`;
   const cells = Math.max(5, Math.min(20, (width ?? Infinity) - head.length - tail.length));
   const fill = Math.round((pct / 100) * cells);
   return fitLine(`${head}${'#'.repeat(fill).padEnd(cells, '.')}${tail}`, width);
 }
 
+function rolloutLine(v: RolloutView | undefined): string {
+  if (!v) return 'rollout  (waiting for the agent)';
+  const waves = v.waves.map((w) => `${w.index === 0 ? 'canary' : `wave ${w.index}`} ${w.confirmed + w.failed}/${w.nodes}${w.state === 'running' ? '*' : ''}`).join('  ');
+  return `rollout  ${v.id} ${v.state}: ${waves}${v.failures.length ? `  (${v.failures.length} failed)` : ''}`;
+}
+
 /** `ferry demo`: the whole system in one process, from a signed release to confirmed boots. */
 export const demoCommand: CommandModule<object, Args> = {
   command: 'demo',
-  describe: 'broker + agent + simulated nodes + a signed release, live to confirmed boot',
+  describe: 'broker + agent + simulated nodes + a signed release and its rollout (canary, waves), live to confirmed boot',
   builder: (y) =>
     y.options({
       devices: { type: 'number', default: 5, describe: 'simulated nodes' },
@@ -90,7 +101,7 @@ export const demoCommand: CommandModule<object, Args> = {
     const broker = await startBroker({ ferry: { store, allowAnonymous: false, log } });
     say(`broker   listening on ${broker.url} (ferry plugin, anonymous refused)`);
     say(`auth     provisioned demo-operator, demo-agent and ${n} node identities in ${store.file}`);
-    const agent = new Agent({ brokerUrl: broker.url, ...agentCred, dataDir, trust: [publicKey], log });
+    const agent = new Agent({ brokerUrl: broker.url, ...agentCred, dataDir, trust: [publicKey], log, offerPolicy: 'rollout' });
     await agent.start();
     say(`agent    state in ${dataDir}`);
 
@@ -109,26 +120,42 @@ export const demoCommand: CommandModule<object, Args> = {
     const bar = progressBar('release  publishing 1.1.0', { quiet: argv.json });
     await publishRelease({ brokerUrl: broker.url, ...operator, image, hw: argv.hw, version: '1.1.0', key: privateKey, onProgress: (d, t) => bar.update(d, t) });
     bar.done(`${formatBytes(image.length)} signed and published`);
+    // Offered through a rollout, as `ferry rollout start` does: a canary node first, then half the
+    // fleet, then the rest; the demo's failing nodes stay within --max-failures so it runs to the end.
+    const spec: RolloutSpec = {
+      v: 1, id: 'demo-1.1.0', hw: argv.hw, version: '1.1.0', digest: sha256(image).toString('hex'), groups: [], devices: [], canary: { n: 1 }, waves: [50, 100],
+      maxFailures: { n: k }, window: null, minBattery: null, autoRevert: false, auto: false, plan: null, revertPermit: null, command: 'run', seq: 1, created: Math.floor(Date.now() / 1000),
+    };
+    spec.plan = planFor(spec, ids);
+    await publishRollout({ brokerUrl: broker.url, ...operator }, spec, privateKey);
+    say(`rollout  ${spec.id}: canary 1 node, then 50%, then 100% of ${n} (halts above ${k} failure(s)); c = canary, wN = wave N`);
 
     const tty = Boolean(out.isTTY) && !argv.json;
     const started = Date.now();
     const lastState = new Map<string, string>();
     let drawn = 0;
+    let lastRollout = '';
     const draw = () => {
       const rows = agent.statuses().sort((a, b) => a.id.localeCompare(b.id, undefined, { numeric: true }));
+      const rollout = rolloutLine(agent.rollouts()[0]);
       if (tty) {
         // Lines that never wrap and a block no taller than the terminal: moving up `drawn` lines
         // then lands on the block's first line, and every line is cleared before it is drawn.
         const width = terminalWidth(out);
-        const room = Math.max(2, (out.rows || 24) - 2);
+        const room = Math.max(2, (out.rows || 24) - 3); // one line is the rollout's
         const lines = rows.length <= room ? rows.map((s) => nodeProgressLine(s, width)) : [
           ...rows.slice(0, room - 1).map((s) => nodeProgressLine(s, width)),
           fitLine(`… ${rows.length - room + 1} more nodes (${rows.filter((s) => FINAL.has(s.state)).length} of ${rows.length} finished)`, width),
         ];
         if (drawn) out.write(`\x1b[${drawn}A`);
+        out.write(`\x1b[2K${fitLine(rollout, width)}\n`);
         for (const l of lines) out.write(`\x1b[2K${l}\n`);
-        drawn = lines.length;
+        drawn = lines.length + 1;
       } else if (!argv.json) {
+        if (rollout !== lastRollout) {
+          lastRollout = rollout;
+          out.write(`${rollout}\n`);
+        }
         for (const s of rows) {
           const key = `${s.state}/${s.runningVersion}`;
           if (lastState.get(s.id) !== key) {
@@ -170,6 +197,7 @@ export const demoCommand: CommandModule<object, Args> = {
       rollbackReasons: reasons,
       other: rows.filter((s) => s.state !== 'confirmed' && s.state !== 'rolledBack').map((s) => ({ id: s.id, state: s.state, reason: s.reason })),
       nodesStatus: rows,
+      rollout: agent.rollouts()[0] ?? null,
     };
     const ok = finished && confirmed === n - k && rolledBack.length === k && rolledBack.every((s) => s.reason === 'selfTestFailed');
     if (argv.json) process.stdout.write(`${JSON.stringify({ ok, ...summary })}\n`);

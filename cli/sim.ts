@@ -28,6 +28,7 @@ interface SimArgs {
   version: string;
   trust: string | string[];
   'fail-selftest': number;
+  battery?: string;
   'fail-mode': 'report' | 'watchdog';
   'id-prefix': string;
   'max-message': number;
@@ -79,6 +80,7 @@ export function readCredentials(file: string): Map<string, string> {
 export function checkSimArgs(a: SimArgs): string | undefined {
   if (!Number.isInteger(a.devices) || a.devices < 1 || a.devices > 1000) return `--devices must be an integer 1..1000, got ${a.devices}`;
   if (!Number.isInteger(a['fail-selftest']) || a['fail-selftest'] < 0 || a['fail-selftest'] > a.devices) return `--fail-selftest must be 0..${a.devices} (--devices), got ${a['fail-selftest']}`;
+  if (a.battery !== undefined && batteryOf(a.battery, 0, 1) === undefined) return `--battery "${a.battery}" must be a percentage 0..100, or a range LO-HI spread over the nodes`;
   if (!HW_PATTERN.test(a.hw)) return `--hw "${a.hw}" must be 1-32 of A-Z a-z 0-9 _ . -`;
   if (!isVersion(a.version)) return `--version "${a.version}" is not a version like 1.2.3`;
   if (!Number.isInteger(a['max-message']) || a['max-message'] < 128 || a['max-message'] > 1024 * 1024) return `--max-message must be 128..1048576, got ${a['max-message']}`;
@@ -128,6 +130,7 @@ const simRunCommand: CommandModule<object, SimArgs> = {
         version: { type: 'string', demandOption: true, describe: 'factory firmware version the nodes start on' },
         trust: { type: 'string', demandOption: true, describe: 'operator public key file(s) (PEM) the nodes trust' },
         'fail-selftest': { type: 'number', default: 0, describe: 'how many nodes (the last ones) fail the self-test of a new image' },
+        battery: { type: 'string', describe: 'battery percent each node reports in its Hello (P, or LO-HI spread over the nodes); absent: mains powered' },
         'fail-mode': { choices: ['report', 'watchdog'] as const, default: 'report' as const, describe: 'how failing nodes fail: report it, or hang until the watchdog resets them' },
         'id-prefix': { type: 'string', default: 'node', describe: 'device ids are <prefix>-1 … <prefix>-N' },
         'max-message': { type: 'number', default: 4096, describe: 'largest MQTT PUBLISH a node can receive, bytes' },
@@ -193,6 +196,7 @@ const simRunCommand: CommandModule<object, SimArgs> = {
         rollback: argv.boot ? undefined : argv.rollback,
         slotSize: argv['slot-size'],
         failSelfTest: failing.has(id) ? (argv['fail-mode'] === 'watchdog' ? 'watchdog' : true) : false,
+        battery: argv.battery === undefined ? undefined : batteryOf(argv.battery, ids.indexOf(id), ids.length),
         flash,
         log: (level, msg) => {
           const text = msg.startsWith(`${id}: `) ? msg.slice(id.length + 2) : msg;
@@ -238,3 +242,13 @@ export const simCommand: CommandModule = {
   builder: (y) => y.command(simSweepCommand as CommandModule).command(simRunCommand as CommandModule),
   handler: () => {},
 };
+
+/** `--battery P` or `LO-HI` (node i of n gets LO + (HI-LO)·i/(n-1), rounded); undefined when malformed. */
+export function batteryOf(text: string, i: number, n: number): number | undefined {
+  const m = /^(\d{1,3})(?:-(\d{1,3}))?$/.exec(text);
+  if (!m) return undefined;
+  const lo = Number(m[1]);
+  const hi = m[2] === undefined ? lo : Number(m[2]);
+  if (lo > 100 || hi > 100) return undefined;
+  return n <= 1 ? lo : Math.round(lo + ((hi - lo) * i) / (n - 1));
+}

@@ -10,6 +10,7 @@ import {
 } from '../shared/messages.js';
 import { topics, type Topics } from '../shared/topics.js';
 import { compareVersions } from '../shared/version.js';
+import { verifyPermit } from '../shared/rollout.js';
 import { BootFailure } from './bootloader.js';
 import { Flash, PowerCut } from './flash.js';
 import { DEFAULT_SLOT_SIZE, makeLayout, type Layout } from './layout.js';
@@ -76,6 +77,8 @@ export interface SimNodeOptions {
   reconnectPeriod?: number;
   /** How long to wait for CONNACK before trying again, ms (default 30 s). */
   connectTimeoutMs?: number;
+  /** Battery charge in percent, sent in every Hello (key 15); absent: mains powered. */
+  battery?: number;
   /** Diagnostic log lines (default: none). */
   log?: (level: 'info' | 'warn' | 'error', msg: string) => void;
 }
@@ -483,6 +486,7 @@ export class SimNode extends EventEmitter {
       window: this.window,
       transfer: d && { session: d.meta.session, digest: d.meta.payloadDigest, chunkSize: d.meta.chunkSize, bitmap: d.bitmap.toBytes() },
       lastOutcome: s.lastOutcome,
+      battery: this.opts.battery,
       bootCount: s.bootCount,
     });
     this.helloSent = true;
@@ -615,13 +619,25 @@ export class SimNode extends EventEmitter {
     this.sendAck(d, o.offerId);
   }
 
+  /** An older release is taken only with an operator-signed revert permit for this hw and running version (section 3.4 step 4). */
+  private revertPermitted(o: Offer, running: string): boolean {
+    if (!o.permit) return false;
+    try {
+      const p = verifyPermit(o.permit, this.opts.trust);
+      return p.hw === this.opts.hw && p.from === running;
+    } catch (err) {
+      this.log('warn', `revert permit refused: ${(err as Error).message}`);
+      return false;
+    }
+  }
+
   /** Section 3's checks after the signature, in order. Reason none = already running it. */
   private checkOffer(o: Offer, m: Manifest): { reason: number; detail: string } | undefined {
     const running = this.sys.running;
     if (m.hw !== this.opts.hw) return { reason: Reason.wrongHardware, detail: `release is for ${m.hw}, this node is ${this.opts.hw}` };
     const cmp = compareVersions(m.version, running.version);
     if (cmp === 0 && m.digest.equals(running.digest)) return { reason: Reason.none, detail: 'already running' };
-    if (cmp <= 0) return { reason: Reason.downgrade, detail: `${m.version} is not newer than ${running.version}` };
+    if (cmp <= 0 && !this.revertPermitted(o, running.version)) return { reason: Reason.downgrade, detail: `${m.version} is not newer than ${running.version}` };
     if (m.securityVersion < this.sys.counter.value) return { reason: Reason.securityDowngrade, detail: `security version ${m.securityVersion} < ${this.sys.counter.value}` };
     // Storage checks before anything is erased: the image must fit what the slot can hold.
     if (m.size > this.sys.imageCapacity) return { reason: Reason.noSpace, detail: `${m.size}-byte image does not fit the ${this.sys.imageCapacity}-byte image area of a slot` };

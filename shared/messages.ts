@@ -149,6 +149,8 @@ export interface Hello {
   transfer?: TransferState;
   lastOutcome?: LastOutcome;
   bootCount?: number;
+  /** Battery charge in percent (0..100); absent: mains powered. Rollouts skip nodes below --min-battery. */
+  battery?: number;
 }
 
 export interface Ack {
@@ -189,6 +191,8 @@ export interface Offer {
   baseDigest?: Buffer;
   /** Distinct for every Offer the agent sends a node (a resent Offer gets a new one); the answering Ack echoes it. */
   offerId: number;
+  /** An operator-signed revert permit (shared/rollout.ts): this Offer is an authorised downgrade. */
+  permit?: Buffer;
 }
 
 export interface Chunk {
@@ -228,7 +232,7 @@ const K = {
   type: 0,
   // hello
   proto: 1, deviceId: 2, hw: 3, version: 4, digest: 5, securityVersion: 6, slot: 7, imageState: 8,
-  maxMessage: 9, caps: 10, window: 11, transfer: 12, lastOutcome: 13, bootCount: 14,
+  maxMessage: 9, caps: 10, window: 11, transfer: 12, lastOutcome: 13, bootCount: 14, battery: 15,
   // shared by several
   session: 1,
 } as const;
@@ -241,7 +245,7 @@ const A = { session: 1, base: 2, bitmap: 3, answers: 4 } as const;
 // Report
 const R = { session: 1, stage: 2, reason: 3, version: 4, detail: 5, retryAfter: 6 } as const;
 // Offer
-const F = { session: 1, manifest: 2, encoding: 3, payloadSize: 4, payloadDigest: 5, chunkSize: 6, baseDigest: 7, offerId: 8 } as const;
+const F = { session: 1, manifest: 2, encoding: 3, payloadSize: 4, payloadDigest: 5, chunkSize: 6, baseDigest: 7, offerId: 8, permit: 9 } as const;
 // Chunk
 const C = { session: 1, index: 2, data: 3 } as const;
 // Cancel / Error
@@ -265,6 +269,7 @@ export function encodeMessage(m: Message): Buffer {
           [K.transfer, m.transfer && defined([[T.session, m.transfer.session], [T.digest, m.transfer.digest], [T.chunkSize, m.transfer.chunkSize], [T.bitmap, m.transfer.bitmap]])],
           [K.lastOutcome, m.lastOutcome && defined([[O.version, m.lastOutcome.version], [O.stage, m.lastOutcome.stage], [O.reason, m.lastOutcome.reason]])],
           [K.bootCount, m.bootCount],
+          [K.battery, m.battery],
         ]),
       );
     case MsgType.ack:
@@ -277,7 +282,7 @@ export function encodeMessage(m: Message): Buffer {
       return encodeCbor(
         defined([
           [K.type, m.type], [F.session, m.session], [F.manifest, m.manifest], [F.encoding, m.encoding], [F.payloadSize, m.payloadSize],
-          [F.payloadDigest, m.payloadDigest], [F.chunkSize, m.chunkSize], [F.baseDigest, m.baseDigest], [F.offerId, m.offerId],
+          [F.payloadDigest, m.payloadDigest], [F.chunkSize, m.chunkSize], [F.baseDigest, m.baseDigest], [F.offerId, m.offerId], [F.permit, m.permit],
         ]),
       );
     case MsgType.chunk:
@@ -340,6 +345,7 @@ function decodeHello(r: FieldReader): Hello {
     transfer,
     lastOutcome,
     bootCount: r.optUint(K.bootCount, 'bootCount', U32),
+    battery: r.optUint(K.battery, 'battery', 100),
   };
 }
 
@@ -401,6 +407,7 @@ export function decodeDown(bytes: Uint8Array): DownMessage {
         chunkSize: o.uint(F.chunkSize, 'chunkSize', LIMITS.maxMessage.max),
         baseDigest: o.optBytes(F.baseDigest, 'baseDigest', 32, 32),
         offerId: clampCheck(o.uint(F.offerId, 'offerId', U32), 1, 'offer.offerId'),
+        permit: o.optBytes(F.permit, 'permit', 512),
       };
     }
     case MsgType.chunk: {

@@ -41,6 +41,15 @@ export interface Topics {
   /** agent → one operator: the history that operator asked for. */
   eventsResponse(agent: string, operator: string): string;
   eventsResponseWildcard(operator: string): string;
+  /** broker → agents, operators: retained JSON facts the broker holds about node `<id>` (its groups). */
+  info(deviceId: string): string;
+  infoWildcard: string;
+  /** operator → agents: retained signed rollout document (docs/protocol.md section 2.4). */
+  rollout(id: string): string;
+  rolloutWildcard: string;
+  /** agent → operators, agents: retained JSON state of one agent in one rollout. */
+  rolloutState(id: string, agent: string): string;
+  rolloutStateWildcard: string;
   upWildcard: string;
   statusWildcard: string;
   presenceWildcard: string;
@@ -72,6 +81,12 @@ export function topics(prefix = DEFAULT_PREFIX): Topics {
     eventsRequestWildcard: `${prefix}/e/req/+`,
     eventsResponse: (agent, op) => `${prefix}/a/${agent}/events/res/${op}`,
     eventsResponseWildcard: (op) => `${prefix}/a/+/events/res/${op}`,
+    info: (id) => `${prefix}/d/${id}/info`,
+    infoWildcard: `${prefix}/d/+/info`,
+    rollout: (id) => `${prefix}/rollout/${id}`,
+    rolloutWildcard: `${prefix}/rollout/+`,
+    rolloutState: (id, agent) => `${prefix}/rollout/${id}/state/${agent}`,
+    rolloutStateWildcard: `${prefix}/rollout/+/state/+`,
     upWildcard: `${prefix}/d/+/up`,
     statusWildcard: `${prefix}/d/+/status`,
     presenceWildcard: `${prefix}/d/+/presence`,

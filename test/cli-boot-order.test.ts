@@ -57,7 +57,7 @@ t.test('ferry agent started before its broker: waits, retries with backoff, then
   const port = await freePort(); // nothing listens there yet
 
   // host:port without a scheme, the password in a file: items 13 and 12 on the way.
-  const agent = startFerry(['agent', '--broker', `127.0.0.1:${port}`, '--username', 'site-1', '--password-file', writeSecret(dir, 'agent.secret', agentCred.password), '--data-dir', path.join(dir, 'agent'), '--trust', pub]);
+  const agent = startFerry(['agent', '--broker', `127.0.0.1:${port}`, '--username', 'site-1', '--password-file', writeSecret(dir, 'agent.secret', agentCred.password), '--data-dir', path.join(dir, 'agent'), '--trust', pub, '--auto-offer']);
   let broker: RunningBroker | undefined;
   let node: SimNode | undefined;
   t.teardown(async () => {
@@ -105,7 +105,7 @@ t.test('ferry gateway started before its upstream: serves its broker, waits for 
   const op = await upStore.add('operator', 'op-2');
   const upPort = await freePort();
 
-  const gateway = startFerry(['gateway', '--port', '0', '--host', '127.0.0.1', '--data-dir', gatewayDir, '--trust', pub,
+  const gateway = startFerry(['gateway', '--port', '0', '--host', '127.0.0.1', '--data-dir', gatewayDir, '--trust', pub, '--auto-offer',
     '--upstream', `mqtt://127.0.0.1:${upPort}`, '--upstream-username', 'site-2'], { FERRY_UPSTREAM_PASSWORD: site.password });
   let upstream: RunningBroker | undefined;
   let node: SimNode | undefined;

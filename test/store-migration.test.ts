@@ -31,8 +31,14 @@ t.test('the comma-separated refused column moves into the refusals table; new co
   t.equal(row.state, 'rolledBack', 'the node row is kept');
   t.equal(row.offerId, 0, 'new column offer_id defaults to 0');
   t.equal(row.nextRelease, null, 'new column next_release defaults to null');
-  store.saveNode({ ...row, offerId: 5 });
+  t.equal(row.rollout, null, 'new column rollout defaults to null');
+  t.equal(row.wave, null, 'new column wave defaults to null');
+  store.saveNode({ ...row, offerId: 5, rollout: 'r-1', wave: 2 });
   t.equal(store.nodes()[0].offerId, 5, 'and is written');
+  t.same([store.nodes()[0].rollout, store.nodes()[0].wave], ['r-1', 2], 'rollout and wave are written');
+  t.same(store.rollouts(), [], 'an older database gains the rollouts table');
+  store.saveRollout('r-1', Buffer.from('doc'), '{"wave":1}');
+  t.same(store.rollouts().map((r) => [r.id, r.doc.toString(), r.state]), [['r-1', 'doc', '{"wave":1}']], 'a rollout is stored');
 });
 
 t.test('refusals: at most 16 per node, newest kept', async (t) => {

@@ -10,7 +10,8 @@ import { ferryBin } from './ferry-process.js';
  * pipe fills and blocks the agent's log writes.
  */
 export function startAgentProcess(brokerUrl: string, dataDir: string, trust: string, credentials?: { username: string; password: string }): ChildProcess {
-  const args = [ferryBin, 'agent', '--broker', brokerUrl, '--data-dir', dataDir, '--trust', trust];
+  // --auto-offer: these tests are about transfers, not rollouts (every release offered at once).
+  const args = [ferryBin, 'agent', '--broker', brokerUrl, '--data-dir', dataDir, '--trust', trust, '--auto-offer'];
   if (credentials) args.push('--username', credentials.username);
   // The password goes by environment: a secret on the command line is visible to every user (ps).
   const env = credentials ? { ...process.env, FERRY_PASSWORD: credentials.password } : process.env;

@@ -85,6 +85,14 @@ class Node:
     def in_trial(self):
         return L.in_trial(self.rec, self.slot)
 
+    def battery(self):
+        # A port with a battery gauge has battery() -> 0..100; one without is mains powered.
+        f = getattr(self.port, 'battery', None)
+        if f is None:
+            return None
+        v = f()
+        return None if v is None else max(0, min(100, int(v)))
+
     def record_error(self, where, exc):
         # Seed 001 #5: the last failure survives the reboot for whoever inspects the node later.
         text = '%s: %s' % (type(exc).__name__, exc)

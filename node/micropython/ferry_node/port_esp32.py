@@ -8,9 +8,12 @@ from umqtt.simple import MQTTClient
 
 
 class Esp32Port:
-    def __init__(self, cfg, self_test=None, wdt_ms=30000):
+    def __init__(self, cfg, self_test=None, wdt_ms=30000, battery=None):
         self.cfg = cfg
         self._self_test = self_test
+        # battery: the board's gauge, a function returning percent (e.g. from an ADC divider); None: mains.
+        if battery is not None:
+            self.battery = battery
         self.wdt = machine.WDT(timeout=wdt_ms) if wdt_ms else None
         self._running = esp32.Partition(esp32.Partition.RUNNING)
         self._slots = {}

@@ -20,6 +20,9 @@ def hello(node):
     o = rec.get(L.N_OUTCOME)
     if o:
         m[13] = {1: o[0], 2: o[1], 3: o[2]}
+    b = node.battery()
+    if b is not None:
+        m[15] = b  # battery percent; absent means mains powered (rollouts skip low nodes)
     return cbor.encode(m)
 
 
