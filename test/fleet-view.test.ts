@@ -57,7 +57,7 @@ t.test('status, events, watch and logs against a real gateway, sim and release',
   const opPassword = await added('operators', 'op1');
   const spyPassword = await added('devices', 'spy');
   const op = { FERRY_PASSWORD: opPassword };
-  const gateway = await startFerryServer('gateway', ['--data-dir', data, '--trust', pub]);
+  const gateway = await startFerryServer('gateway', ['--data-dir', data, '--trust', pub, '--auto-offer']);
   const sim = startFerry(['sim', '--provision', '--data-dir', data, '--broker', gateway.url, '--devices', '3', '--hw', 'hwv', '--version', '1.0.0', '--trust', pub, '--fail-selftest', '1']);
   const watcher = await mqtt.connectAsync(gateway.url, { protocolVersion: 4, username: 'op1', password: opPassword, reconnectPeriod: 0 });
   t.teardown(async () => {
