@@ -1,10 +1,10 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { isDeviceId } from '../shared/topics.js';
 import { checkServesEntry, isGroupName, type Role } from './acl.js';
+import { threadKdf, type Kdf } from './kdf.js';
 import { newSecret } from './secret.js';
 
 /**
@@ -42,7 +42,6 @@ export interface Credentials {
 
 export type VerifyResult = { ok: true; identity: Identity } | { ok: false; reason: string };
 
-const scrypt = promisify(crypto.scrypt) as (pw: crypto.BinaryLike, salt: crypto.BinaryLike, len: number, opts: crypto.ScryptOptions) => Promise<Buffer>;
 /** scrypt cost: N=2^14, r=8 (the interactive-login figure from the scrypt paper), ~30 ms, 16 MiB. */
 const SCRYPT = { N: 16384, r: 8, p: 1, maxmem: 64 * 1024 * 1024 } as const;
 const HASH_LEN = 32;
@@ -73,14 +72,20 @@ export class IdentityStore {
   private scryptMs: number | undefined;
   private calibration: Promise<void> | undefined;
 
-  /** Opens (creating if needed) `<dataDir>/identities.sqlite`, or the file itself when it ends in .sqlite. */
-  static open(dataDirOrFile: string): IdentityStore {
+  /**
+   * Opens (creating if needed) `<dataDir>/identities.sqlite`, or the file itself when it ends in .sqlite.
+   * `kdf`: where scrypt runs (broker/kdf.ts); the default, one dedicated thread, suits a broker.
+   */
+  static open(dataDirOrFile: string, opts: { kdf?: Kdf } = {}): IdentityStore {
     const file = dataDirOrFile.endsWith('.sqlite') ? dataDirOrFile : path.join(dataDirOrFile, 'identities.sqlite');
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    return new IdentityStore(file);
+    return new IdentityStore(file, opts.kdf ?? threadKdf);
   }
 
-  private constructor(file: string) {
+  private constructor(
+    file: string,
+    private readonly kdf: Kdf,
+  ) {
     this.file = file;
     this.db = new Database(file);
     this.db.pragma('journal_mode = WAL');
@@ -127,7 +132,7 @@ export class IdentityStore {
     if (existing && !existing.revoked_at && !opts.replace) throw new Error(`identity "${username}" already exists (${existing.role}); revoke it first or pass replace`);
     const password = opts.password ?? newSecret();
     const salt = crypto.randomBytes(16);
-    const hash = await this.timedScrypt(password, salt);
+    const hash = await this.timedScrypt(Buffer.from(password, 'utf8'), salt);
     this.db
       .prepare(`INSERT OR REPLACE INTO identities (username, role, salt, hash, groups, serves, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)`)
       .run(username, role, salt, hash, JSON.stringify(groups), JSON.stringify(serves), new Date().toISOString());
@@ -197,9 +202,9 @@ export class IdentityStore {
     return this.db.prepare(`SELECT * FROM identities WHERE username = ?`).get(username) as Row | undefined;
   }
 
-  private async timedScrypt(pw: crypto.BinaryLike, salt: Buffer): Promise<Buffer> {
+  private async timedScrypt(pw: Buffer, salt: Buffer): Promise<Buffer> {
     const start = performance.now();
-    const out = await scrypt(pw, salt, HASH_LEN, SCRYPT);
+    const out = await this.kdf(pw, salt, HASH_LEN, SCRYPT);
     const ms = performance.now() - start;
     this.scryptMs = this.scryptMs === undefined ? ms : this.scryptMs * 0.8 + ms * 0.2;
     return out;
