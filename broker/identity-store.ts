@@ -6,6 +6,7 @@ import { isDeviceId } from '../shared/topics.js';
 import { checkServesEntry, isGroupName, type Role } from './acl.js';
 import { threadKdf, type Kdf } from './kdf.js';
 import { newSecret } from './secret.js';
+import { VerifiedCache } from './verified-cache.js';
 
 /**
  * Identities the broker admits: nodes, agents, operators. Secrets are stored only as scrypt hashes
@@ -70,6 +71,8 @@ export class IdentityStore {
    * of burning the KDF, so it answers in about the time a wrong secret takes without costing CPU.
    */
   private scryptMs: number | undefined;
+  /** Secrets the KDF accepted lately: a reconnect skips it (broker/verified-cache.ts). */
+  private readonly verified = new VerifiedCache();
   private calibration: Promise<void> | undefined;
 
   /**
@@ -141,8 +144,9 @@ export class IdentityStore {
   }
 
   /**
-   * Checks a username/secret pair. A known name costs one scrypt; an unknown one costs none but
-   * waits about as long (see scryptMs), so neither timing nor the answer tells which names exist.
+   * Checks a username/secret pair. A known name costs one scrypt (none when the same secret passed
+   * lately); an unknown one costs none but waits about as long (see scryptMs), so neither timing nor
+   * the answer tells which names exist.
    */
   async verify(username: string, password: Buffer | string): Promise<VerifyResult> {
     const row = this.row(username);
@@ -152,8 +156,12 @@ export class IdentityStore {
       return { ok: false, reason: `unknown identity "${username}"` };
     }
     const pw = typeof password === 'string' ? Buffer.from(password, 'utf8') : password;
-    const got = await this.timedScrypt(pw, row.salt);
-    const match = got.length === row.hash.length && crypto.timingSafeEqual(got, row.hash);
+    let match = this.verified.has(username, row.hash, pw);
+    if (!match) {
+      const got = await this.timedScrypt(pw, row.salt);
+      match = got.length === row.hash.length && crypto.timingSafeEqual(got, row.hash);
+      if (match && !row.revoked_at) this.verified.add(username, row.hash, pw);
+    }
     if (row.revoked_at) return { ok: false, reason: `identity "${username}" was revoked at ${row.revoked_at}` };
     if (!match) return { ok: false, reason: `wrong secret for "${username}"` };
     return { ok: true, identity: toIdentity(row) };
