@@ -1,4 +1,5 @@
 import mqtt, { type MqttClient } from 'mqtt';
+import '../broker/packet-numbers.js';
 import { encodeMessage, type DownMessage } from '../shared/messages.js';
 import type { Topics } from '../shared/topics.js';
 import type { AgentConfig } from './config.js';
