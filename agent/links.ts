@@ -1,5 +1,6 @@
 import mqtt, { type MqttClient } from 'mqtt';
 import type { LogFn } from '../shared/log.js';
+import '../broker/packet-numbers.js';
 import { encodeMessage, type DownMessage } from '../shared/messages.js';
 import type { Topics } from '../shared/topics.js';
 import type { AgentConfig } from './config.js';

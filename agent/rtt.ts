@@ -8,9 +8,23 @@ export interface RttConfig {
   initialRto: number;
   minRto: number;
   maxRto: number;
+  /**
+   * Link rate assumed before any round trip is measured, bytes per second (default
+   * {@link DEFAULT_INITIAL_RATE}): a transfer's first chunks wait for the node's first ack batch to
+   * cross a link this slow on top of the initial RTO (see {@link RttEstimator.expectFirstAck}).
+   */
+  initialRate?: number;
 }
 
-export const DEFAULT_RTT: RttConfig = { initialRto: 1000, minRto: 200, maxRto: 60_000 };
+/**
+ * 256 kbit/s: slower than any link ferry is benchmarked on (cellular 1 Mbit/s), so the first ack of a
+ * burst of big chunks is waited for on slow links too. Too low costs only a later resend when a
+ * whole first batch is lost; too high resends chunks that are on their way, halves the window and
+ * backs the timer off at the start of every transfer.
+ */
+export const DEFAULT_INITIAL_RATE = 32_000;
+
+export const DEFAULT_RTT: RttConfig = { initialRto: 1000, minRto: 200, maxRto: 60_000, initialRate: DEFAULT_INITIAL_RATE };
 
 export class RttEstimator {
   private srtt: number | undefined;
@@ -18,6 +32,8 @@ export class RttEstimator {
   private rttvar = 0;
   private base: number;
   private backoffFactor = 1;
+  /** Before the first sample: how long the node's first ack batch takes to cross a slow link, ms. */
+  private firstBatchMs = 0;
 
   constructor(private readonly cfg: RttConfig = DEFAULT_RTT) {
     this.base = cfg.initialRto;
@@ -26,6 +42,23 @@ export class RttEstimator {
   /** Current retransmission timeout in ms, including any backoff. */
   get rto(): number {
     return Math.min(this.cfg.maxRto, this.base * this.backoffFactor);
+  }
+
+  /**
+   * Retransmission timeout for chunks, which go out in bursts: the node acks a batch only when its
+   * last chunk arrived, so before any round trip is measured the first chunk's ack also waits for the
+   * batch to cross the link (RFC 6298's initial 1 s assumes one small segment). From the first sample
+   * on, the samples include that wait and this is {@link rto}.
+   */
+  get dataRto(): number {
+    if (this.srtt !== undefined) return this.rto;
+    return Math.min(this.cfg.maxRto, (this.base + this.firstBatchMs) * this.backoffFactor);
+  }
+
+  /** A transfer begins: `bytes` must reach the node before it sends its first ack. */
+  expectFirstAck(bytes: number): void {
+    if (this.srtt !== undefined) return;
+    this.firstBatchMs = (bytes * 1000) / (this.cfg.initialRate ?? DEFAULT_INITIAL_RATE);
   }
 
   get smoothed(): number | undefined {

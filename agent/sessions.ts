@@ -105,7 +105,7 @@ export class Sessions {
       return;
     }
     n.silentExpiries++;
-    this.d.onWindowTimeout({ id: n.row.id, rto: n.rtt.rto, expiries: n.silentExpiries });
+    this.d.onWindowTimeout({ id: n.row.id, rto: n.rtt.dataRto, expiries: n.silentExpiries });
     if (n.silentExpiries > this.d.cfg.maxControlRetries) {
       // The node has gone quiet: stop spending airtime until it says hello again (or the deadline).
       this.d.store.event(n.row.id, 'silent', 'transfer paused until the node returns');

@@ -28,7 +28,7 @@ export class Transfer {
     bitmap?: Uint8Array,
   ) {
     const count = Math.ceil(payload.bytes.length / chunkSize);
-    this.window = new TransferWindow(count, Math.min(nodeWindow, LIMITS.maxWindow), rtt, bitmap);
+    this.window = new TransferWindow(count, Math.min(nodeWindow, LIMITS.maxWindow), rtt, bitmap, chunkSize);
     // Bytes: a few node windows may be resent at once, refilled at that many per perMs.
     const bytes = budget.windows * this.window.nodeWindow * chunkSize;
     this.budget = new TokenBucket({ burst: bytes, rate: (bytes * 1000) / budget.perMs }, now);

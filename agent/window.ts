@@ -61,6 +61,8 @@ export class TransferWindow {
     readonly nodeWindow: number,
     private readonly rtt: RttEstimator,
     bitmap?: Uint8Array,
+    /** Bytes per chunk: with it, the first chunks' timer allows for the first ack batch to cross a slow link. */
+    chunkBytes?: number,
   ) {
     this.ackedBits = new ChunkBitmap(count, bitmap);
     this.sentAt = new Float64Array(count).fill(NOT_IN_FLIGHT);
@@ -69,6 +71,7 @@ export class TransferWindow {
     this.deliveredAtSend = new Float64Array(count);
     this.deliveredTimeAtSend = new Float64Array(count);
     this.growth = initialGrowth({ nodeWindow, floor: ackInterval(nodeWindow) }, 0);
+    if (chunkBytes !== undefined) rtt.expectFirstAck(Math.min(count, ackInterval(nodeWindow)) * chunkBytes);
   }
 
   /** Chunks the node holds, as far as the sender knows. */
@@ -256,7 +259,7 @@ export class TransferWindow {
    * declared lost.
    */
   expire(now: number): number {
-    const rto = this.rtt.rto;
+    const rto = this.rtt.dataRto;
     const overdue: { index: number; at: number }[] = [];
     while (this.fifoHead < this.fifo.length) {
       const e = this.fifo[this.fifoHead];
@@ -279,7 +282,7 @@ export class TransferWindow {
       this.lastEvent = now;
       this.rtt.backoff();
       // Chunks still in flight now expire within the backed-off RTO: they belong to this event.
-      this.lastEventRto = this.rtt.rto;
+      this.lastEventRto = this.rtt.dataRto;
       this.grow({ type: 'loss' }, now);
       this.probeBudget = this.probing ? 1 : 0;
     }
@@ -332,7 +335,7 @@ export class TransferWindow {
   nextDeadline(now: number): number | undefined {
     for (let k = this.fifoHead; k < this.fifo.length; k++) {
       const e = this.fifo[k];
-      if (!this.acked.has(e.index) && this.sentAt[e.index] === e.at) return Math.max(0, e.at + this.rtt.rto - now);
+      if (!this.acked.has(e.index) && this.sentAt[e.index] === e.at) return Math.max(0, e.at + this.rtt.dataRto - now);
     }
     return undefined;
   }

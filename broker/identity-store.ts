@@ -1,11 +1,12 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import Database from 'better-sqlite3';
 import { isDeviceId } from '../shared/topics.js';
 import { checkServesEntry, isGroupName, type Role } from './acl.js';
+import { threadKdf, type Kdf } from './kdf.js';
 import { newSecret } from './secret.js';
+import { VerifiedCache } from './verified-cache.js';
 
 /**
  * Identities the broker admits: nodes, agents, operators. Secrets are stored only as scrypt hashes
@@ -42,7 +43,6 @@ export interface Credentials {
 
 export type VerifyResult = { ok: true; identity: Identity } | { ok: false; reason: string };
 
-const scrypt = promisify(crypto.scrypt) as (pw: crypto.BinaryLike, salt: crypto.BinaryLike, len: number, opts: crypto.ScryptOptions) => Promise<Buffer>;
 /** scrypt cost: N=2^14, r=8 (the interactive-login figure from the scrypt paper), ~30 ms, 16 MiB. */
 const SCRYPT = { N: 16384, r: 8, p: 1, maxmem: 64 * 1024 * 1024 } as const;
 const HASH_LEN = 32;
@@ -71,16 +71,24 @@ export class IdentityStore {
    * of burning the KDF, so it answers in about the time a wrong secret takes without costing CPU.
    */
   private scryptMs: number | undefined;
+  /** Secrets the KDF accepted lately: a reconnect skips it (broker/verified-cache.ts). */
+  private readonly verified = new VerifiedCache();
   private calibration: Promise<void> | undefined;
 
-  /** Opens (creating if needed) `<dataDir>/identities.sqlite`, or the file itself when it ends in .sqlite. */
-  static open(dataDirOrFile: string): IdentityStore {
+  /**
+   * Opens (creating if needed) `<dataDir>/identities.sqlite`, or the file itself when it ends in .sqlite.
+   * `kdf`: where scrypt runs (broker/kdf.ts); the default, one dedicated thread, suits a broker.
+   */
+  static open(dataDirOrFile: string, opts: { kdf?: Kdf } = {}): IdentityStore {
     const file = dataDirOrFile.endsWith('.sqlite') ? dataDirOrFile : path.join(dataDirOrFile, 'identities.sqlite');
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    return new IdentityStore(file);
+    return new IdentityStore(file, opts.kdf ?? threadKdf);
   }
 
-  private constructor(file: string) {
+  private constructor(
+    file: string,
+    private readonly kdf: Kdf,
+  ) {
     this.file = file;
     this.db = new Database(file);
     this.db.pragma('journal_mode = WAL');
@@ -127,7 +135,7 @@ export class IdentityStore {
     if (existing && !existing.revoked_at && !opts.replace) throw new Error(`identity "${username}" already exists (${existing.role}); revoke it first or pass replace`);
     const password = opts.password ?? newSecret();
     const salt = crypto.randomBytes(16);
-    const hash = await this.timedScrypt(password, salt);
+    const hash = await this.timedScrypt(Buffer.from(password, 'utf8'), salt);
     this.db
       .prepare(`INSERT OR REPLACE INTO identities (username, role, salt, hash, groups, serves, created_at, revoked_at) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)`)
       .run(username, role, salt, hash, JSON.stringify(groups), JSON.stringify(serves), new Date().toISOString());
@@ -136,8 +144,9 @@ export class IdentityStore {
   }
 
   /**
-   * Checks a username/secret pair. A known name costs one scrypt; an unknown one costs none but
-   * waits about as long (see scryptMs), so neither timing nor the answer tells which names exist.
+   * Checks a username/secret pair. A known name costs one scrypt (none when the same secret passed
+   * lately); an unknown one costs none but waits about as long (see scryptMs), so neither timing nor
+   * the answer tells which names exist.
    */
   async verify(username: string, password: Buffer | string): Promise<VerifyResult> {
     const row = this.row(username);
@@ -147,8 +156,12 @@ export class IdentityStore {
       return { ok: false, reason: `unknown identity "${username}"` };
     }
     const pw = typeof password === 'string' ? Buffer.from(password, 'utf8') : password;
-    const got = await this.timedScrypt(pw, row.salt);
-    const match = got.length === row.hash.length && crypto.timingSafeEqual(got, row.hash);
+    let match = this.verified.has(username, row.hash, pw);
+    if (!match) {
+      const got = await this.timedScrypt(pw, row.salt);
+      match = got.length === row.hash.length && crypto.timingSafeEqual(got, row.hash);
+      if (match && !row.revoked_at) this.verified.add(username, row.hash, pw);
+    }
     if (row.revoked_at) return { ok: false, reason: `identity "${username}" was revoked at ${row.revoked_at}` };
     if (!match) return { ok: false, reason: `wrong secret for "${username}"` };
     return { ok: true, identity: toIdentity(row) };
@@ -197,9 +210,9 @@ export class IdentityStore {
     return this.db.prepare(`SELECT * FROM identities WHERE username = ?`).get(username) as Row | undefined;
   }
 
-  private async timedScrypt(pw: crypto.BinaryLike, salt: Buffer): Promise<Buffer> {
+  private async timedScrypt(pw: Buffer, salt: Buffer): Promise<Buffer> {
     const start = performance.now();
-    const out = await scrypt(pw, salt, HASH_LEN, SCRYPT);
+    const out = await this.kdf(pw, salt, HASH_LEN, SCRYPT);
     const ms = performance.now() - start;
     this.scryptMs = this.scryptMs === undefined ? ms : this.scryptMs * 0.8 + ms * 0.2;
     return out;

@@ -20,7 +20,7 @@ export interface RetainedStore {
 
 interface StoredPacket {
   topic: string;
-  payload: Buffer;
+  payload: Buffer | string;
   qos: 0 | 1 | 2;
 }
 
@@ -52,14 +52,17 @@ export function retainedStore(dataDirOrFile: string): RetainedStore {
     }
   };
   memory.storeRetained = (packet: StoredPacket, cb?: (err: Error | null) => void) => {
+    // The parsed payload is a view into the socket read it came in (up to 64 KiB of other messages,
+    // chunks among them); a retained message lives until replaced, so it keeps a copy of its own.
+    const own = packet.payload.length === 0 ? packet : { ...packet, payload: ownCopy(packet.payload) };
     try {
-      if (packet.payload.length === 0) del.run(packet.topic);
-      else put.run(packet.topic, Buffer.from(packet.payload), packet.qos);
+      if (own.payload.length === 0) del.run(own.topic);
+      else put.run(own.topic, own.payload, own.qos);
     } catch (err) {
       if (cb) return cb(err as Error);
       return Promise.reject(err as Error);
     }
-    return memoryStore(packet, cb);
+    return memoryStore(own, cb);
   };
 
   return {
@@ -69,4 +72,11 @@ export function retainedStore(dataDirOrFile: string): RetainedStore {
       if (db.open) db.close();
     },
   };
+}
+
+function ownCopy(payload: Buffer | string): Buffer {
+  if (typeof payload === 'string') return Buffer.from(payload, 'utf8');
+  const copy = Buffer.allocUnsafeSlow(payload.length);
+  copy.set(payload);
+  return copy;
 }

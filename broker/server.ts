@@ -2,6 +2,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import { Aedes, type AedesOptions } from 'aedes';
+import './packet-numbers.js';
 import { guardFrames } from './frame-guard.js';
 import { TokenBucket } from '../shared/token-bucket.js';
 import { throttled } from './throttled-log.js';

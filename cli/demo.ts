@@ -5,6 +5,7 @@ import type { CommandModule } from 'yargs';
 import { Agent } from '../agent/agent.js';
 import type { NodeStatus } from '../agent/status.js';
 import { IdentityStore } from '../broker/identity-store.js';
+import { poolKdf } from '../broker/kdf.js';
 import { provision } from '../broker/provision.js';
 import { startBroker } from '../broker/server.js';
 import { fleetIds, startFleet } from '../device/fleet.js';
@@ -93,7 +94,8 @@ export const demoCommand: CommandModule<object, Args> = {
     // The broker runs as `ferry gateway` does: ferry plugin on, anonymous clients refused. The demo
     // provisions every client it starts in the store beside the agent state, as an operator would
     // with `ferry devices|agents|operators add`.
-    const store = IdentityStore.open(dataDir);
+    // Every identity is made at once: hashed side by side on the thread pool (broker/kdf.ts).
+    const store = IdentityStore.open(dataDir, { kdf: poolKdf });
     const ids = fleetIds(n);
     const [operator] = (await provision(store, 'operator', ['demo-operator'])).values();
     const [agentCred] = (await provision(store, 'agent', ['demo-agent'], { serves: ['*'] })).values();

@@ -11,6 +11,7 @@ import { imageStateName, SimNode, type NodeOutcome } from '../device/node.js';
 import { BOOT_PROFILES, type BootProfileName } from '../device/profiles.js';
 import { simSweepCommand } from './sim-sweep.js';
 import { IdentityStore } from '../broker/identity-store.js';
+import { poolKdf } from '../broker/kdf.js';
 import { provision } from '../broker/provision.js';
 import { DEFAULT_DATA_DIR } from './broker.js';
 import { brokerOption, jsonOption, prefixOption, untilSignal, usernameOption } from './common.js';
@@ -105,7 +106,8 @@ function flagError(msg: string): never {
 
 /** Node identities for the simulated ids, written where `ferry devices add` writes them. */
 async function provisionNodes(dataDir: string, ids: string[]): Promise<Map<string, string>> {
-  const store = IdentityStore.open(dataDir);
+  // Hundreds of hashes at once: side by side on the thread pool (broker/kdf.ts).
+  const store = IdentityStore.open(dataDir, { kdf: poolKdf });
   try {
     const creds = await provision(store, 'node', ids);
     process.stderr.write(`ferry sim: provisioned ${ids.length} node identities in ${store.file}\n`);

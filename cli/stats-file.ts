@@ -12,6 +12,9 @@ export interface ProcessStats {
   /** Peak resident set size, bytes. */
   maxRssBytes: number;
   heapUsedBytes: number;
+  /** V8 heap reserved, and memory outside it (Buffers and other native allocations V8 knows of). */
+  heapTotalBytes: number;
+  externalBytes: number;
   storeWrites: number;
   storeCommits: number;
 }
@@ -33,6 +36,8 @@ export function startStatsFile(file: string, agent: Agent): () => void {
       rssBytes: mem.rss,
       maxRssBytes: process.resourceUsage().maxRSS * 1024,
       heapUsedBytes: mem.heapUsed,
+      heapTotalBytes: mem.heapTotal,
+      externalBytes: mem.external,
       storeWrites: agent.store.writes,
       storeCommits: agent.store.commits,
     };

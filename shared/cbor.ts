@@ -87,7 +87,7 @@ export class FieldReader {
       throw new ProtocolError(Reason.badField, `${this.what}.${name} (key ${key}): expected ${exact} bytes, got ${v.length}`);
     }
     if (v.length > maxBytes) throw new ProtocolError(Reason.oversize, `${this.what}.${name} (key ${key}): ${v.length} bytes exceeds ${maxBytes}`);
-    return Buffer.from(v.buffer, v.byteOffset, v.length);
+    return ownBytes(v);
   }
 
   optBytes(key: number, name: string, maxBytes: number, exact?: number): Buffer | undefined {
@@ -99,4 +99,15 @@ export class FieldReader {
     if (!(v instanceof Map)) throw new ProtocolError(Reason.badField, `${this.what}.${name} (key ${key}): expected a map`);
     return new FieldReader(v as CborMap, `${this.what}.${name}`);
   }
+}
+
+/**
+ * A copy in memory of its own. The decoder's byte strings are views into the message, and an MQTT
+ * payload is a view into a whole socket read (up to 64 KiB of other messages): a 32-byte digest kept
+ * in a node's record would hold all of that for as long as the record lives.
+ */
+function ownBytes(v: Uint8Array): Buffer {
+  const copy = Buffer.allocUnsafeSlow(v.length);
+  copy.set(v);
+  return copy;
 }

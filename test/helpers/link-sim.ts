@@ -12,6 +12,8 @@ import { TransferWindow } from '../../agent/window.js';
 export interface SimLink {
   chunksPerMs: number;
   delayMs: number;
+  /** Bytes per chunk, for the sender's first timer (TransferWindow's chunkBytes); unset, it is not told. */
+  chunkBytes?: number;
 }
 
 export interface SimResult {
@@ -27,11 +29,15 @@ export interface SimResult {
   phase: string;
   /** The window's changes with their (fake) times. */
   windowLog: TransferWindow['windowLog'];
+  /** Chunks sent again before the node's first ack reached the sender. */
+  retransmitsBeforeFirstAck: number;
+  /** When the first ack reached the sender, ms. */
+  firstAckAt: number;
 }
 
 export function simulateTransfer(count: number, nodeWindow: number, link: SimLink, rtt: Partial<RttConfig> = {}): SimResult {
   const est = new RttEstimator({ initialRto: 1000, minRto: 200, maxRto: 60_000, ...rtt });
-  const w = new TransferWindow(count, nodeWindow, est);
+  const w = new TransferWindow(count, nodeWindow, est, undefined, link.chunkBytes);
   const node = new ChunkBitmap(count);
   const interval = ackInterval(nodeWindow);
   const events: { at: number; run: () => void }[] = [];
@@ -47,6 +53,8 @@ export function simulateTransfer(count: number, nodeWindow: number, link: SimLin
   let maxCwnd = w.congestionWindow;
   let maxQueue = 0;
   let timerAt = Infinity;
+  let firstAckAt = -1;
+  let retransmitsBeforeFirstAck = 0;
   const departures: number[] = [];
   const pump = (now: number) => {
     w.expire(now);
@@ -82,6 +90,10 @@ export function simulateTransfer(count: number, nodeWindow: number, link: SimLin
       const base = node.firstMissing();
       const sel = base < count ? node.slice(base, 1024) : undefined;
       at(now + link.delayMs, () => {
+        if (firstAckAt < 0) {
+          firstAckAt = now + link.delayMs;
+          retransmitsBeforeFirstAck = w.retransmits;
+        }
         w.onAck(base, sel, now + link.delayMs);
         if (!w.complete) pump(now + link.delayMs);
       });
@@ -103,5 +115,7 @@ export function simulateTransfer(count: number, nodeWindow: number, link: SimLin
     maxQueue,
     phase: w.growthState.phase,
     windowLog: w.windowLog,
+    retransmitsBeforeFirstAck,
+    firstAckAt,
   };
 }
