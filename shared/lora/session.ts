@@ -1,6 +1,6 @@
 import { codedFragment } from './fec.js';
 import { MAX_FRAGMENT_COUNTER } from './fec-decoder.js';
-import { chooseRedundancy, chooseRepairCount, planRepair } from './redundancy.js';
+import { chooseRepairCount, planRepair } from './redundancy.js';
 import { encodeRequests, TS004_PORT, type Ts004Request } from './ts004.js';
 
 /**
@@ -23,8 +23,13 @@ export interface SessionConfig {
   padding: number;
   /** Loss assumed for the first round (measured on earlier blocks). */
   loss: number;
-  /** Decode probability the first round aims at; repair covers the rest (0.5: the median need). */
-  firstRoundTarget: number;
+  /**
+   * Coded fragments in the first round beyond the expected need M·p/(1−p). The repair round, sized from what
+   * the node reports, covers the rest: cheaper on average than a p99 first round (docs/lora.md §5).
+   */
+  firstRoundMargin: number;
+  /** Decode probability each repair round aims at (lower: less airtime, more rounds). */
+  repairTarget: number;
   /** How long to wait for answers after a setup or status request was transmitted. */
   answerTimeoutMs: number;
   maxRounds: number;
@@ -39,7 +44,8 @@ interface MemberAnswer {
   missing?: number;
   received?: number;
   memoryError?: boolean;
-  unknown?: number;
+  /** lstatus key 3: M − rank, exact (StatusAns' MissingFrag stops at 255). */
+  deficiency?: number;
   indices: number[];
   lastPage: boolean;
 }
@@ -74,7 +80,8 @@ export type SessionInput =
   | { kind: 'tick' }
   | { kind: 'setupAns'; devEui: string; ok: boolean; detail: string }
   | { kind: 'statusAns'; devEui: string; received: number; missing: number; memoryError: boolean }
-  | { kind: 'statusPage'; devEui: string; unknown: number; indices: readonly number[]; last: boolean }
+  /** One lstatus page: the node's rank deficiency and some of its unsolved data fragments (0-based). */
+  | { kind: 'statusPage'; devEui: string; deficiency: number; indices: readonly number[]; last: boolean }
   /** The LNS refused a frame as too big for the current data rate: the runtime sets up again smaller. */
   | { kind: 'tooBig'; devEui?: string }
   | { kind: 'cancel'; reason: string };
@@ -177,25 +184,27 @@ function firstRound(s: SessionState, effects: SessionEffect[]): StepResult {
     if (byNode.every((l) => l.length === 0)) {
       return finish({ ...s, completed: [...s.active], active: [] }, effects);
     }
-    return repairRound(s, Object.fromEntries(s.active.map((d, i) => [d, { indices: [...byNode[i]], lastPage: true, unknown: byNode[i].length }])), effects);
+    return repairRound(s, Object.fromEntries(s.active.map((d, i) => [d, { indices: [...byNode[i]], lastPage: true, deficiency: byNode[i].length }])), effects);
   }
   const loss = Math.max(...s.active.map((d) => s.loss[d]));
-  const r = loss === 0 ? 0 : chooseRedundancy(m(s), loss, s.cfg.firstRoundTarget);
+  const r = loss === 0 ? 0 : Math.ceil((m(s) * loss) / (1 - loss)) + s.cfg.firstRoundMargin;
   const counters = Array.from({ length: m(s) + r }, (_, i) => i + 1);
   return startRound(s, counters, groupOrNode(s), effects);
 }
 
 /** Plans the next round from the members' answers (bitmaps where complete, counts otherwise). */
-function repairRound(s: SessionState, needs: Record<string, Pick<MemberAnswer, 'indices' | 'lastPage' | 'unknown' | 'missing'>>, effects: SessionEffect[]): StepResult {
+function repairRound(s: SessionState, needs: Record<string, Pick<MemberAnswer, 'indices' | 'lastPage' | 'deficiency' | 'missing'>>, effects: SessionEffect[]): StepResult {
   const needy = Object.keys(needs);
   const loss = Math.max(0, ...needy.map((d) => s.loss[d]));
-  const complete = (a: (typeof needs)[string]) => a.unknown !== undefined && a.indices.length === a.unknown;
+  // The unsolved list alone plans exactly only when the node holds no parity rows over it (deficiency = list
+  // length, e.g. after a reboot); otherwise fresh rows against the deficiency cost far less than a basis.
+  const complete = (a: (typeof needs)[string]) => a.lastPage && a.deficiency !== undefined && a.indices.length === a.deficiency;
   const withLists = needy.filter((d) => complete(needs[d]));
   let counters: number[] = [];
   try {
-    if (withLists.length > 0) counters = planRepair({ m: m(s), missingByNode: withLists.map((d) => needs[d].indices), nextCounter: s.nextCounter, loss }).counters;
+    if (withLists.length > 0) counters = planRepair({ m: m(s), missingByNode: withLists.map((d) => needs[d].indices), nextCounter: s.nextCounter, loss, target: s.cfg.repairTarget }).counters;
     const countOnly = needy.filter((d) => !complete(needs[d]));
-    const extra = Math.max(0, ...countOnly.map((d) => chooseRepairCount(m(s), needs[d].unknown ?? needs[d].missing ?? 1, s.loss[d])));
+    const extra = Math.max(0, ...countOnly.map((d) => chooseRepairCount(m(s), needs[d].deficiency ?? needs[d].missing ?? 1, s.loss[d], s.cfg.repairTarget)));
     const from = counters.length ? counters[counters.length - 1] + 1 : s.nextCounter;
     for (let k = 0; k < extra; k++) counters.push(from + k);
     if (counters.length && counters[counters.length - 1] > MAX_FRAGMENT_COUNTER) throw new RangeError('counters run past 16,383');
@@ -314,7 +323,7 @@ export function step(s: SessionState, input: SessionInput, now: number): StepRes
       const a: MemberAnswer =
         input.kind === 'statusAns'
           ? { ...prev, missing: input.missing, received: input.received, memoryError: input.memoryError }
-          : { ...prev, unknown: input.unknown, indices: [...new Set([...prev.indices, ...input.indices])], lastPage: prev.lastPage || input.last };
+          : { ...prev, deficiency: input.deficiency, indices: [...new Set([...prev.indices, ...input.indices])], lastPage: prev.lastPage || input.last };
       const answers = { ...p.answers, [input.devEui]: a };
       const next = { ...s, phase: { ...p, answers } };
       if (!s.active.every((d) => answered(s, answers[d]))) return { state: next, effects: [] };
