@@ -17,6 +17,8 @@ export interface LnsUplink {
   dr: number;
   rssi?: number;
   snr?: number;
+  /** Uplink frequency, when the LNS says: Class A downlinks in RX1 go on it (duty-cycle accounting). */
+  frequencyHz?: number;
 }
 
 /** The gateway transmitted the downlink with this id. */
