@@ -11,6 +11,8 @@ import { PatchCache } from './patches.js';
 import { PresenceQueries } from './presence.js';
 import { ReleaseIntake, type Verdict } from './release-intake.js';
 import type { NodeStatus } from './status.js';
+import { createLnsAdapter } from './lns/index.js';
+import { LoraRuntime } from './lora/runtime.js';
 import { AgentStore } from './store.js';
 import type { Release } from './types.js';
 import { SYSTEM_CLOCK, Updates, type Clock } from './updates.js';
@@ -46,6 +48,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private readonly presence: PresenceQueries;
   private readonly updates: Updates;
   private sweeper: NodeJS.Timeout | undefined;
+  /** LoRa nodes behind a network server, when `lora` is configured. */
+  readonly lora: LoraRuntime | undefined;
   private closed = false;
   private lastBadTopic = 0;
   private lastStrangerError = 0;
@@ -97,9 +101,18 @@ export class Agent extends EventEmitter<AgentEvents> {
       onReady: (release) => {
         this.emit('release', release);
         this.updates.releaseReady(release);
+        this.lora?.releaseReady(release);
       },
       onVerdict: (v) => this.publishVerdict(v),
     });
+    if (opts.lora) {
+      const lns = 'kind' in opts.lora.lns && 'sendDown' in opts.lora.lns ? opts.lora.lns : createLnsAdapter(opts.lora.lns, log);
+      this.lora = new LoraRuntime({
+        lns, store: this.store, catalog: this.catalog, log, options: opts.lora.options,
+        publishStatus: (id, doc) => void this.links.publishStatus(id, doc),
+        onStatus: (s) => this.emit('status', s),
+      });
+    }
   }
 
   private log(level: 'info' | 'warn' | 'error', msg: string): void {
@@ -114,6 +127,14 @@ export class Agent extends EventEmitter<AgentEvents> {
       throw err;
     }
     this.intake.start();
+    if (this.lora) {
+      try {
+        await this.lora.start();
+      } catch (err) {
+        await this.stop();
+        throw err;
+      }
+    }
     this.sweeper = setInterval(() => this.updates.sweep(), 500);
     this.sweeper.unref();
     this.log('info', `agent connected to ${this.links.describe()}, ${this.catalog.all().length} release(s), ${this.updates.nodes.size} known node(s)`);
@@ -134,6 +155,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.intake.stop();
     this.presence.stop();
     this.updates.stop();
+    await this.lora?.stop();
     await this.links.stop();
     await this.patches.close();
     this.store.close();
@@ -141,12 +163,13 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   /** Snapshot of every node's status. */
   statuses(): NodeStatus[] {
-    return [...this.updates.nodes.values()].map((n) => this.updates.statusOf(n));
+    return [...[...this.updates.nodes.values()].map((n) => this.updates.statusOf(n)), ...(this.lora?.statuses() ?? [])];
   }
 
   status(id: string): NodeStatus | undefined {
     const n = this.updates.nodes.get(id);
-    return n && this.updates.statusOf(n);
+    const l = this.lora?.nodes.get(id);
+    return n ? this.updates.statusOf(n) : l && this.lora?.statusOf(l);
   }
 
   /** Releases whose manifest arrived but not yet all their parts. */

@@ -1,4 +1,7 @@
 import type { KeyObject } from 'node:crypto';
+import type { LnsConfig } from './lns/index.js';
+import type { LnsAdapter } from './lns/types.js';
+import type { LoraOptions } from './lora/runtime.js';
 import { DEFAULT_RECONNECT, type ReconnectConfig } from './reconnect.js';
 import { DEFAULT_RTT, type RttConfig } from './rtt.js';
 
@@ -24,6 +27,8 @@ export interface ResendBudget {
 }
 
 export interface AgentOptions {
+  /** LoRa nodes behind a network server (docs/lora.md §7): the LNS link and the LoRa runtime's settings. */
+  lora?: { lns: LnsConfig | LnsAdapter; options?: Partial<LoraOptions> };
   /** The broker the nodes talk to (the gateway's local broker). */
   brokerUrl: string;
   /**
