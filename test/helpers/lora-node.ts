@@ -98,7 +98,7 @@ export class TestLoraNode {
         return this.statusFrames();
       case 'activate': {
         const p = this.persisted;
-        if (!p || p.offer.transferId !== m.transferId || p.blocks.length < p.offer.blocks) return [this.up({ type: 'report', transferId: m.transferId, stage: 5, reason: 21 })];
+        if (!p || p.offer.transferId !== m.transferId || p.blocks.length < p.offer.blocks) return [this.up({ type: 'report', transferId: m.transferId, stage: 5, reason: 17 })];
         const image = concat(p.blocks.slice(1));
         this.persisted = null;
         const rebooting = this.up({ type: 'report', transferId: m.transferId, stage: 2, reason: 0 });
