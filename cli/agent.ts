@@ -2,11 +2,12 @@ import type { CommandModule } from 'yargs';
 import { Agent, type AgentOptions } from '../agent/agent.js';
 import { brokerOption, jsonOption, makeLogger, prefixOption, untilSignalOnceStarted, usernameOption, UsageError } from './common.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
+import { lnsOptions, planLns, type LnsArgs } from './lns.js';
 import { readTrustKeys } from './key-files.js';
 import { PASSWORD, passwordOptions, readSecret, UPSTREAM_PASSWORD, upstreamPasswordOptions } from './secrets.js';
 import { brokerUrl, optionalBrokerUrl } from './validate.js';
 
-export interface AgentArgs {
+export interface AgentArgs extends LnsArgs {
   username?: string;
   password?: string;
   'password-file'?: string;
@@ -41,6 +42,7 @@ export const agentOptions = {
   'resend-budget': { type: 'number', default: 4, describe: 'chunk resends per node per second, in node windows (bounds what Hellos and Acks can make the agent resend)' },
   'release-timeout': { type: 'number', default: 300, describe: 'seconds to wait for all parts of a release after its manifest before dropping it' },
   json: jsonOption,
+  ...lnsOptions,
 } as const;
 
 export function validateAgentArgs(argv: AgentArgs): void {
@@ -76,6 +78,7 @@ export function planAgent(argv: AgentArgs): AgentPlan {
     resendBudget: { windows: argv['resend-budget'], perMs: 1000 },
     releaseAssemblyTimeoutMs: argv['release-timeout'] * 1000,
     log: makeLogger(argv.json),
+    lora: planLns(argv),
   };
 }
 
