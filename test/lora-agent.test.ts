@@ -53,7 +53,7 @@ t.test('a LoRa node is updated through ChirpStack topics with 10 % fragment loss
   const events = world.agent.store.events(dev).map((e) => e.kind);
   t.ok(events.includes('lora-offer') && events.includes('lora-confirmed'), `events: ${events.join(', ')}`);
   const frags = player.downlinks.filter((d) => isFragment(d.fPort, d.bytes)).length;
-  const m = Math.ceil(world.agent.catalog.latestFor('lora-a')!.row.manifest.length / 239) + 3 * Math.ceil(2048 / 239);
+  const m = dataFragments(player);
   t.ok(frags >= m, `fragments sent ${frags} for about ${m} data fragments`);
   t.ok(player.downlinks.every((d) => d.bytes.length <= 242), 'every downlink fits US915 DR13');
 });
@@ -149,3 +149,38 @@ t.test('The Things Stack: nodes are mapped, but no unicast FUOTA is planned (fai
   t.equal(s.state, 'idle');
   t.match(s.detail, /fair use/);
 });
+
+t.test('several nodes of one hw share one multicast stream; repair is per node', async (t) => {
+  const { world, player } = await setup(t);
+  const devs = ['00112233445566d1', '00112233445566d2', '00112233445566d3'];
+  const losses = [0, 0.1, 0.2];
+  const rnd = seeded(runSeed(1311));
+  const nodes = devs.map((d) => new TestLoraNode(d, 'lora-m', '1.0.0', demoImage('lora-m', '1.0.0', 6000)));
+  nodes.forEach((n, i) => player.nodes.set(devs[i], n));
+  player.deliver = (d, fPort, bytes) => !(isFragment(fPort, bytes) && rnd() < losses[devs.indexOf(d)]);
+  for (const n of nodes) {
+    await player.uplink(n.devEui, [n.hello()]);
+    await world.until(n.devEui, (s) => s.hw === 'lora-m', 'hello');
+  }
+  const image = demoImage('lora-m', '1.1.0', 6000);
+  await world.publish({ hw: 'lora-m', version: '1.1.0', image });
+  for (const d of devs) await world.until(d, (s) => s.state === 'confirmed', `${d} confirmed`, 120_000);
+  for (const n of nodes) t.same(Buffer.from(n.digest), sha(image), `${n.devEui} runs the new image`);
+  const frags = player.downlinks.filter((d) => isFragment(d.fPort, d.bytes));
+  const group = frags.filter((d) => d.devEui.startsWith('group:')).length;
+  const unicast = frags.length - group;
+  const m = dataFragments(player);
+  t.ok(group >= m, `${group} fragments on the group for ${m} data fragments`);
+  // Three nodes losing 0, 10 and 20 %: one stream plus small repairs, below three unicast transfers (≥ 3·M even without loss).
+  t.ok(frags.length < 3 * m, `fragment frames for 3 nodes: ${frags.length} (${group} multicast + ${unicast} unicast repair) for ${m} data fragments`);
+});
+
+/** M summed over the distinct blocks the agent set up. */
+function dataFragments(player: Player): number {
+  const byBlock = new Map<number, number>();
+  for (const d of player.downlinks) {
+    if (d.fPort !== 201) continue;
+    for (const c of decodeRequests(d.bytes)) if (c.cmd === 'FragSessionSetupReq') byBlock.set(c.descriptor, c.nbFrag);
+  }
+  return [...byBlock.values()].reduce((a, b) => a + b, 0);
+}

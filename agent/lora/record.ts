@@ -25,6 +25,8 @@ export interface LoraNode {
   sessionTimer: NodeJS.Timeout | undefined;
   online: boolean;
   warnings: string[];
+  /** McAddr of the multicast group the node's transfer belongs to. */
+  groupAddr?: number;
 }
 
 export function isLoraRow(row: NodeRow): boolean {

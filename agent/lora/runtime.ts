@@ -2,11 +2,13 @@ import { randomInt } from 'node:crypto';
 import { ProtocolError } from '../../shared/errors.js';
 import { decodeUp, encodeDown, FERRY_LORA_PORT, pageIndices, StatusFlag, type LoraDown, type LoraUp } from '../../shared/lora/control.js';
 import { DEFAULT_RX1_HZ, regionByName, RX2_FREQUENCY_HZ } from '../../shared/lora/duty.js';
-import { fragmentBlock } from '../../shared/lora/fec.js';
+import { blockFragmentSize, fragmentBlock } from '../../shared/lora/fec.js';
 import { MAX_FRAGMENT_COUNTER } from '../../shared/lora/fec-decoder.js';
 import { maxFragmentSize, type Region } from '../../shared/lora/regions.js';
 import { initialSession, step, type SessionEffect, type SessionInput } from '../../shared/lora/session.js';
 import { decodeAnswers, TS004_PORT } from '../../shared/lora/ts004.js';
+import { decodeTs005Answers, TS005_PORT } from '../../shared/lora/ts005.js';
+import { MulticastGroups } from './groups.js';
 import type { ReleaseCatalog } from '../catalog.js';
 import { rateLimited } from '../lns/json.js';
 import type { LnsAdapter, LnsUplink } from '../lns/types.js';
@@ -50,6 +52,7 @@ const MAX_LORA_NODES = 100_000;
 export class LoraRuntime {
   readonly nodes = new Map<string, LoraNode>();
   readonly queue: DownlinkQueue;
+  readonly groups: MulticastGroups;
   private readonly o: LoraOptions;
   private readonly warnOnce = rateLimited(1000);
   private closed = false;
@@ -58,6 +61,12 @@ export class LoraRuntime {
     this.o = { ...DEFAULT_LORA, ...d.options };
     if (!(this.o.blockKiB >= 1 && this.o.blockKiB <= 64)) throw new RangeError(`LoRa block size ${this.o.blockKiB} KiB is not 1..64`);
     this.queue = new DownlinkQueue(d.lns, this.o.region, d.log);
+    this.groups = new MulticastGroups({
+      region: this.o.region, queue: this.queue, log: d.log, answerTimeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries,
+      release: (id) => d.catalog.get(id),
+      feedTransfer: (n, input) => this.feedTransfer(n, input),
+      startUnicast: (n, index, resume) => this.startBlock(n, index, resume, true),
+    });
     for (const row of d.store.nodes()) if (isLoraRow(row)) this.nodes.set(row.id, newLoraNode(row, this.o.initialLoss));
     d.lns.on('up', (u) => this.guard(() => this.onUp(u)));
     d.lns.on('error', (e) => this.guard(() => this.onLnsError(e.devEui, e.code, e.description)));
@@ -71,6 +80,7 @@ export class LoraRuntime {
   async stop(): Promise<void> {
     this.closed = true;
     this.queue.stop();
+    this.groups.stop();
     for (const n of this.nodes.values()) {
       clearTimeout(n.transferTimer);
       clearTimeout(n.sessionTimer);
@@ -83,9 +93,27 @@ export class LoraRuntime {
     return [...this.nodes.values()].map((n) => this.statusOf(n));
   }
 
-  /** A release became available: offer it to the LoRa nodes of its hardware that are idle. */
+  /**
+   * A release became available: offer it to the LoRa nodes of its hardware that are idle, as one multicast group
+   * when several need it (one airtime for all), else unicast.
+   */
   releaseReady(release: Release): void {
-    for (const n of this.nodes.values()) if (n.row.hw === release.row.hw && !n.transfer) this.consider(n);
+    const want = [...this.nodes.values()].filter((n) => n.row.hw === release.row.hw && !n.transfer && this.needs(n, release));
+    if (want.length < 2 || !this.d.lns.unicastFuota || this.d.lns.kind !== 'chirpstack') {
+      for (const n of want) this.consider(n);
+      return;
+    }
+    const transferId = randomInt(1, 0xffff_ffff);
+    const g = this.groups.create(release, transferId, want);
+    this.d.log('info', `LoRa: ${release.row.version} to ${want.length} ${release.row.hw} nodes as multicast group ${g.mcAddr.toString(16).padStart(8, '0')}`);
+    for (const n of want) this.beginTransfer(n, release, transferId, undefined, g.mcAddr);
+  }
+
+  private needs(n: LoraNode, release: Release): boolean {
+    const r = n.row;
+    if (release.row.version === r.runningVersion) return false;
+    if (r.runningDigest && release.row.digest.subarray(0, 4).equals(r.runningDigest)) return false;
+    return !this.d.store.refusals(r.id).some((x) => x.release === release.row.id);
   }
 
   private guard(f: () => void): void {
@@ -123,6 +151,14 @@ export class LoraRuntime {
       if (!n) return this.askHello(u.devEui, u.dr);
       if (m.type === 'status') return this.onStatusPage(n, m);
       return this.feedTransfer(n, { kind: 'report', stage: m.stage, reason: m.reason });
+    }
+    if (u.fPort === TS005_PORT && n) {
+      try {
+        this.groups.onTs005(n, decodeTs005Answers(u.bytes));
+      } catch (err) {
+        this.warn(`bad:${u.devEui}`, `LoRa node ${u.devEui}: ignored TS005 uplink: ${(err as Error).message}`);
+      }
+      return;
     }
     if (u.fPort === TS004_PORT && n) {
       let answers;
@@ -192,6 +228,12 @@ export class LoraRuntime {
     const indices = m.bitmap && m.page !== undefined ? pageIndices(m.page, m.bitmap) : [];
     const last = (m.flags & StatusFlag.lastPage) !== 0 || m.bitmap === undefined;
     const resume = (m.flags & StatusFlag.resume) !== 0;
+    if (!resume && m.unknown !== undefined && this.groups.inStatus(n, m.done)) {
+      this.groups.feed(n, { kind: 'statusPage', devEui: n.row.id, deficiency: m.unknown, indices, last }, m.done % 4);
+      return;
+    }
+    const g = this.groups.groupOf(n);
+    if (resume && g) this.groups.leave(g, n, 'rebooted');
     const s = n.session;
     if (s && !resume && s.index === m.done && s.state.phase.kind === 'status' && m.unknown !== undefined) {
       return this.feedSession(n, { kind: 'statusPage', devEui: n.row.id, deficiency: m.unknown, indices, last }, s.index % 4);
@@ -216,9 +258,7 @@ export class LoraRuntime {
   private consider(n: LoraNode): void {
     const r = n.row;
     const release = this.d.catalog.offerableFor(r.hw);
-    if (!release || release.row.version === r.runningVersion) return;
-    if (r.runningDigest && release.row.digest.subarray(0, 4).equals(r.runningDigest)) return;
-    if (this.d.store.refusals(r.id).some((x) => x.release === release.row.id)) return;
+    if (!release || !this.needs(n, release)) return;
     if (!this.d.lns.unicastFuota) {
       const why = `${this.d.lns.kind}: no LoRa FUOTA planned (fair use allows ~10 downlinks a day); ${r.id} stays on ${r.runningVersion}`;
       if (r.detail !== why) {
@@ -234,12 +274,12 @@ export class LoraRuntime {
     this.beginTransfer(n, release, randomInt(1, 0xffff_ffff), undefined);
   }
 
-  private beginTransfer(n: LoraNode, release: Release, transferId: number, first: LoraDown | undefined): void {
+  private beginTransfer(n: LoraNode, release: Release, transferId: number, first: LoraDown | undefined, mcAddr?: number): void {
     const r = n.row;
     const blockBytes = this.o.blockKiB * 1024;
     const blocks = 1 + Math.ceil(release.image.length / blockBytes);
     n.transfer = {
-      plan: { transferId, version: release.row.version, digestPrefix: release.row.digest.subarray(0, 4), blocks, size: release.image.length, blockKiB: this.o.blockKiB, classCSeconds: this.o.classCSeconds, timeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries },
+      plan: { transferId, version: release.row.version, digestPrefix: release.row.digest.subarray(0, 4), blocks, size: release.image.length, blockKiB: this.o.blockKiB, classCSeconds: this.o.classCSeconds, mcAddr, timeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries },
       phase: { kind: 'offered', tries: 1, deadline: Date.now() + this.o.answerTimeoutMs },
     };
     Object.assign(r, { targetRelease: release.row.id, session: transferId, chunkCount: blocks, chunkSize: blockBytes, bitmap: null, reason: 0, detail: '', attempts: r.attempts + 1 });
@@ -269,10 +309,13 @@ export class LoraRuntime {
         return this.sendControl(n, a.msg);
       case 'wakeAt':
         return this.armTransferTimer(n, a.at);
-      case 'stopBlock':
+      case 'stopBlock': {
+        const g = this.groups.groupOf(n);
+        if (g) this.groups.leave(g, n, 'its transfer stopped the block');
         clearTimeout(n.sessionTimer);
         n.session = undefined;
         return;
+      }
       case 'startBlock':
         return this.startBlock(n, a.index, a.resumeUnknown);
     }
@@ -283,14 +326,16 @@ export class LoraRuntime {
     n.transferTimer = setTimeout(() => this.guard(() => this.feedTransfer(n, { kind: 'tick' })), Math.max(0, at - Date.now()));
   }
 
-  private startBlock(n: LoraNode, index: number, resumeUnknown: number[] | undefined): void {
-    const t = n.transfer!;
+  private startBlock(n: LoraNode, index: number, resumeUnknown: number[] | undefined, unicast = false): void {
+    if (!unicast && this.groups.wantBlock(n, index, resumeUnknown)) return;
+    const t = n.transfer;
+    if (!t) return;
     const release = this.d.catalog.get(n.row.targetRelease);
     if (!release) return this.feedTransfer(n, { kind: 'blockFailed', index, detail: 'the release is gone' });
     const B = t.plan.blockKiB * 1024;
     const data = index === 0 ? release.row.manifest : release.image.subarray((index - 1) * B, index * B);
     const dr = downlinkDr(this.o.region, n.dr);
-    const { fragments, padding } = fragmentBlock(data, maxFragmentSize(regionByName(this.o.region), dr));
+    const { fragments, padding } = fragmentBlock(data, blockFragmentSize(data.length, maxFragmentSize(regionByName(this.o.region), dr)));
     if (fragments.length > MAX_FRAGMENT_COUNTER / 2) return this.feedTransfer(n, { kind: 'blockFailed', index, detail: `${fragments.length} fragments at DR${dr}: use a smaller block` });
     const state = initialSession({
       members: [n.row.id], multicast: false, fragIndex: index % 4, descriptor: (((t.plan.transferId & 0xffff) << 16) | index) >>> 0, fragments, padding,
@@ -302,6 +347,7 @@ export class LoraRuntime {
   }
 
   private feedSession(n: LoraNode, input: SessionInput, fragIndex: number): void {
+    if (this.groups.feed(n, input, fragIndex)) return;
     const s = n.session;
     if (!s || s.index % 4 !== fragIndex) return;
     const r = step(s.state, input, Date.now());
@@ -369,6 +415,8 @@ export class LoraRuntime {
       this.d.log(r.state === 'confirmed' ? 'info' : 'warn', `LoRa node ${r.id}: ${t.plan.version} ${r.state}${r.detail ? ` (${r.detail})` : ''}`);
       clearTimeout(n.transferTimer);
       clearTimeout(n.sessionTimer);
+      const g = this.groups.groupOf(n);
+      if (g) this.groups.leave(g, n, `transfer ${r.state}`);
       n.transfer = undefined;
       n.session = undefined;
     }

@@ -16,6 +16,8 @@ export interface TransferPlan {
   blockKiB: number;
   /** Unicast Class C listening time announced in the offer. */
   classCSeconds: number;
+  /** Multicast: the group's McAddr (the offer then carries it instead of Class C seconds). */
+  mcAddr?: number;
   timeoutMs: number;
   maxTries: number;
 }
@@ -74,7 +76,7 @@ export function stateOf(t: Transfer): NodeStateName {
 }
 
 export function offerOf(p: TransferPlan): LoraDown {
-  return { type: 'offer', transferId: p.transferId, digestPrefix: p.digestPrefix, version: p.version, blocks: p.blocks, size: p.size, blockKiB: p.blockKiB, encoding: 0, classCSeconds: p.classCSeconds };
+  return { type: 'offer', transferId: p.transferId, digestPrefix: p.digestPrefix, version: p.version, blocks: p.blocks, size: p.size, blockKiB: p.blockKiB, encoding: 0, ...(p.mcAddr !== undefined ? { mcAddr: p.mcAddr } : { classCSeconds: p.classCSeconds }) };
 }
 
 type Result = { t: Transfer; actions: TransferAction[] };

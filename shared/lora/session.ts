@@ -204,7 +204,7 @@ function repairRound(s: SessionState, needs: Record<string, Pick<MemberAnswer, '
   try {
     if (withLists.length > 0) counters = planRepair({ m: m(s), missingByNode: withLists.map((d) => needs[d].indices), nextCounter: s.nextCounter, loss, target: s.cfg.repairTarget }).counters;
     const countOnly = needy.filter((d) => !complete(needs[d]));
-    const extra = Math.max(0, ...countOnly.map((d) => chooseRepairCount(m(s), needs[d].deficiency ?? needs[d].missing ?? 1, s.loss[d], s.cfg.repairTarget)));
+    const extra = Math.max(0, ...countOnly.map((d) => repairCount(m(s), needs[d].deficiency ?? needs[d].missing ?? 1, s.loss[d], s.cfg.repairTarget)));
     const from = counters.length ? counters[counters.length - 1] + 1 : s.nextCounter;
     for (let k = 0; k < extra; k++) counters.push(from + k);
     if (counters.length && counters[counters.length - 1] > MAX_FRAGMENT_COUNTER) throw new RangeError('counters run past 16,383');
@@ -234,7 +234,7 @@ function judgeStatus(s: SessionState, answers: Record<string, MemberAnswer>, eff
       next = dropMember(next, d, 'not enough matrix memory', effects);
       continue;
     }
-    if (a.received !== undefined && next.sentTo[d] > 0) next = { ...next, loss: { ...next.loss, [d]: Math.min(0.9, Math.max(0, 1 - a.received / next.sentTo[d])) } };
+    if (a.received !== undefined && next.sentTo[d] > 0) next = { ...next, loss: { ...next.loss, [d]: measuredLoss(next.sentTo[d], a.received, s.cfg.loss) } };
     if (a.missing === 0) {
       next = { ...next, active: next.active.filter((x) => x !== d), completed: [...next.completed, d] };
       effects.push(report({ kind: 'memberDone', devEui: d, loss: next.loss[d] }));
@@ -247,6 +247,24 @@ function judgeStatus(s: SessionState, answers: Record<string, MemberAnswer>, eff
   }
   return repairRound(next, needs, effects);
 }
+
+/** chooseRepairCount, or for a block too small for the model (M < 4: sparse or empty rows) twice the deficiency plus 2. */
+function repairCount(m: number, deficiency: number, loss: number, target: number): number {
+  try {
+    return chooseRepairCount(m, deficiency, loss, target);
+  } catch {
+    return 2 * deficiency + 2;
+  }
+}
+
+/** Loss seen by one node, with the session's prior worth 10 fragments so a small block cannot swing it wildly. */
+export function measuredLoss(sent: number, received: number, prior: number): number {
+  const lost = Math.max(0, sent - Math.min(received, sent));
+  return Math.min(MAX_PLANNED_LOSS, (lost + prior * PRIOR_WEIGHT) / (sent + PRIOR_WEIGHT));
+}
+const PRIOR_WEIGHT = 10;
+/** Beyond this the repair planner is asked for no more margin: another round costs less than a blind flood. */
+const MAX_PLANNED_LOSS = 0.6;
 
 const answered = (s: SessionState, a: MemberAnswer | undefined) =>
   a !== undefined && a.missing !== undefined && (a.missing === 0 || a.memoryError === true || a.lastPage || !s.cfg.pages);

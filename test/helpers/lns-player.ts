@@ -11,7 +11,7 @@ import type { Frame, TestLoraNode } from './lora-node.js';
 export interface Player {
   client: MqttClient;
   nodes: Map<string, TestLoraNode>;
-  /** Every downlink the agent sent: devEui, fPort, bytes, in order. */
+  /** Every downlink the agent sent: devEui (or `group:<McAddr hex>`), fPort, bytes, in order. */
   downlinks: { devEui: string; fPort: number; bytes: Buffer; at: number }[];
   /** Publishes the node's frames as uplinks. */
   uplink(devEui: string, frames: Frame[]): Promise<void>;
@@ -40,8 +40,20 @@ export async function startPlayer(brokerUrl: string, appId: string, dr: number, 
     },
     close: () => client.endAsync(),
   };
-  await client.subscribeAsync(`application/${appId}/device/+/command/down`);
+  await client.subscribeAsync([`application/${appId}/device/+/command/down`, `application/${appId}/multicast-group/+/command/down`]);
   client.on('message', (topic, payload) => {
+    if (topic.split('/')[2] === 'multicast-group') {
+      // The multicast stand-in (docs/lora.md §7.1): every node in the group with McAddr = groupId hears it.
+      const groupId = topic.split('/')[3];
+      const cmd = JSON.parse(payload.toString()) as { fPort: number; data: string };
+      const bytes = Buffer.from(cmd.data, 'base64');
+      player.downlinks.push({ devEui: `group:${groupId}`, fPort: cmd.fPort, bytes, at: Date.now() });
+      for (const [devEui, node] of player.nodes) {
+        if (node.mcAddr === null || node.mcAddr.toString(16).padStart(8, '0') !== groupId || !player.deliver(devEui, cmd.fPort, bytes)) continue;
+        void player.uplink(devEui, node.onDown(cmd.fPort, bytes));
+      }
+      return;
+    }
     const devEui = topic.split('/')[3];
     const cmd = JSON.parse(payload.toString()) as { devEui: string; fPort: number; data: string; id: string };
     const bytes = Buffer.from(cmd.data, 'base64');

@@ -124,7 +124,8 @@ export class TestLoraNode {
         const p = this.persisted;
         const block = c.descriptor & 0xffff;
         const wrong = !p || (c.descriptor >>> 16) !== (p.offer.transferId & 0xffff) || block !== p.blocks.length;
-        if (!wrong) {
+        const same = this.decoder !== null && this.decoder.descriptor === c.descriptor && this.decoder.fragIndex === c.fragIndex;
+        if (!wrong && !same) {
           const dec = new FragDecoder({ nbFrag: c.nbFrag, fragSize: c.fragSize });
           if (p.descriptor !== c.descriptor) p.partial = new Map();
           p.descriptor = c.descriptor;
