@@ -16,6 +16,8 @@ export interface LoraNode {
   battery: number | undefined;
   /** Data rate and frequency of the latest uplink. */
   dr: number;
+  /** Highest downlink DR the LNS accepted frames at, after a DOWNLINK_PAYLOAD_SIZE refusal (it may use another DR than §7.1's). */
+  drCap: number | undefined;
   frequencyHz: number | undefined;
   /** Downlink loss measured by the last finished block (first round sizing of the next). */
   loss: number;
@@ -43,7 +45,13 @@ export function loraRow(devEui: string, h: Extract<LoraUp, { type: 'hello' }>, n
 }
 
 export function newLoraNode(row: NodeRow, initialLoss: number): LoraNode {
-  return { row, bootCount: 0, battery: undefined, dr: 0, frequencyHz: undefined, loss: initialLoss, transfer: undefined, session: undefined, transferTimer: undefined, sessionTimer: undefined, online: false, warnings: [] };
+  return { row, bootCount: 0, battery: undefined, dr: 0, drCap: undefined, frequencyHz: undefined, loss: initialLoss, transfer: undefined, session: undefined, transferTimer: undefined, sessionTimer: undefined, online: false, warnings: [] };
+}
+
+/** The next lower downlink DR, or undefined at the region's lowest. */
+export function lowerDr(region: Region['name'], dr: number): number | undefined {
+  const lowest = region === 'US915' ? 8 : 0;
+  return dr > lowest ? dr - 1 : undefined;
 }
 
 /** Downlink DR from the latest uplink DR (docs/lora.md §7.1): EU868 RX1 offset 0; US915 d → min(d + 10, 13). */

@@ -16,7 +16,7 @@ import { nodeStatus, type NodeStatus } from '../status.js';
 import type { AgentStore } from '../store.js';
 import type { Release } from '../types.js';
 import { DownlinkQueue } from './downlinks.js';
-import { downlinkDr, isLoraRow, loraRow, newLoraNode, setBlockDone, type LoraNode } from './record.js';
+import { downlinkDr, isLoraRow, lowerDr, loraRow, newLoraNode, setBlockDone, type LoraNode } from './record.js';
 import { stateOf, stepTransfer, type TransferAction, type TransferInput } from './transfer-fsm.js';
 
 /**
@@ -48,6 +48,7 @@ export interface LoraDeps {
 }
 
 const MAX_LORA_NODES = 100_000;
+const TOO_BIG = /too big for the data rate/;
 
 export class LoraRuntime {
   readonly nodes = new Map<string, LoraNode>();
@@ -334,7 +335,7 @@ export class LoraRuntime {
     if (!release) return this.feedTransfer(n, { kind: 'blockFailed', index, detail: 'the release is gone' });
     const B = t.plan.blockKiB * 1024;
     const data = index === 0 ? release.row.manifest : release.image.subarray((index - 1) * B, index * B);
-    const dr = downlinkDr(this.o.region, n.dr);
+    const dr = Math.min(downlinkDr(this.o.region, n.dr), n.drCap ?? Infinity);
     const { fragments, padding } = fragmentBlock(data, blockFragmentSize(data.length, maxFragmentSize(regionByName(this.o.region), dr)));
     if (fragments.length > MAX_FRAGMENT_COUNTER / 2) return this.feedTransfer(n, { kind: 'blockFailed', index, detail: `${fragments.length} fragments at DR${dr}: use a smaller block` });
     const state = initialSession({
@@ -379,9 +380,15 @@ export class LoraRuntime {
           clearTimeout(n.sessionTimer);
           if (!current()) return;
           n.session = undefined;
+          const lower = rep.kind === 'failed' && TOO_BIG.test(rep.reason) ? lowerDr(this.o.region, s.dr) : undefined;
           if (rep.kind === 'done' && s.state.completed.includes(n.row.id)) {
             setBlockDone(n.row, s.index);
             this.feedTransfer(n, { kind: 'blockDone', index: s.index });
+          } else if (lower !== undefined) {
+            // The LNS sends at a lower DR than the uplink suggested (e.g. Class C on RX2's DR): smaller fragments.
+            n.drCap = lower;
+            this.d.log('warn', `LoRa node ${n.row.id}: block ${s.index} too big at DR${s.dr}, setting it up again at DR${lower}`);
+            this.startBlock(n, s.index, undefined, n.groupAddr === undefined);
           } else this.feedTransfer(n, { kind: 'blockFailed', index: s.index, detail: rep.kind === 'failed' ? rep.reason : n.row.detail });
         }
         return;
