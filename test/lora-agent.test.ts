@@ -184,3 +184,19 @@ function dataFragments(player: Player): number {
   }
   return [...byBlock.values()].reduce((a, b) => a + b, 0);
 }
+
+t.test('an LNS that transmits at a lower DR refuses big frames: the agent steps down and still delivers', async (t) => {
+  const { world, player } = await setup(t);
+  const dev = '00112233445566ee';
+  const node = new TestLoraNode(dev, 'lora-e', '1.0.0', demoImage('lora-e', '1.0.0', 3000));
+  player.nodes.set(dev, node);
+  player.maxPayload = 53; // US915 DR8 (RX2's default), where the uplink DR suggested DR13
+  await player.uplink(dev, [node.hello()]);
+  await world.until(dev, (s) => s.hw === 'lora-e', 'hello');
+  const image = demoImage('lora-e', '1.1.0', 3000);
+  await world.publish({ hw: 'lora-e', version: '1.1.0', image });
+  await world.until(dev, (s) => s.state === 'confirmed', 'confirmed', 120_000);
+  t.same(Buffer.from(node.digest), sha(image));
+  const refused = player.downlinks.filter((d) => d.bytes.length > 53).length;
+  t.ok(refused > 0, `${refused} frames refused before the agent stepped down`);
+});

@@ -13,8 +13,8 @@ export interface Downlink {
   bytes: Uint8Array;
   dr: number;
   frequencyHz: number;
-  /** Handed to the LNS (the scheduler let it go). */
-  onSent?: () => void;
+  /** Handed to the LNS (the scheduler let it go); `id` is the LNS correlation id of a unicast frame. */
+  onSent?: (id: string) => void;
   /** Not sent: too big for the DR, the LNS link refused, or the queue was stopped. */
   onError?: (reason: string) => void;
 }
@@ -90,9 +90,9 @@ export class DownlinkQueue {
       this.queue.shift();
       this.state = commitDownlink(this.state, plan);
       this.sent++;
-      const send = d.to.kind === 'node' ? this.lns.sendDown(d.to.devEui, d.fPort, d.bytes) : this.lns.sendMulticast(d.to.groupId, d.fPort, d.bytes);
+      const send = d.to.kind === 'node' ? this.lns.sendDown(d.to.devEui, d.fPort, d.bytes) : this.lns.sendMulticast(d.to.groupId, d.fPort, d.bytes).then(() => '');
       send.then(
-        () => d.onSent?.(),
+        (id) => d.onSent?.(id),
         (err: Error) => {
           this.log('warn', `downlink to ${d.to.kind === 'node' ? d.to.devEui : `group ${d.to.groupId}`} not sent: ${err.message}`);
           d.onError?.(err.message);

@@ -22,7 +22,8 @@ export interface LoraNode {
   /** Downlink loss measured by the last finished block (first round sizing of the next). */
   loss: number;
   transfer: Transfer | undefined;
-  session: { index: number; state: SessionState; dr: number } | undefined;
+  /** The block session running unicast; `ids`: LNS ids of its frames (an LNS error about another frame is not its). */
+  session: { index: number; state: SessionState; dr: number; ids: Set<string> } | undefined;
   transferTimer: NodeJS.Timeout | undefined;
   sessionTimer: NodeJS.Timeout | undefined;
   online: boolean;

@@ -70,7 +70,7 @@ export class LoraRuntime {
     });
     for (const row of d.store.nodes()) if (isLoraRow(row)) this.nodes.set(row.id, newLoraNode(row, this.o.initialLoss));
     d.lns.on('up', (u) => this.guard(() => this.onUp(u)));
-    d.lns.on('error', (e) => this.guard(() => this.onLnsError(e.devEui, e.code, e.description)));
+    d.lns.on('error', (e) => this.guard(() => this.onLnsError(e.devEui, e.id, e.code, e.description)));
   }
 
   async start(): Promise<void> {
@@ -248,10 +248,11 @@ export class LoraRuntime {
     this.feedTransfer(n, { kind: 'status', done: m.done, deficiency: m.unknown, indices, last, resume });
   }
 
-  private onLnsError(devEui: string, code: string, description: string | undefined): void {
+  private onLnsError(devEui: string, id: string, code: string, description: string | undefined): void {
     const n = this.nodes.get(devEui);
     this.warn(`lns:${devEui}:${code}`, `LoRa node ${devEui}: LNS reports ${code}${description ? `: ${description}` : ''}`);
-    if (n?.session && code === 'DOWNLINK_PAYLOAD_SIZE') this.feedSession(n, { kind: 'tooBig', devEui }, n.session.index % 4);
+    // Only a refusal of this session's own frames: frames of a session already set up again smaller do not count.
+    if (n?.session && code === 'DOWNLINK_PAYLOAD_SIZE' && (id === '' || n.session.ids.has(id))) this.feedSession(n, { kind: 'tooBig', devEui }, n.session.index % 4);
   }
 
   // ---- decisions -----------------------------------------------------------------------------
@@ -343,7 +344,7 @@ export class LoraRuntime {
       loss: n.loss, firstRoundMargin: 1, repairTarget: 0.75, answerTimeoutMs: this.o.answerTimeoutMs, maxRounds: 6, maxTries: this.o.maxTries, pages: true,
       resumeUnknown: resumeUnknown ? { [n.row.id]: resumeUnknown } : undefined,
     });
-    n.session = { index, state, dr };
+    n.session = { index, state, dr, ids: new Set() };
     this.feedSession(n, { kind: 'start' }, index % 4);
   }
 
@@ -362,7 +363,11 @@ export class LoraRuntime {
       case 'send':
         this.queue.push({
           to: { kind: 'node', devEui: n.row.id }, fPort: e.fPort, bytes: e.bytes, dr: s.dr, frequencyHz: RX2_FREQUENCY_HZ[this.o.region],
-          onSent: () => this.guard(() => current() && this.feedSession(n, { kind: 'sent' }, s.index % 4)),
+          onSent: (id) => this.guard(() => {
+            if (!current()) return;
+            if (s.ids.size < 100_000) s.ids.add(id);
+            this.feedSession(n, { kind: 'sent' }, s.index % 4);
+          }),
           onError: (why) => this.guard(() => current() && this.feedSession(n, /does not fit/.test(why) ? { kind: 'tooBig', devEui: n.row.id } : { kind: 'sent' }, s.index % 4)),
         });
         if (e.fragment) n.row.bytesSent += e.bytes.length;
@@ -387,6 +392,7 @@ export class LoraRuntime {
           } else if (lower !== undefined) {
             // The LNS sends at a lower DR than the uplink suggested (e.g. Class C on RX2's DR): smaller fragments.
             n.drCap = lower;
+            this.queue.dropFor(n.row.id);
             this.d.log('warn', `LoRa node ${n.row.id}: block ${s.index} too big at DR${s.dr}, setting it up again at DR${lower}`);
             this.startBlock(n, s.index, undefined, n.groupAddr === undefined);
           } else this.feedTransfer(n, { kind: 'blockFailed', index: s.index, detail: rep.kind === 'failed' ? rep.reason : n.row.detail });

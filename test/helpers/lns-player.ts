@@ -15,6 +15,8 @@ export interface Player {
   downlinks: { devEui: string; fPort: number; bytes: Buffer; at: number }[];
   /** Publishes the node's frames as uplinks. */
   uplink(devEui: string, frames: Frame[]): Promise<void>;
+  /** Largest unicast FRMPayload the played LNS transmits; bigger frames are refused with `log` DOWNLINK_PAYLOAD_SIZE. */
+  maxPayload: number;
   /** Delivery filter: return false to drop a downlink (loss, a node that is off). */
   deliver: (devEui: string, fPort: number, bytes: Buffer) => boolean;
   close(): Promise<void>;
@@ -28,6 +30,7 @@ export async function startPlayer(brokerUrl: string, appId: string, dr: number, 
     nodes: new Map(),
     downlinks: [],
     deliver: () => true,
+    maxPayload: 242,
     async uplink(devEui, frames) {
       for (const f of frames) {
         const body = {
@@ -58,6 +61,11 @@ export async function startPlayer(brokerUrl: string, appId: string, dr: number, 
     const cmd = JSON.parse(payload.toString()) as { devEui: string; fPort: number; data: string; id: string };
     const bytes = Buffer.from(cmd.data, 'base64');
     player.downlinks.push({ devEui, fPort: cmd.fPort, bytes, at: Date.now() });
+    if (bytes.length > player.maxPayload) {
+      const log = { deviceInfo: { devEui }, level: 'ERROR', code: 'DOWNLINK_PAYLOAD_SIZE', description: `${bytes.length} > ${player.maxPayload}`, context: { queue_item_id: cmd.id } };
+      void client.publishAsync(`application/${appId}/device/${devEui}/event/log`, JSON.stringify(log));
+      return;
+    }
     void client.publishAsync(`application/${appId}/device/${devEui}/event/txack`, JSON.stringify({ deviceInfo: { devEui }, downlinkId: 1, queueItemId: cmd.id, fCntDown: 1 }));
     const node = player.nodes.get(devEui);
     if (!node || !player.deliver(devEui, cmd.fPort, bytes)) return;

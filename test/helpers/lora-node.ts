@@ -124,10 +124,10 @@ export class TestLoraNode {
         const p = this.persisted;
         const block = c.descriptor & 0xffff;
         const wrong = !p || (c.descriptor >>> 16) !== (p.offer.transferId & 0xffff) || block !== p.blocks.length;
-        const same = this.decoder !== null && this.decoder.descriptor === c.descriptor && this.decoder.fragIndex === c.fragIndex;
+        const same = this.decoder !== null && this.decoder.descriptor === c.descriptor && this.decoder.fragIndex === c.fragIndex && this.decoder.dec.nbFrag === c.nbFrag && this.decoder.dec.fragSize === c.fragSize;
         if (!wrong && !same) {
           const dec = new FragDecoder({ nbFrag: c.nbFrag, fragSize: c.fragSize });
-          if (p.descriptor !== c.descriptor) p.partial = new Map();
+          if (p.descriptor !== c.descriptor || this.lastSetup?.nbFrag !== c.nbFrag || [...p.partial.values()].some((f) => f.length !== c.fragSize)) p.partial = new Map();
           p.descriptor = c.descriptor;
           for (const [i, data] of p.partial) dec.push(i + 1, data);
           this.decoder = { fragIndex: c.fragIndex, descriptor: c.descriptor, padding: c.padding, dec, block };
