@@ -56,6 +56,11 @@ export class DownlinkQueue {
     return true;
   }
 
+  /** Whether the same frame for the same node already waits (a control resend while the band is busy). */
+  hasQueued(devEui: string, fPort: number, bytes: Uint8Array): boolean {
+    return this.queue.some((d) => d.to.kind === 'node' && d.to.devEui === devEui && d.fPort === fPort && Buffer.compare(Buffer.from(d.bytes), Buffer.from(bytes)) === 0);
+  }
+
   /** Drops every queued frame of one node (its transfer ended). */
   dropFor(devEui: string): void {
     for (let i = this.queue.length - 1; i >= 0; i--) {

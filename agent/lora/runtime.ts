@@ -404,8 +404,11 @@ export class LoraRuntime {
 
   private sendControl(n: LoraNode, msg: LoraDown): void {
     const classC = n.transfer !== undefined && n.transfer.phase.kind !== 'offered';
+    const bytes = encodeDown(msg);
+    // A resend of what still waits for the duty cycle would only arrive twice.
+    if (this.queue.hasQueued(n.row.id, FERRY_LORA_PORT, bytes)) return;
     this.queue.push({
-      to: { kind: 'node', devEui: n.row.id }, fPort: FERRY_LORA_PORT, bytes: encodeDown(msg), dr: downlinkDr(this.o.region, n.dr),
+      to: { kind: 'node', devEui: n.row.id }, fPort: FERRY_LORA_PORT, bytes, dr: downlinkDr(this.o.region, n.dr),
       frequencyHz: classC ? RX2_FREQUENCY_HZ[this.o.region] : n.frequencyHz ?? DEFAULT_RX1_HZ[this.o.region],
     });
   }
