@@ -18,7 +18,7 @@ const APP = '6d1b2c3a-0000-4000-8000-00000000f00d';
 async function setup(t: Test, blockKiB = 2): Promise<{ world: World; player: Player; lns: RunningBroker }> {
   const lns = await startBroker();
   const world = await makeWorld({
-    agent: { lora: { lns: { kind: 'chirpstack', brokerUrl: lns.url, application: APP, region: 'US915' }, options: { region: 'US915', blockKiB, answerTimeoutMs: 2000, initialLoss: 0.1 } } },
+    agent: { lora: { lns: { kind: 'chirpstack', brokerUrl: lns.url, application: APP, region: 'US915' }, options: { region: 'US915', blockKiB, answerTimeoutMs: 2000, initialLoss: 0.1, multicastLeadMs: 500, multicastLeadPerMemberMs: 100 } } },
   });
   const player = await startPlayer(lns.url, APP, 3, 902_300_000);
   t.teardown(async () => {

@@ -24,6 +24,8 @@ export interface GroupDeps {
   log: (level: 'info' | 'warn' | 'error', msg: string) => void;
   answerTimeoutMs: number;
   maxTries: number;
+  /** How far ahead the Class C window of a new group of n members opens. */
+  windowLeadMs: (members: number) => number;
 }
 
 interface Member {
@@ -40,6 +42,9 @@ export interface Group {
   session: { index: number; state: SessionState; dr: number } | undefined;
   timer: NodeJS.Timeout | undefined;
   waitTimer: NodeJS.Timeout | undefined;
+  /** When the members' Class C window opens (Unix ms): nothing goes on the group before. */
+  windowStartMs: number;
+  startTimer: NodeJS.Timeout | undefined;
 }
 
 /** GPS epoch (1980-01-06) in Unix seconds, plus the 18 leap seconds since. */
@@ -53,7 +58,13 @@ export class MulticastGroups {
 
   create(release: Release, transferId: number, nodes: LoraNode[]): Group {
     const mcAddr = this.nextAddr++;
-    const g: Group = { mcAddr, releaseId: release.row.id, transferId, members: new Map(nodes.map((n) => [n.row.id, { node: n, ready: false, wants: null }])), session: undefined, timer: undefined, waitTimer: undefined };
+    // The window must open after every member got its Class A setup: one uplink period (60 s, §7.6) plus the
+    // RX1 duty cycle each member's two TS005 frames cost (about 10 s at 1 %).
+    const windowStartMs = Date.now() + this.d.windowLeadMs(nodes.length);
+    const g: Group = {
+      mcAddr, releaseId: release.row.id, transferId, members: new Map(nodes.map((n) => [n.row.id, { node: n, ready: false, wants: null }])), session: undefined,
+      timer: undefined, waitTimer: undefined, windowStartMs, startTimer: undefined,
+    };
     this.groups.set(mcAddr, g);
     for (const n of nodes) n.groupAddr = mcAddr;
     return g;
@@ -77,7 +88,7 @@ export class MulticastGroups {
     m.wants = index;
     if (!m.ready) this.setUp(g, m);
     this.maybeStart(g);
-    if (!g.waitTimer) g.waitTimer = setTimeout(() => this.giveUpWaiting(g), this.d.answerTimeoutMs * this.d.maxTries);
+    if (!g.waitTimer) g.waitTimer = setTimeout(() => this.giveUpWaiting(g), Math.max(0, g.windowStartMs - Date.now()) + this.d.answerTimeoutMs * this.d.maxTries);
     return true;
   }
 
@@ -125,6 +136,7 @@ export class MulticastGroups {
   close(g: Group): void {
     clearTimeout(g.timer);
     clearTimeout(g.waitTimer);
+    clearTimeout(g.startTimer);
     for (const m of g.members.values()) m.node.groupAddr = undefined;
     this.groups.delete(g.mcAddr);
   }
@@ -135,7 +147,7 @@ export class MulticastGroups {
 
   private setUp(g: Group, m: Member): void {
     const n = m.node;
-    const start = Math.floor(Date.now() / 1000) - GPS_OFFSET_S + 2;
+    const start = Math.ceil(g.windowStartMs / 1000) - GPS_OFFSET_S;
     const bytes = encodeTs005Requests([
       { cmd: 'McGroupSetupReq', mcGroupId: 0, mcAddr: g.mcAddr, mcKeyEncrypted: new Uint8Array(16), minMcFCount: 0, maxMcFCount: 0xffff_ffff },
       { cmd: 'McClassCSessionReq', mcGroupId: 0, sessionTime: start, sessionTimeOut: 15, dlFrequencyHz: RX2_FREQUENCY_HZ[this.d.region], dr: this.groupDr(g) },
@@ -156,6 +168,12 @@ export class MulticastGroups {
   private maybeStart(g: Group): void {
     const ms = [...g.members.values()];
     if (g.session || ms.length === 0 || !ms.every((m) => m.ready && m.wants !== null)) return;
+    const wait = g.windowStartMs + 1000 - Date.now();
+    if (wait > 0) {
+      clearTimeout(g.startTimer);
+      g.startTimer = setTimeout(() => this.maybeStart(g), wait);
+      return;
+    }
     const index = ms[0].wants!;
     const release = this.d.release(g.releaseId);
     if (!release) return;

@@ -33,9 +33,15 @@ export interface LoraOptions {
   answerTimeoutMs: number;
   initialLoss: number;
   maxTries: number;
+  /**
+   * Lead before a multicast group's Class C window: every member must get its TS005 setup first, in Class A after
+   * its next uplink (≤ 60 s, §7.6) and paying the RX1 duty cycle (~10 s each at 1 %).
+   */
+  multicastLeadMs: number;
+  multicastLeadPerMemberMs: number;
 }
 
-export const DEFAULT_LORA: LoraOptions = { region: 'EU868', blockKiB: 64, classCSeconds: 120, answerTimeoutMs: 40_000, initialLoss: 0.1, maxTries: 3 };
+export const DEFAULT_LORA: LoraOptions = { region: 'EU868', blockKiB: 64, classCSeconds: 120, answerTimeoutMs: 40_000, initialLoss: 0.1, maxTries: 3, multicastLeadMs: 60_000, multicastLeadPerMemberMs: 10_000 };
 
 export interface LoraDeps {
   lns: LnsAdapter;
@@ -64,6 +70,7 @@ export class LoraRuntime {
     this.queue = new DownlinkQueue(d.lns, this.o.region, d.log);
     this.groups = new MulticastGroups({
       region: this.o.region, queue: this.queue, log: d.log, answerTimeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries,
+      windowLeadMs: (members) => this.o.multicastLeadMs + members * this.o.multicastLeadPerMemberMs,
       release: (id) => d.catalog.get(id),
       feedTransfer: (n, input) => this.feedTransfer(n, input),
       startUnicast: (n, index, resume) => this.startBlock(n, index, resume, true),
