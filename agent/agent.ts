@@ -16,6 +16,8 @@ import { ReleaseIntake, type Verdict } from './release-intake.js';
 import { Rollouts } from './rollouts.js';
 import type { RolloutView } from './rollout-view.js';
 import type { NodeStatus } from './status.js';
+import { createLnsAdapter } from './lns/index.js';
+import { LoraRuntime } from './lora/runtime.js';
 import { AgentStore } from './store.js';
 import type { Release } from './types.js';
 import { SYSTEM_CLOCK, Updates, type Clock } from './updates.js';
@@ -56,6 +58,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   readonly events: EventFeed;
   private readonly rolloutsRuntime: Rollouts;
   private sweeper: NodeJS.Timeout | undefined;
+  /** LoRa nodes behind a network server, when `lora` is configured. */
+  readonly lora: LoraRuntime | undefined;
   private closed = false;
   private lastBadTopic = 0;
   private lastStrangerError = 0;
@@ -129,9 +133,18 @@ export class Agent extends EventEmitter<AgentEvents> {
       onReady: (release) => {
         this.emit('release', release);
         this.updates.releaseReady(release);
+        this.lora?.releaseReady(release);
       },
       onVerdict: (v) => this.publishVerdict(v),
     });
+    if (opts.lora) {
+      const lns = 'kind' in opts.lora.lns && 'sendDown' in opts.lora.lns ? opts.lora.lns : createLnsAdapter(opts.lora.lns, log);
+      this.lora = new LoraRuntime({
+        lns, store: this.store, catalog: this.catalog, log, options: opts.lora.options,
+        publishStatus: (id, doc) => void this.links.publishStatus(id, doc),
+        onStatus: (s) => this.emit('status', s),
+      });
+    }
   }
 
   private log(level: LogLevel, msg: string, fields?: LogFields): void {
@@ -146,6 +159,14 @@ export class Agent extends EventEmitter<AgentEvents> {
       throw err;
     }
     this.intake.start();
+    if (this.lora) {
+      try {
+        await this.lora.start();
+      } catch (err) {
+        await this.stop();
+        throw err;
+      }
+    }
     this.events.start();
     this.sweeper = setInterval(() => {
       this.updates.sweep();
@@ -174,6 +195,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.presence.stop();
     this.rolloutsRuntime.stop();
     this.updates.stop();
+    await this.lora?.stop();
     await this.links.stop();
     await this.patches.close();
     this.store.close();
@@ -181,12 +203,13 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   /** Snapshot of every node's status. */
   statuses(): NodeStatus[] {
-    return [...this.updates.nodes.values()].map((n) => this.updates.statusOf(n));
+    return [...[...this.updates.nodes.values()].map((n) => this.updates.statusOf(n)), ...(this.lora?.statuses() ?? [])];
   }
 
   status(id: string): NodeStatus | undefined {
     const n = this.updates.nodes.get(id);
-    return n && this.updates.statusOf(n);
+    const l = this.lora?.nodes.get(id);
+    return n ? this.updates.statusOf(n) : l && this.lora?.statusOf(l);
   }
 
   /** Every rollout this agent takes part in, merged with the other agents' published states. */

@@ -1,5 +1,8 @@
 import type { KeyObject } from 'node:crypto';
 import type { LogFn } from '../shared/log.js';
+import type { LnsConfig } from './lns/index.js';
+import type { LnsAdapter } from './lns/types.js';
+import type { LoraOptions } from './lora/runtime.js';
 import { DEFAULT_RECONNECT, type ReconnectConfig } from './reconnect.js';
 import { DEFAULT_RTT, type RttConfig } from './rtt.js';
 
@@ -25,6 +28,8 @@ export interface ResendBudget {
 }
 
 export interface AgentOptions {
+  /** LoRa nodes behind a network server (docs/lora.md §7): the LNS link and the LoRa runtime's settings. */
+  lora?: { lns: LnsConfig | LnsAdapter; options?: Partial<LoraOptions> };
   /** The broker the nodes talk to (the gateway's local broker). */
   brokerUrl: string;
   /**

@@ -20,6 +20,7 @@ import type { AgentStore } from './store.js';
 import { Transfer } from './transfer.js';
 import type { NodeRow, Payload, Release } from './types.js';
 import { classifyAck, holdsSlot, IDLE, step, timersOf, type Effect, type Env, type Input, type TimerKind, type Update } from './update-fsm.js';
+import { isLoraRow } from './lora/record.js';
 
 export { SYSTEM_CLOCK, type Clock } from './clock.js';
 
@@ -99,7 +100,7 @@ export class Updates {
     });
     this.sessions = new Sessions(d, this.payloads, (n, input) => this.input(n, input), () => this.closed);
     const now = d.clock.now();
-    for (const row of d.store.nodes()) this.nodes.set(row.id, this.runtime(row, updateFromRow(row, d.catalog, now, d.cfg.deadlines.download)));
+    for (const row of d.store.nodes()) if (!isLoraRow(row)) this.nodes.set(row.id, this.runtime(row, updateFromRow(row, d.catalog, now, d.cfg.deadlines.download)));
   }
 
   private runtime(row: NodeRow, update: Update): NodeRuntime {

@@ -4,11 +4,12 @@ import { brokerOption, prefixOption, untilSignal, untilSignalOnceStarted, userna
 import { checkHttpArgs, httpOptions, maybeStartHttp, type HttpArgs } from './http.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
 import { logOptions, makeLogger, type LogArgs } from './logger.js';
+import { lnsOptions, planLns, type LnsArgs } from './lns.js';
 import { readTrustKeys } from './key-files.js';
 import { PASSWORD, passwordOptions, readSecret, UPSTREAM_PASSWORD, upstreamPasswordOptions } from './secrets.js';
 import { brokerUrl, optionalBrokerUrl } from './validate.js';
 
-export interface AgentArgs extends LogArgs {
+export interface AgentArgs extends LogArgs, LnsArgs {
   username?: string;
   password?: string;
   'password-file'?: string;
@@ -46,6 +47,7 @@ export const agentOptions = {
   'auto-offer': { type: 'boolean', default: false, describe: 'offer every new release to every node of its class at once, without a rollout (default: releases go out only through `ferry rollout start`)' },
   json: { type: 'boolean', default: false, describe: 'log JSON lines (the same as --log-format json)' },
   ...logOptions,
+  ...lnsOptions,
 } as const;
 
 export function validateAgentArgs(argv: AgentArgs): void {
@@ -82,6 +84,7 @@ export function planAgent(argv: AgentArgs): AgentPlan {
     releaseAssemblyTimeoutMs: argv['release-timeout'] * 1000,
     offerPolicy: argv['auto-offer'] ? 'auto' : 'rollout',
     log: makeLogger(argv),
+    lora: planLns(argv),
   };
 }
 

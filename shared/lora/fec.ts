@@ -67,6 +67,15 @@ export function fragmentBlock(block: Uint8Array, fragSize: number): FragmentedBl
   return { fragments, fragSize, padding: m * fragSize - block.length };
 }
 
+/**
+ * The fragment size for a block: the largest the data rate allows, but small enough for at least `minFragments`
+ * fragments (TS004 parity rows draw ⌊M/2⌋ fragments: with M = 1 a coded fragment is empty, with M = 2 or 3 it
+ * repairs poorly). Never below 8 bytes.
+ */
+export function blockFragmentSize(blockBytes: number, maxFragSize: number, minFragments = 4): number {
+  return Math.max(Math.min(8, maxFragSize), Math.min(maxFragSize, Math.ceil(blockBytes / minFragments)));
+}
+
 /** The payload of coded fragment `counter` (1-based N) over the M data fragments. */
 export function codedFragment(fragments: readonly Uint8Array[], counter: number): Uint8Array {
   const m = fragments.length;

@@ -1,0 +1,108 @@
+import { commitDownlink, emptyAirtime, planDownlink, type AirtimeState } from '../../shared/lora/duty.js';
+import type { Region } from '../../shared/lora/regions.js';
+import type { LnsAdapter } from '../lns/types.js';
+
+/**
+ * The one queue every LoRa downlink goes through: before handing a frame to the LNS it asks the airtime
+ * scheduler when it may go (duty cycle per sub-band, one frame at a time on the radio) and waits until then.
+ * Bounded: a full queue refuses, and the caller's timers try again.
+ */
+export interface Downlink {
+  to: { kind: 'node'; devEui: string } | { kind: 'group'; groupId: string };
+  fPort: number;
+  bytes: Uint8Array;
+  dr: number;
+  frequencyHz: number;
+  /** Handed to the LNS (the scheduler let it go); `id` is the LNS correlation id of a unicast frame. */
+  onSent?: (id: string) => void;
+  /** Not sent: too big for the DR, the LNS link refused, or the queue was stopped. */
+  onError?: (reason: string) => void;
+}
+
+export const MAX_QUEUED_DOWNLINKS = 20_000;
+
+export class DownlinkQueue {
+  private readonly queue: Downlink[] = [];
+  private state: AirtimeState;
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  sent = 0;
+
+  constructor(
+    private readonly lns: LnsAdapter,
+    region: Region['name'],
+    private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.state = emptyAirtime(region);
+  }
+
+  /** Downlink airtime handed to the LNS so far (ms). */
+  get airtimeMs(): number {
+    return this.state.airtimeMs;
+  }
+
+  get length(): number {
+    return this.queue.length;
+  }
+
+  push(d: Downlink): boolean {
+    if (this.stopped || this.queue.length >= MAX_QUEUED_DOWNLINKS) {
+      d.onError?.(this.stopped ? 'stopped' : `downlink queue full (${MAX_QUEUED_DOWNLINKS})`);
+      return false;
+    }
+    this.queue.push(d);
+    if (!this.timer) this.timer = setTimeout(() => this.pump(), 0);
+    return true;
+  }
+
+  /** Whether the same frame for the same node already waits (a control resend while the band is busy). */
+  hasQueued(devEui: string, fPort: number, bytes: Uint8Array): boolean {
+    return this.queue.some((d) => d.to.kind === 'node' && d.to.devEui === devEui && d.fPort === fPort && Buffer.compare(Buffer.from(d.bytes), Buffer.from(bytes)) === 0);
+  }
+
+  /** Drops every queued frame of one node (its transfer ended). */
+  dropFor(devEui: string): void {
+    for (let i = this.queue.length - 1; i >= 0; i--) {
+      const d = this.queue[i];
+      if (d.to.kind === 'node' && d.to.devEui === devEui) this.queue.splice(i, 1);
+    }
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.queue.length = 0;
+  }
+
+  private pump(): void {
+    this.timer = undefined;
+    while (!this.stopped && this.queue.length > 0) {
+      const d = this.queue[0];
+      const now = this.now();
+      let plan;
+      try {
+        plan = planDownlink(this.state, { frequencyHz: d.frequencyHz, dr: d.dr, appBytes: d.bytes.length }, now);
+      } catch (err) {
+        this.queue.shift();
+        d.onError?.((err as Error).message);
+        continue;
+      }
+      if (plan.startMs > now) {
+        this.timer = setTimeout(() => this.pump(), Math.ceil(plan.startMs - now));
+        return;
+      }
+      this.queue.shift();
+      this.state = commitDownlink(this.state, plan);
+      this.sent++;
+      const send = d.to.kind === 'node' ? this.lns.sendDown(d.to.devEui, d.fPort, d.bytes) : this.lns.sendMulticast(d.to.groupId, d.fPort, d.bytes).then(() => '');
+      send.then(
+        (id) => d.onSent?.(id),
+        (err: Error) => {
+          this.log('warn', `downlink to ${d.to.kind === 'node' ? d.to.devEui : `group ${d.to.groupId}`} not sent: ${err.message}`);
+          d.onError?.(err.message);
+        },
+      );
+    }
+  }
+}

@@ -1,0 +1,464 @@
+import { randomInt } from 'node:crypto';
+import { ProtocolError } from '../../shared/errors.js';
+import { decodeUp, encodeDown, FERRY_LORA_PORT, pageIndices, StatusFlag, type LoraDown, type LoraUp } from '../../shared/lora/control.js';
+import { DEFAULT_RX1_HZ, regionByName, RX2_FREQUENCY_HZ } from '../../shared/lora/duty.js';
+import { blockFragmentSize, fragmentBlock } from '../../shared/lora/fec.js';
+import { MAX_FRAGMENT_COUNTER } from '../../shared/lora/fec-decoder.js';
+import { maxFragmentSize, type Region } from '../../shared/lora/regions.js';
+import { initialSession, step, type SessionEffect, type SessionInput } from '../../shared/lora/session.js';
+import { decodeAnswers, TS004_PORT } from '../../shared/lora/ts004.js';
+import { decodeTs005Answers, TS005_PORT } from '../../shared/lora/ts005.js';
+import { MulticastGroups } from './groups.js';
+import type { ReleaseCatalog } from '../catalog.js';
+import { rateLimited } from '../lns/json.js';
+import type { LnsAdapter, LnsUplink } from '../lns/types.js';
+import { nodeStatus, type NodeStatus } from '../status.js';
+import type { AgentStore } from '../store.js';
+import type { Release } from '../types.js';
+import { DownlinkQueue } from './downlinks.js';
+import { downlinkDr, isLoraRow, lowerDr, loraRow, newLoraNode, setBlockDone, type LoraNode } from './record.js';
+import { stateOf, stepTransfer, type TransferAction, type TransferInput } from './transfer-fsm.js';
+
+/**
+ * The agent's LoRa side (docs/lora.md §7): LoRa nodes reached through an LNS adapter, kept in the same store and
+ * status topics as MQTT nodes. It decides who gets which release, runs each node's transfer machine and, per
+ * block, a TS004 session machine, and sends every downlink through the airtime-scheduled queue.
+ */
+export interface LoraOptions {
+  region: Region['name'];
+  /** Payload bytes per TS004 block (≤ 64 KiB). */
+  blockKiB: number;
+  classCSeconds: number;
+  /** Wait for an answer after a control downlink or status request went out. */
+  answerTimeoutMs: number;
+  initialLoss: number;
+  maxTries: number;
+  /**
+   * Lead before a multicast group's Class C window: every member must get its TS005 setup first, in Class A after
+   * its next uplink (≤ 60 s, §7.6) and paying the RX1 duty cycle (~10 s each at 1 %).
+   */
+  multicastLeadMs: number;
+  multicastLeadPerMemberMs: number;
+}
+
+export const DEFAULT_LORA: LoraOptions = { region: 'EU868', blockKiB: 64, classCSeconds: 120, answerTimeoutMs: 40_000, initialLoss: 0.1, maxTries: 3, multicastLeadMs: 60_000, multicastLeadPerMemberMs: 10_000 };
+
+export interface LoraDeps {
+  lns: LnsAdapter;
+  store: AgentStore;
+  catalog: ReleaseCatalog;
+  publishStatus: (id: string, doc: string) => void;
+  onStatus?: (s: NodeStatus) => void;
+  log: (level: 'info' | 'warn' | 'error', msg: string) => void;
+  options?: Partial<LoraOptions>;
+}
+
+const MAX_LORA_NODES = 100_000;
+const TOO_BIG = /too big for the data rate/;
+
+export class LoraRuntime {
+  readonly nodes = new Map<string, LoraNode>();
+  readonly queue: DownlinkQueue;
+  readonly groups: MulticastGroups;
+  private readonly o: LoraOptions;
+  private readonly warnOnce = rateLimited(1000);
+  private closed = false;
+
+  constructor(private readonly d: LoraDeps) {
+    this.o = { ...DEFAULT_LORA, ...d.options };
+    if (!(this.o.blockKiB >= 1 && this.o.blockKiB <= 64)) throw new RangeError(`LoRa block size ${this.o.blockKiB} KiB is not 1..64`);
+    this.queue = new DownlinkQueue(d.lns, this.o.region, d.log);
+    this.groups = new MulticastGroups({
+      region: this.o.region, queue: this.queue, log: d.log, answerTimeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries,
+      windowLeadMs: (members) => this.o.multicastLeadMs + members * this.o.multicastLeadPerMemberMs,
+      release: (id) => d.catalog.get(id),
+      feedTransfer: (n, input) => this.feedTransfer(n, input),
+      startUnicast: (n, index, resume) => this.startBlock(n, index, resume, true),
+    });
+    for (const row of d.store.nodes()) if (isLoraRow(row)) this.nodes.set(row.id, newLoraNode(row, this.o.initialLoss));
+    d.lns.on('up', (u) => this.guard(() => this.onUp(u)));
+    d.lns.on('error', (e) => this.guard(() => this.onLnsError(e.devEui, e.id, e.code, e.description)));
+  }
+
+  async start(): Promise<void> {
+    await this.d.lns.start();
+    this.d.log('info', `LoRa: ${this.d.lns.kind} adapter up, region ${this.o.region}, ${this.nodes.size} known LoRa node(s)`);
+  }
+
+  async stop(): Promise<void> {
+    this.closed = true;
+    this.queue.stop();
+    this.groups.stop();
+    for (const n of this.nodes.values()) {
+      clearTimeout(n.transferTimer);
+      clearTimeout(n.sessionTimer);
+      this.d.store.saveNode(n.row);
+    }
+    await this.d.lns.stop();
+  }
+
+  statuses(): NodeStatus[] {
+    return [...this.nodes.values()].map((n) => this.statusOf(n));
+  }
+
+  /**
+   * A release became available: offer it to the LoRa nodes of its hardware that are idle, as one multicast group
+   * when several need it (one airtime for all), else unicast.
+   */
+  releaseReady(release: Release): void {
+    const want = [...this.nodes.values()].filter((n) => n.row.hw === release.row.hw && !n.transfer && this.needs(n, release));
+    if (want.length < 2 || !this.d.lns.unicastFuota || this.d.lns.kind !== 'chirpstack') {
+      for (const n of want) this.consider(n);
+      return;
+    }
+    const transferId = randomInt(1, 0xffff_ffff);
+    const g = this.groups.create(release, transferId, want);
+    this.d.log('info', `LoRa: ${release.row.version} to ${want.length} ${release.row.hw} nodes as multicast group ${g.mcAddr.toString(16).padStart(8, '0')}`);
+    for (const n of want) this.beginTransfer(n, release, transferId, undefined, g.mcAddr);
+  }
+
+  private needs(n: LoraNode, release: Release): boolean {
+    const r = n.row;
+    if (release.row.version === r.runningVersion) return false;
+    if (r.runningDigest && release.row.digest.subarray(0, 4).equals(r.runningDigest)) return false;
+    return !this.d.store.refusals(r.id).some((x) => x.release === release.row.id);
+  }
+
+  private guard(f: () => void): void {
+    try {
+      if (!this.closed) f();
+    } catch (err) {
+      this.d.log('error', `LoRa: ${(err as Error).stack ?? err}`);
+    }
+  }
+
+  private warn(key: string, msg: string): void {
+    if (this.warnOnce(key)) this.d.log('warn', msg);
+  }
+
+  // ---- uplinks ----------------------------------------------------------------------------
+
+  private onUp(u: LnsUplink): void {
+    const n = this.nodes.get(u.devEui);
+    if (n) {
+      n.dr = u.dr;
+      n.frequencyHz = u.frequencyHz ?? n.frequencyHz;
+      n.row.lastSeen = Date.now();
+      n.online = true;
+    }
+    if (u.fPort === FERRY_LORA_PORT) {
+      let m: LoraUp;
+      try {
+        m = decodeUp(u.bytes);
+      } catch (err) {
+        const msg = err instanceof ProtocolError ? err.message : String(err);
+        this.warn(`bad:${u.devEui}`, `LoRa node ${u.devEui}: ignored fPort 10 uplink: ${msg}`);
+        return;
+      }
+      if (m.type === 'hello') return this.onHello(u, m);
+      if (!n) return this.askHello(u.devEui, u.dr);
+      if (m.type === 'status') return this.onStatusPage(n, m);
+      return this.feedTransfer(n, { kind: 'report', stage: m.stage, reason: m.reason });
+    }
+    if (u.fPort === TS005_PORT && n) {
+      try {
+        this.groups.onTs005(n, decodeTs005Answers(u.bytes));
+      } catch (err) {
+        this.warn(`bad:${u.devEui}`, `LoRa node ${u.devEui}: ignored TS005 uplink: ${(err as Error).message}`);
+      }
+      return;
+    }
+    if (u.fPort === TS004_PORT && n) {
+      let answers;
+      try {
+        answers = decodeAnswers(u.bytes);
+      } catch (err) {
+        this.warn(`bad:${u.devEui}`, `LoRa node ${u.devEui}: ignored TS004 uplink: ${(err as Error).message}`);
+        return;
+      }
+      for (const a of answers) {
+        if (a.cmd === 'FragSessionSetupAns') {
+          const bad = [a.encodingUnsupported && 'encoding unsupported', a.notEnoughMemory && 'not enough memory', a.fragIndexUnsupported && 'FragIndex unsupported', a.wrongDescriptor && 'wrong descriptor'].filter(Boolean);
+          this.feedSession(n, { kind: 'setupAns', devEui: u.devEui, ok: bad.length === 0, detail: bad.join(', ') }, a.fragIndex);
+        } else if (a.cmd === 'FragSessionStatusAns') {
+          this.feedSession(n, { kind: 'statusAns', devEui: u.devEui, received: a.nbFragReceived, missing: a.missingFrag, memoryError: a.notEnoughMatrixMemory }, a.fragIndex);
+        }
+      }
+    }
+  }
+
+  private askHello(devEui: string, dr: number): void {
+    if (!this.warnOnce(`query:${devEui}`)) return;
+    this.queue.push({ to: { kind: 'node', devEui }, fPort: FERRY_LORA_PORT, bytes: encodeDown({ type: 'query' }), dr: downlinkDr(this.o.region, dr), frequencyHz: DEFAULT_RX1_HZ[this.o.region] });
+  }
+
+  private onHello(u: LnsUplink, h: Extract<LoraUp, { type: 'hello' }>): void {
+    let n = this.nodes.get(u.devEui);
+    const now = Date.now();
+    if (!n) {
+      if (this.nodes.size >= MAX_LORA_NODES) return this.warn('full', `LoRa: ${MAX_LORA_NODES} nodes known, ${u.devEui} ignored`);
+      n = newLoraNode(loraRow(u.devEui, h, now), this.o.initialLoss);
+      n.dr = u.dr;
+      n.frequencyHz = u.frequencyHz;
+      n.online = true;
+      this.nodes.set(u.devEui, n);
+      this.d.store.event(u.devEui, 'lora-hello', `${h.hw} ${h.version}`);
+    }
+    const r = n.row;
+    r.hw = h.hw;
+    r.runningVersion = h.version;
+    r.runningDigest = Buffer.from(h.digestPrefix);
+    r.imageState = h.imageState;
+    r.caps = h.caps;
+    n.bootCount = h.bootCount;
+    n.battery = h.battery;
+    if (n.transfer) {
+      this.feedTransfer(n, { kind: 'hello', version: h.version });
+      // A node that forgot the transfer (no transfer id) while we were sending it: offer it again.
+      if (n.transfer && h.transferId === undefined && (n.transfer.phase.kind === 'block' || n.transfer.phase.kind === 'collecting')) {
+        this.d.log('info', `LoRa node ${r.id}: lost transfer ${n.transfer.plan.transferId}, offering again`);
+        n.session = undefined;
+        this.feedTransfer(n, { kind: 'start' });
+      }
+    } else if (h.transferId !== undefined) {
+      // A transfer from before an agent restart, or one we gave up on.
+      const release = this.d.catalog.get(r.targetRelease);
+      if (r.session === h.transferId && release && ['offered', 'downloading', 'verifying'].includes(r.state)) {
+        this.beginTransfer(n, release, h.transferId, { type: 'query', transferId: h.transferId });
+      } else this.sendControl(n, { type: 'cancel', transferId: h.transferId, reason: 16 });
+    } else this.consider(n);
+    this.persist(n);
+  }
+
+  private onStatusPage(n: LoraNode, m: Extract<LoraUp, { type: 'status' }>): void {
+    const t = n.transfer;
+    if (!t || t.plan.transferId !== m.transferId) return;
+    const indices = m.bitmap && m.page !== undefined ? pageIndices(m.page, m.bitmap) : [];
+    const last = (m.flags & StatusFlag.lastPage) !== 0 || m.bitmap === undefined;
+    const resume = (m.flags & StatusFlag.resume) !== 0;
+    if (!resume && m.unknown !== undefined && this.groups.inStatus(n, m.done)) {
+      this.groups.feed(n, { kind: 'statusPage', devEui: n.row.id, deficiency: m.unknown, indices, last }, m.done % 4);
+      return;
+    }
+    const g = this.groups.groupOf(n);
+    if (resume && g) this.groups.leave(g, n, 'rebooted');
+    const s = n.session;
+    if (s && !resume && s.index === m.done && s.state.phase.kind === 'status' && m.unknown !== undefined) {
+      return this.feedSession(n, { kind: 'statusPage', devEui: n.row.id, deficiency: m.unknown, indices, last }, s.index % 4);
+    }
+    if (resume && s) {
+      // The node rebooted: its TS004 session (RAM) is gone; the transfer machine restarts the block from its pages.
+      clearTimeout(n.sessionTimer);
+      n.session = undefined;
+      this.queue.dropFor(n.row.id);
+    }
+    this.feedTransfer(n, { kind: 'status', done: m.done, deficiency: m.unknown, indices, last, resume });
+  }
+
+  private onLnsError(devEui: string, id: string, code: string, description: string | undefined): void {
+    const n = this.nodes.get(devEui);
+    this.warn(`lns:${devEui}:${code}`, `LoRa node ${devEui}: LNS reports ${code}${description ? `: ${description}` : ''}`);
+    // Only a refusal of this session's own frames: frames of a session already set up again smaller do not count.
+    if (n?.session && code === 'DOWNLINK_PAYLOAD_SIZE' && (id === '' || n.session.ids.has(id))) this.feedSession(n, { kind: 'tooBig', devEui }, n.session.index % 4);
+  }
+
+  // ---- decisions -----------------------------------------------------------------------------
+
+  private consider(n: LoraNode): void {
+    const r = n.row;
+    const release = this.d.catalog.offerableFor(r.hw);
+    if (!release || !this.needs(n, release)) return;
+    if (!this.d.lns.unicastFuota) {
+      const why = `${this.d.lns.kind}: no LoRa FUOTA planned (fair use allows ~10 downlinks a day); ${r.id} stays on ${r.runningVersion}`;
+      if (r.detail !== why) {
+        r.detail = why;
+        this.d.log('warn', `LoRa node ${r.id}: release ${release.row.version} not sent: ${why}`);
+        this.publish(n);
+      }
+      return;
+    }
+    if (release.row.version.length > 10 || !/^[0-9A-Za-z][0-9A-Za-z._+-]*$/.test(release.row.version)) {
+      return this.warn(`ver:${release.row.id}`, `LoRa: release ${release.row.hw} ${release.row.version} not offered to LoRa nodes: versions there are at most 10 characters`);
+    }
+    this.beginTransfer(n, release, randomInt(1, 0xffff_ffff), undefined);
+  }
+
+  private beginTransfer(n: LoraNode, release: Release, transferId: number, first: LoraDown | undefined, mcAddr?: number): void {
+    const r = n.row;
+    const blockBytes = this.o.blockKiB * 1024;
+    const blocks = 1 + Math.ceil(release.image.length / blockBytes);
+    n.transfer = {
+      plan: { transferId, version: release.row.version, digestPrefix: release.row.digest.subarray(0, 4), blocks, size: release.image.length, blockKiB: this.o.blockKiB, classCSeconds: this.o.classCSeconds, mcAddr, timeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries },
+      phase: { kind: 'offered', tries: 1, deadline: Date.now() + this.o.answerTimeoutMs },
+    };
+    Object.assign(r, { targetRelease: release.row.id, session: transferId, chunkCount: blocks, chunkSize: blockBytes, bitmap: null, reason: 0, detail: '', attempts: r.attempts + 1 });
+    this.d.store.event(r.id, 'lora-offer', `${release.row.version} transfer ${transferId}, ${blocks} blocks`);
+    this.d.log('info', `LoRa node ${r.id}: offering ${release.row.version} (${release.image.length} B in ${blocks} blocks)`);
+    if (first) {
+      this.sendControl(n, first);
+      this.armTransferTimer(n, Date.now() + this.o.answerTimeoutMs);
+      this.syncState(n);
+    } else this.feedTransfer(n, { kind: 'start' });
+  }
+
+  // ---- machines ----------------------------------------------------------------------------
+
+  private feedTransfer(n: LoraNode, input: TransferInput): void {
+    const t = n.transfer;
+    if (!t) return;
+    const { t: next, actions } = stepTransfer(t, input, Date.now());
+    n.transfer = next;
+    for (const a of actions) this.doTransfer(n, a);
+    this.syncState(n);
+  }
+
+  private doTransfer(n: LoraNode, a: TransferAction): void {
+    switch (a.kind) {
+      case 'send':
+        return this.sendControl(n, a.msg);
+      case 'wakeAt':
+        return this.armTransferTimer(n, a.at);
+      case 'stopBlock': {
+        const g = this.groups.groupOf(n);
+        if (g) this.groups.leave(g, n, 'its transfer stopped the block');
+        clearTimeout(n.sessionTimer);
+        n.session = undefined;
+        return;
+      }
+      case 'startBlock':
+        return this.startBlock(n, a.index, a.resumeUnknown);
+    }
+  }
+
+  private armTransferTimer(n: LoraNode, at: number): void {
+    clearTimeout(n.transferTimer);
+    n.transferTimer = setTimeout(() => this.guard(() => this.feedTransfer(n, { kind: 'tick' })), Math.max(0, at - Date.now()));
+  }
+
+  private startBlock(n: LoraNode, index: number, resumeUnknown: number[] | undefined, unicast = false): void {
+    if (!unicast && this.groups.wantBlock(n, index, resumeUnknown)) return;
+    const t = n.transfer;
+    if (!t) return;
+    const release = this.d.catalog.get(n.row.targetRelease);
+    if (!release) return this.feedTransfer(n, { kind: 'blockFailed', index, detail: 'the release is gone' });
+    const B = t.plan.blockKiB * 1024;
+    const data = index === 0 ? release.row.manifest : release.image.subarray((index - 1) * B, index * B);
+    const dr = Math.min(downlinkDr(this.o.region, n.dr), n.drCap ?? Infinity);
+    const { fragments, padding } = fragmentBlock(data, blockFragmentSize(data.length, maxFragmentSize(regionByName(this.o.region), dr)));
+    if (fragments.length > MAX_FRAGMENT_COUNTER / 2) return this.feedTransfer(n, { kind: 'blockFailed', index, detail: `${fragments.length} fragments at DR${dr}: use a smaller block` });
+    const state = initialSession({
+      members: [n.row.id], multicast: false, fragIndex: index % 4, descriptor: (((t.plan.transferId & 0xffff) << 16) | index) >>> 0, fragments, padding,
+      loss: n.loss, firstRoundMargin: 1, repairTarget: 0.75, answerTimeoutMs: this.o.answerTimeoutMs, maxRounds: 6, maxTries: this.o.maxTries, pages: true,
+      resumeUnknown: resumeUnknown ? { [n.row.id]: resumeUnknown } : undefined,
+    });
+    n.session = { index, state, dr, ids: new Set() };
+    this.feedSession(n, { kind: 'start' }, index % 4);
+  }
+
+  private feedSession(n: LoraNode, input: SessionInput, fragIndex: number): void {
+    if (this.groups.feed(n, input, fragIndex)) return;
+    const s = n.session;
+    if (!s || s.index % 4 !== fragIndex) return;
+    const r = step(s.state, input, Date.now());
+    s.state = r.state;
+    for (const e of r.effects) this.doSession(n, s, e);
+  }
+
+  private doSession(n: LoraNode, s: NonNullable<LoraNode['session']>, e: SessionEffect): void {
+    const current = () => n.session === s;
+    switch (e.kind) {
+      case 'send':
+        this.queue.push({
+          to: { kind: 'node', devEui: n.row.id }, fPort: e.fPort, bytes: e.bytes, dr: s.dr, frequencyHz: RX2_FREQUENCY_HZ[this.o.region],
+          onSent: (id) => this.guard(() => {
+            if (!current()) return;
+            if (s.ids.size < 100_000) s.ids.add(id);
+            this.feedSession(n, { kind: 'sent' }, s.index % 4);
+          }),
+          onError: (why) => this.guard(() => current() && this.feedSession(n, /does not fit/.test(why) ? { kind: 'tooBig', devEui: n.row.id } : { kind: 'sent' }, s.index % 4)),
+        });
+        if (e.fragment) n.row.bytesSent += e.bytes.length;
+        return;
+      case 'wakeAt':
+        clearTimeout(n.sessionTimer);
+        n.sessionTimer = setTimeout(() => this.guard(() => current() && this.feedSession(n, { kind: 'tick' }, s.index % 4)), Math.max(0, e.at - Date.now()));
+        return;
+      case 'report': {
+        const rep = e.report;
+        if (rep.kind === 'memberDone') n.loss = rep.loss;
+        else if (rep.kind === 'round') n.row.retransmits += rep.round > 1 ? rep.fragments : 0;
+        else if (rep.kind === 'memberFailed') n.row.detail = rep.reason;
+        else if (rep.kind === 'done' || rep.kind === 'failed') {
+          clearTimeout(n.sessionTimer);
+          if (!current()) return;
+          n.session = undefined;
+          const lower = rep.kind === 'failed' && TOO_BIG.test(rep.reason) ? lowerDr(this.o.region, s.dr) : undefined;
+          if (rep.kind === 'done' && s.state.completed.includes(n.row.id)) {
+            setBlockDone(n.row, s.index);
+            this.feedTransfer(n, { kind: 'blockDone', index: s.index });
+          } else if (lower !== undefined) {
+            // The LNS sends at a lower DR than the uplink suggested (e.g. Class C on RX2's DR): smaller fragments.
+            n.drCap = lower;
+            this.queue.dropFor(n.row.id);
+            this.d.log('warn', `LoRa node ${n.row.id}: block ${s.index} too big at DR${s.dr}, setting it up again at DR${lower}`);
+            this.startBlock(n, s.index, undefined, n.groupAddr === undefined);
+          } else this.feedTransfer(n, { kind: 'blockFailed', index: s.index, detail: rep.kind === 'failed' ? rep.reason : n.row.detail });
+        }
+        return;
+      }
+    }
+  }
+
+  private sendControl(n: LoraNode, msg: LoraDown): void {
+    const classC = n.transfer !== undefined && n.transfer.phase.kind !== 'offered';
+    const bytes = encodeDown(msg);
+    // A resend of what still waits for the duty cycle would only arrive twice.
+    if (this.queue.hasQueued(n.row.id, FERRY_LORA_PORT, bytes)) return;
+    this.queue.push({
+      to: { kind: 'node', devEui: n.row.id }, fPort: FERRY_LORA_PORT, bytes, dr: downlinkDr(this.o.region, n.dr),
+      frequencyHz: classC ? RX2_FREQUENCY_HZ[this.o.region] : n.frequencyHz ?? DEFAULT_RX1_HZ[this.o.region],
+    });
+  }
+
+  // ---- truth ---------------------------------------------------------------------------------
+
+  /** Copies the transfer's state into the row; records an ended transfer. */
+  private syncState(n: LoraNode): void {
+    const t = n.transfer;
+    if (!t) return;
+    const r = n.row;
+    const before = r.state;
+    r.state = stateOf(t);
+    if (t.phase.kind === 'ended') {
+      r.reason = t.phase.reason;
+      if (t.phase.detail) r.detail = t.phase.detail;
+      if (r.state === 'confirmed') r.runningVersion = t.plan.version;
+      if ((r.state === 'rejected' || r.state === 'rolledBack') && r.targetRelease) this.d.store.addRefusal(r.id, r.targetRelease, 'release');
+      this.d.store.event(r.id, `lora-${r.state}`, `${t.plan.version}${r.detail ? `: ${r.detail}` : ''}`);
+      this.d.log(r.state === 'confirmed' ? 'info' : 'warn', `LoRa node ${r.id}: ${t.plan.version} ${r.state}${r.detail ? ` (${r.detail})` : ''}`);
+      clearTimeout(n.transferTimer);
+      clearTimeout(n.sessionTimer);
+      const g = this.groups.groupOf(n);
+      if (g) this.groups.leave(g, n, `transfer ${r.state}`);
+      n.transfer = undefined;
+      n.session = undefined;
+    }
+    if (before !== r.state || t.phase.kind === 'ended' || t.phase.kind === 'block') this.persist(n);
+  }
+
+  private persist(n: LoraNode): void {
+    n.row.updatedAt = Date.now();
+    this.d.store.saveNode(n.row);
+    this.publish(n);
+  }
+
+  statusOf(n: LoraNode): NodeStatus {
+    return nodeStatus(n.row, this.d.catalog.get(n.row.targetRelease), undefined, n.online, n.warnings);
+  }
+
+  private publish(n: LoraNode): void {
+    const s = this.statusOf(n);
+    this.d.onStatus?.(s);
+    this.d.publishStatus(n.row.id, JSON.stringify(s));
+  }
+}
