@@ -165,6 +165,12 @@ export class LoraNode {
     return nowMs < this.classCUntil ? { frequencyHz: 869_525_000, dr: 0 } : undefined;
   }
 
+  /** What a busy node sends when it has nothing else to say: one lstatus (docs/lora.md §7.6). */
+  keepAlive(): { fPort: number; bytes: Uint8Array } | undefined {
+    const s = this.statusUps(0)[0];
+    return s ? { fPort: FERRY_LORA_PORT, bytes: encodeUp(s) } : undefined;
+  }
+
   /** The node owes the network an uplink soon (a transfer in progress: keeps Class A downlinks flowing). */
   get busy(): boolean {
     return this.transfer !== undefined;
