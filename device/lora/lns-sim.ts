@@ -202,7 +202,8 @@ export class LnsSim {
       });
     }
     const wantsUp = d.pendingUp.length > 0 || (!cc && d.queue.length > 0);
-    if (!wantsUp && !d.node.busy) return;
+    // Keep-alive uplinks are for Class A nodes with a transfer (docs/lora.md §7.6); in Class C downlinks flow anyway.
+    if (!wantsUp && (!d.node.busy || cc)) return;
     const keepAlive = wantsUp ? 0 : Math.max(0, d.lastUpMs + (this.opts.keepAliveS ?? 60) * 1000 - now);
     const at = nextStartMs(d.duty, UPLINK_HZ, now + keepAlive);
     if (d.uplinkAt !== undefined && d.uplinkAt <= at) return;
@@ -217,7 +218,7 @@ export class LnsSim {
   private uplink(d: SimDevice): void {
     const now = this.clock.now();
     const cc = d.node.classC(this.clock.unixMs());
-    if (d.pendingUp.length === 0 && (cc || d.queue.length === 0) && !d.node.busy) return;
+    if (d.pendingUp.length === 0 && (cc || d.queue.length === 0) && (!d.node.busy || cc)) return;
     const u = d.pendingUp.shift() ?? d.node.keepAlive();
     const bytes = u?.bytes.length ?? 0;
     const airtime = frameAirtimeMs(this.region, this.upDr, bytes, 'up');
@@ -345,6 +346,11 @@ export class LnsSim {
     this.counters.multicastFrames++;
     this.clock.at(now + tx.airtimeMs, () => {
       const at = this.clock.unixMs();
+      // Stand-in, like the command topic: ChirpStack reports no multicast txack. Only the last frame of a burst
+      // holds the clock for an answer.
+      const left = this.mcQueues.get(mcAddr)?.length ?? 0;
+      if (left === 0) this.clock.touch();
+      this.client?.publish(`application/${this.opts.appId}/multicast-group/${mcAddr.toString(16).padStart(8, '0')}/event/txack`, JSON.stringify({ time: new Date(at).toISOString(), fPort: f.fPort, queued: left }), { qos: 0 });
       for (const d of members) {
         if (!d.node.ts005.listensTo(mcAddr, at)) continue;
         if (d.link.lost()) {

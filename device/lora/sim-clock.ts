@@ -28,13 +28,22 @@ export class SimClock {
   private seq = 0;
   private wake: NodeJS.Timeout | undefined;
   private stopped = false;
+  private current: number | undefined;
 
   constructor(readonly opts: ClockOptions) {
     if (!(opts.warp > 0)) throw new RangeError(`time warp ${opts.warp} must be > 0`);
   }
 
-  /** Virtual ms since the simulation started. */
+  /**
+   * Virtual ms since the simulation started. Inside a timer callback it is the timer's own time, not the wall
+   * clock's: a callback that runs late (a loaded machine) still acts at the instant it was scheduled for, so
+   * airtime and duty-cycle arithmetic stay exact whatever the real-time jitter.
+   */
   now(): number {
+    return this.current ?? this.wallNow();
+  }
+
+  private wallNow(): number {
     return (performance.now() - this.realStart) * this.opts.warp + this.offset;
   }
 
@@ -72,7 +81,7 @@ export class SimClock {
     if (this.wake) clearTimeout(this.wake);
     const next = this.timers[0];
     if (!next) return;
-    const realWait = Math.max(0, (next.at - this.now()) / this.opts.warp);
+    const realWait = Math.max(0, (next.at - this.wallNow()) / this.opts.warp);
     const quietFor = performance.now() - this.lastInput;
     const wait = this.opts.jump ? Math.min(realWait, Math.max(0, this.opts.settleMs - quietFor)) : realWait;
     this.wake = setTimeout(() => this.fire(), Math.min(wait, 2 ** 31 - 1));
@@ -82,11 +91,16 @@ export class SimClock {
     this.wake = undefined;
     const quiet = performance.now() - this.lastInput >= this.opts.settleMs;
     const next = this.timers[0];
-    if (next && this.opts.jump && quiet && next.at > this.now()) this.offset += next.at - this.now();
-    const now = this.now();
+    if (next && this.opts.jump && quiet && next.at > this.wallNow()) this.offset += next.at - this.wallNow();
+    const now = this.wallNow();
     while (this.timers.length > 0 && this.timers[0].at <= now && !this.stopped) {
       const t = this.timers.shift()!;
-      t.run();
+      this.current = t.at;
+      try {
+        t.run();
+      } finally {
+        this.current = undefined;
+      }
     }
     this.arm();
   }

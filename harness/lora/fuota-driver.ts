@@ -54,6 +54,8 @@ interface Inbox {
 }
 
 const QUIET_REAL_MS = 1500;
+/** The prior loss counts as this many fragments in the per-node loss estimate. */
+const PRIOR_WEIGHT = 10;
 
 export class FuotaDriver {
   private client!: MqttClient;
@@ -62,8 +64,13 @@ export class FuotaDriver {
   private readonly waiters = new Set<() => void>();
   private readonly inbox: Inbox[] = [];
   private multicastEst = 0;
+  /** Multicast frames the simulator reported transmitted (its stand-in txack), and when its queue last ran dry. */
+  private multicastDone = 0;
+  private multicastQueued = 0;
+  private multicastIdleAt = 0;
   rounds = 0;
   fragmentsSent = 0;
+  private readonly history = new Map<string, { sent: number; received: number }>();
   private readonly reports = new Map<string, { stage: number; reason: number }[]>();
 
   constructor(readonly o: DriverOptions) {}
@@ -71,7 +78,7 @@ export class FuotaDriver {
   async connect(): Promise<void> {
     this.client = await mqtt.connectAsync(this.o.brokerUrl, { protocolVersion: 4, reconnectPeriod: 0 });
     this.client.on('message', (_topic, payload) => this.onEvent(payload));
-    await this.client.subscribeAsync(`application/${this.o.appId}/device/+/event/+`);
+    await this.client.subscribeAsync([`application/${this.o.appId}/device/+/event/+`, `application/${this.o.appId}/multicast-group/+/event/txack`]);
   }
 
   async close(): Promise<void> {
@@ -79,7 +86,7 @@ export class FuotaDriver {
   }
 
   private onEvent(payload: Buffer): void {
-    let e: { time?: string; deviceInfo?: { devEui?: string }; fPort?: number; data?: string; code?: string; description?: string };
+    let e: { queued?: number; time?: string; deviceInfo?: { devEui?: string }; fPort?: number; data?: string; code?: string; description?: string };
     try {
       e = JSON.parse(payload.toString());
     } catch {
@@ -88,6 +95,10 @@ export class FuotaDriver {
     if (e.time) this.vnow = Math.max(this.vnow, Date.parse(e.time));
     if (process.env.FERRY_LORA_TRACE) console.log('event', e.time, e.deviceInfo?.devEui, e.fPort, e.data, e.code ?? '');
     this.lastEventReal = performance.now();
+    if (e.queued !== undefined) {
+      this.multicastDone++;
+      if (e.queued === 0) this.multicastIdleAt = this.vnow;
+    }
     if (e.code) this.o.log?.(`log event ${e.deviceInfo?.devEui}: ${e.code} ${e.description ?? ''}`);
     if (e.fPort !== undefined && e.data !== undefined && e.deviceInfo?.devEui) {
       const item = { devEui: e.deviceInfo.devEui, fPort: e.fPort, bytes: Buffer.from(e.data, 'base64') };
@@ -103,14 +114,15 @@ export class FuotaDriver {
   }
 
   /** Takes uplinks matching `take` until `done()` or the virtual deadline passes (or the simulator falls quiet). */
-  private wait(take: (u: Inbox) => boolean, done: () => boolean, deadline: number): Promise<void> {
+  private wait(take: (u: Inbox) => boolean, done: () => boolean, deadline: number | (() => number)): Promise<void> {
+    const since = performance.now();
     return new Promise((resolve) => {
       const check = () => {
         for (let i = 0; i < this.inbox.length; ) {
           if (take(this.inbox[i])) this.inbox.splice(i, 1);
           else i++;
         }
-        if (done() || this.vnow > deadline || performance.now() - this.lastEventReal > QUIET_REAL_MS) {
+        if (done() || this.vnow > (typeof deadline === 'number' ? deadline : deadline()) || performance.now() - Math.max(since, this.lastEventReal) > QUIET_REAL_MS) {
           this.waiters.delete(check);
           clearInterval(timer);
           resolve();
@@ -130,7 +142,13 @@ export class FuotaDriver {
   private multicast(fPort: number, bytes: Uint8Array): void {
     const a = frameAirtimeMs(EU868, this.dr, bytes.length, 'down');
     this.multicastEst = Math.max(this.multicastEst, this.vnow) + a / 0.1;
+    this.multicastQueued++;
     this.client.publish(`application/${this.o.appId}/multicast-group/${this.mcAddr.toString(16).padStart(8, '0')}/command/down`, JSON.stringify({ fPort, data: Buffer.from(bytes).toString('base64') }));
+  }
+
+  /** A deadline `ms` after the multicast queue drains: unknown (Infinity) while frames are still queued. */
+  private afterMulticast(ms: number): () => number {
+    return () => (this.multicastDone >= this.multicastQueued ? this.multicastIdleAt + ms : Infinity);
   }
 
   private get dr(): number {
@@ -168,12 +186,12 @@ export class FuotaDriver {
     for (let at = 0; at < this.o.image.length; at += blockKiB * 1024) slices.push(this.o.image.subarray(at, at + blockKiB * 1024));
     const frames = slices.reduce((n, s) => n + Math.ceil(s.length / fragSize), 0);
     const frameGapMs = frameAirtimeMs(EU868, this.dr, fragSize + 3, 'down') / 0.1;
-    const lead = 240_000 + nodes.length * 30_000;
+    const lead = 300_000 + nodes.length * 30_000;
     const k = sessionTimeoutFor(Math.ceil((frames * 2.2 * frameGapMs + 600_000 + lead) / 1000));
     const sessionTime = gpsSeconds(t0 + lead);
     await Promise.all(nodes.map((d) => this.prepare(d, slices.length, sessionTime, k, t0 + lead)));
     let active = nodes.filter((d) => !this.failedNode(d));
-    const loss = new Map(nodes.map((d) => [d, this.o.priorLoss ?? 0.1]));
+    const loss = new Map(nodes.map((d) => [d, this.o.priorLoss ?? 0.05]));
     for (let b = 0; b < slices.length && active.length > 0; b++) {
       active = await this.block(b, slices[b], fragSize, active, loss);
     }
@@ -216,9 +234,9 @@ export class FuotaDriver {
     ];
     for (const [fPort, bytes, answered] of steps) {
       let got = false;
-      for (let tries = 0; tries < 6 && !got && this.vnow < windowStart; tries++) {
+      for (let tries = 0; tries < 12 && !got && this.vnow < windowStart; tries++) {
         this.down(d, fPort, bytes);
-        await this.wait((u) => u.devEui === d && answered(u) ? ((got = true), true) : false, () => got, this.vnow + 90_000);
+        await this.wait((u) => u.devEui === d && answered(u) ? ((got = true), true) : false, () => got, this.vnow + 30_000);
       }
       if (process.env.FERRY_LORA_TRACE) console.log('step', fPort, got, new Date(this.vnow).toISOString(), new Date(windowStart).toISOString());
       if (this.failedNode(d)) return;
@@ -242,9 +260,11 @@ export class FuotaDriver {
         if (!a || a.cmd !== 'FragSessionSetupAns') return false;
         (a.encodingUnsupported || a.notEnoughMemory || a.wrongDescriptor || a.fragIndexUnsupported ? refused : ready).add(u.devEui);
         return true;
-      }, () => ready.size + refused.size === nodes.length, Math.max(this.vnow, this.multicastEst) + 60_000);
+      }, () => ready.size + refused.size === nodes.length, this.afterMulticast(40_000));
     }
     let active = nodes.filter((d) => ready.has(d));
+    for (const d of nodes) if (!ready.has(d)) this.o.log?.(`${d}: block ${b} setup ${refused.has(d) ? 'refused' : 'unanswered'}: left out`);
+    if (active.length === 0) return [];
     const meanLoss = () => active.reduce((s, d) => s + (loss.get(d) ?? 0.1), 0) / Math.max(1, active.length);
     let next = 1;
     const send = (count: number, to: string | null) => {
@@ -258,7 +278,8 @@ export class FuotaDriver {
     };
     const sentTo = new Map(active.map((d) => [d, 0]));
     const complete = new Set<string>();
-    let first = m + chooseRedundancy(m, meanLoss(), this.o.firstRoundTarget ?? 0.5);
+    let first = m + chooseRedundancy(m, meanLoss(), this.o.firstRoundTarget ?? 0.3);
+    this.o.log?.(`block ${b}: M=${m}, first round ${first} at estimated loss ${(meanLoss() * 100).toFixed(1)} %`);
     let target: string | null = null;
     for (let round = 0; round < 10 && active.length > 0; round++) {
       this.rounds++;
@@ -278,17 +299,21 @@ export class FuotaDriver {
           if (!a || a.cmd !== 'FragSessionStatusAns') return c?.type === 'status';
           missing.set(u.devEui, a.notEnoughMatrixMemory ? -1 : a.missingFrag);
           const sent = sentTo.get(u.devEui) ?? 0;
-          if (sent > 0) loss.set(u.devEui, Math.min(0.6, Math.max(0, 1 - a.nbFragReceived / sent)));
+          const h = this.history.get(u.devEui) ?? { sent: 0, received: 0 };
+          const total = { sent: h.sent + sent, received: h.received + Math.min(sent, a.nbFragReceived) };
+          if (a.missingFrag === 0) this.history.set(u.devEui, total);
+          const prior = this.o.priorLoss ?? 0.05;
+          loss.set(u.devEui, Math.min(0.6, (total.sent - total.received + PRIOR_WEIGHT * prior) / (total.sent + PRIOR_WEIGHT)));
           return true;
-        }, () => asked.every((d) => missing.has(d)), Math.max(this.vnow, this.multicastEst) + 32_000 + 70_000);
+        }, () => asked.every((d) => missing.has(d)), target ? this.vnow + 60_000 : this.afterMulticast(32_000 + 20_000));
       }
       for (const d of active) if (missing.get(d) === 0) complete.add(d);
-      const need = active.filter((d) => (missing.get(d) ?? 1) !== 0);
-      for (const d of need) if (missing.get(d) === -1 || !missing.has(d)) this.o.log?.(`${d}: block ${b} ${missing.has(d) ? 'matrix memory exhausted' : 'status unanswered'}`);
-      active = active.filter((d) => missing.get(d) !== -1);
+      for (const d of active) if (missing.get(d) === -1 || !missing.has(d)) this.o.log?.(`${d}: block ${b} ${missing.has(d) ? 'matrix memory exhausted' : 'status unanswered'}: left out`);
+      active = active.filter((d) => missing.has(d) && missing.get(d) !== -1);
+      const need = active.filter((d) => missing.get(d) !== 0);
       if (need.length === 0) break;
       target = need.length === 1 ? need[0] : null;
-      first = Math.max(...need.map((d) => chooseRepairCount(m, Math.min(m, Math.max(1, missing.get(d) ?? m)), Math.min(0.6, loss.get(d) ?? 0.1), this.o.repairTarget ?? 0.75)));
+      first = Math.max(...need.map((d) => chooseRepairCount(m, Math.min(m, Math.max(1, missing.get(d) ?? m)), Math.min(0.6, loss.get(d) ?? 0.1), this.o.repairTarget ?? 0.6)));
       this.o.log?.(`block ${b} round ${round + 1}: ${need.length} node(s) missing up to ${Math.max(...need.map((d) => missing.get(d) ?? 0))}; repair ${first} ${target ? 'unicast' : 'multicast'}`);
     }
     return nodes.filter((d) => complete.has(d));
