@@ -54,6 +54,15 @@ interface Inbox {
 }
 
 const QUIET_REAL_MS = 1500;
+
+/** chooseRepairCount, or missing/(1 − loss) + 2 when the model cannot reach the target within the counters. */
+function repairCount(m: number, missing: number, loss: number, target: number): number {
+  try {
+    return chooseRepairCount(m, missing, loss, target);
+  } catch {
+    return Math.ceil(missing / (1 - loss)) + 2;
+  }
+}
 /** The prior loss counts as this many fragments in the per-node loss estimate. */
 const PRIOR_WEIGHT = 10;
 
@@ -122,7 +131,10 @@ export class FuotaDriver {
           if (take(this.inbox[i])) this.inbox.splice(i, 1);
           else i++;
         }
-        if (done() || this.vnow > (typeof deadline === 'number' ? deadline : deadline()) || performance.now() - Math.max(since, this.lastEventReal) > QUIET_REAL_MS) {
+        const dl = typeof deadline === 'number' ? deadline : deadline();
+        const quiet = performance.now() - Math.max(since, this.lastEventReal) > QUIET_REAL_MS;
+        if (done() || this.vnow > dl || quiet) {
+          if (process.env.FERRY_LORA_TRACE) console.log('wait end', done() ? 'done' : quiet ? 'quiet' : `deadline ${new Date(dl).toISOString()}`);
           this.waiters.delete(check);
           clearInterval(timer);
           resolve();
@@ -246,6 +258,7 @@ export class FuotaDriver {
   /** One data block as one multicast TS004 session; returns the nodes still in the campaign. */
   private async block(b: number, data: Buffer, fragSize: number, nodes: string[], loss: Map<string, number>): Promise<string[]> {
     const { fragments, padding } = fragmentBlock(data, fragSize);
+    const frameGapMs = frameAirtimeMs(EU868, this.dr, fragSize + 3, 'down') / 0.1;
     const m = fragments.length;
     const fragIndex = b % 4;
     const descriptor = (((this.o.transferId & 0xffff) << 16) | b) >>> 0;
@@ -253,14 +266,14 @@ export class FuotaDriver {
     const ready = new Set<string>();
     const refused = new Set<string>();
     this.multicast(TS004_PORT, encodeRequests([setup]));
-    for (let tries = 0; tries < 4 && ready.size + refused.size < nodes.length; tries++) {
+    for (let tries = 0; tries < 6 && ready.size + refused.size < nodes.length; tries++) {
       if (tries > 0) for (const d of nodes) if (!ready.has(d) && !refused.has(d)) this.down(d, TS004_PORT, encodeRequests([setup]));
       await this.wait((u) => {
         const a = this.ts004(u).find((x) => x.cmd === 'FragSessionSetupAns' && x.fragIndex === fragIndex);
         if (!a || a.cmd !== 'FragSessionSetupAns') return false;
         (a.encodingUnsupported || a.notEnoughMemory || a.wrongDescriptor || a.fragIndexUnsupported ? refused : ready).add(u.devEui);
         return true;
-      }, () => ready.size + refused.size === nodes.length, this.afterMulticast(40_000));
+      }, () => ready.size + refused.size === nodes.length, tries === 0 ? this.afterMulticast(40_000) : this.vnow + 90_000);
     }
     let active = nodes.filter((d) => ready.has(d));
     for (const d of nodes) if (!ready.has(d)) this.o.log?.(`${d}: block ${b} setup ${refused.has(d) ? 'refused' : 'unanswered'}: left out`);
@@ -289,8 +302,9 @@ export class FuotaDriver {
       if (target) this.down(target, TS004_PORT, statusReq);
       else this.multicast(TS004_PORT, statusReq);
       const missing = new Map<string, number>();
+      const unicastDeadline = this.vnow + (first + 1) * frameGapMs + 60_000;
       const asked = target ? [target] : active;
-      for (let tries = 0; tries < 4 && asked.some((d) => !missing.has(d)); tries++) {
+      for (let tries = 0; tries < 6 && asked.some((d) => !missing.has(d)); tries++) {
         if (tries > 0) for (const d of asked) if (!missing.has(d)) this.down(d, TS004_PORT, statusReq);
         await this.wait((u) => {
           const a = this.ts004(u).find((x) => x.cmd === 'FragSessionStatusAns' && x.fragIndex === fragIndex);
@@ -305,7 +319,7 @@ export class FuotaDriver {
           const prior = this.o.priorLoss ?? 0.05;
           loss.set(u.devEui, Math.min(0.6, (total.sent - total.received + PRIOR_WEIGHT * prior) / (total.sent + PRIOR_WEIGHT)));
           return true;
-        }, () => asked.every((d) => missing.has(d)), target ? this.vnow + 60_000 : this.afterMulticast(32_000 + 20_000));
+        }, () => asked.every((d) => missing.has(d)), tries > 0 ? this.vnow + 90_000 : target ? unicastDeadline : this.afterMulticast(32_000 + 20_000));
       }
       for (const d of active) if (missing.get(d) === 0) complete.add(d);
       for (const d of active) if (missing.get(d) === -1 || !missing.has(d)) this.o.log?.(`${d}: block ${b} ${missing.has(d) ? 'matrix memory exhausted' : 'status unanswered'}: left out`);
@@ -313,7 +327,7 @@ export class FuotaDriver {
       const need = active.filter((d) => missing.get(d) !== 0);
       if (need.length === 0) break;
       target = need.length === 1 ? need[0] : null;
-      first = Math.max(...need.map((d) => chooseRepairCount(m, Math.min(m, Math.max(1, missing.get(d) ?? m)), Math.min(0.6, loss.get(d) ?? 0.1), this.o.repairTarget ?? 0.6)));
+      first = Math.max(...need.map((d) => repairCount(m, Math.min(m, Math.max(1, missing.get(d) ?? m)), Math.min(0.6, loss.get(d) ?? 0.1), this.o.repairTarget ?? 0.6)));
       this.o.log?.(`block ${b} round ${round + 1}: ${need.length} node(s) missing up to ${Math.max(...need.map((d) => missing.get(d) ?? 0))}; repair ${first} ${target ? 'unicast' : 'multicast'}`);
     }
     return nodes.filter((d) => complete.has(d));
