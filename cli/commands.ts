@@ -11,6 +11,7 @@ import { statusCommand } from './status.js';
 import { diffCommand } from './diff.js';
 import { patchCommand } from './patch.js';
 import { simCommand } from './sim.js';
+import { lnsSimCommand } from './lns-sim.js';
 import { demoCommand } from './demo.js';
 
 /** Every ferry subcommand, in the order --help lists them. Add a command here and nowhere else. */
@@ -29,4 +30,5 @@ export const commands: CommandModule<any, any>[] = [
   diffCommand,
   patchCommand,
   simCommand,
+  lnsSimCommand,
 ];
