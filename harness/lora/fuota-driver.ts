@@ -198,7 +198,7 @@ export class FuotaDriver {
     for (let at = 0; at < this.o.image.length; at += blockKiB * 1024) slices.push(this.o.image.subarray(at, at + blockKiB * 1024));
     const frames = slices.reduce((n, s) => n + Math.ceil(s.length / fragSize), 0);
     const frameGapMs = frameAirtimeMs(EU868, this.dr, fragSize + 3, 'down') / 0.1;
-    const lead = 300_000 + nodes.length * 30_000;
+    const lead = 300_000 + nodes.length * 60_000;
     const k = sessionTimeoutFor(Math.ceil((frames * 2.2 * frameGapMs + 600_000 + lead) / 1000));
     const sessionTime = gpsSeconds(t0 + lead);
     await Promise.all(nodes.map((d) => this.prepare(d, slices.length, sessionTime, k, t0 + lead)));
