@@ -294,23 +294,33 @@ export class FuotaDriver {
     let first = m + chooseRedundancy(m, meanLoss(), this.o.firstRoundTarget ?? 0.3);
     this.o.log?.(`block ${b}: M=${m}, first round ${first} at estimated loss ${(meanLoss() * 100).toFixed(1)} %`);
     let target: string | null = null;
+    // Tiny blocks (the manifest): TS004 parity rows over M < 20 fragments are sparse or empty (M = 1: none), so a
+    // repair round sets the session up again (the node keeps what it holds) and resends the uncoded fragments.
+    const tiny = m < 20;
+    let resend = false;
     for (let round = 0; round < 10 && active.length > 0; round++) {
       this.rounds++;
+      if (resend) {
+        next = 1;
+        if (target) this.down(target, TS004_PORT, encodeRequests([setup]));
+        else this.multicast(TS004_PORT, encodeRequests([setup]));
+      }
       send(first, target);
       for (const d of active) if (target === null || target === d) sentTo.set(d, (sentTo.get(d) ?? 0) + first);
       const statusReq = encodeRequests([{ cmd: 'FragSessionStatusReq', fragIndex, participants: true }]);
       if (target) this.down(target, TS004_PORT, statusReq);
       else this.multicast(TS004_PORT, statusReq);
       const missing = new Map<string, number>();
-      const unicastDeadline = this.vnow + (first + 1) * frameGapMs + 60_000;
-      const asked = target ? [target] : active;
+      const unicastDeadline = this.vnow + (first + 2) * frameGapMs + 60_000;
+      const asked = target ? [target] : active.filter((d) => !complete.has(d));
       for (let tries = 0; tries < 6 && asked.some((d) => !missing.has(d)); tries++) {
         if (tries > 0) for (const d of asked) if (!missing.has(d)) this.down(d, TS004_PORT, statusReq);
         await this.wait((u) => {
           const a = this.ts004(u).find((x) => x.cmd === 'FragSessionStatusAns' && x.fragIndex === fragIndex);
           const c = this.control(u);
-          if (c?.type === 'status' && c.unknown !== undefined && missing.has(u.devEui) && missing.get(u.devEui) === 255) missing.set(u.devEui, c.unknown);
+          if (c?.type === 'status' && c.unknown !== undefined && missing.get(u.devEui) === 255) missing.set(u.devEui, c.unknown);
           if (!a || a.cmd !== 'FragSessionStatusAns') return c?.type === 'status';
+          if (!asked.includes(u.devEui)) return true;
           missing.set(u.devEui, a.notEnoughMatrixMemory ? -1 : a.missingFrag);
           const sent = sentTo.get(u.devEui) ?? 0;
           const h = this.history.get(u.devEui) ?? { sent: 0, received: 0 };
@@ -321,14 +331,15 @@ export class FuotaDriver {
           return true;
         }, () => asked.every((d) => missing.has(d)), tries > 0 ? this.vnow + 90_000 : target ? unicastDeadline : this.afterMulticast(32_000 + 20_000));
       }
-      for (const d of active) if (missing.get(d) === 0) complete.add(d);
-      for (const d of active) if (missing.get(d) === -1 || !missing.has(d)) this.o.log?.(`${d}: block ${b} ${missing.has(d) ? 'matrix memory exhausted' : 'status unanswered'}: left out`);
-      active = active.filter((d) => missing.has(d) && missing.get(d) !== -1);
-      const need = active.filter((d) => missing.get(d) !== 0);
+      for (const d of asked) if (missing.get(d) === 0) complete.add(d);
+      for (const d of asked) if (missing.get(d) === -1 || !missing.has(d)) this.o.log?.(`${d}: block ${b} ${missing.has(d) ? 'matrix memory exhausted' : 'status unanswered'}: left out`);
+      active = active.filter((d) => complete.has(d) || (missing.has(d) && missing.get(d) !== -1));
+      const need = active.filter((d) => !complete.has(d));
       if (need.length === 0) break;
       target = need.length === 1 ? need[0] : null;
-      first = Math.max(...need.map((d) => repairCount(m, Math.min(m, Math.max(1, missing.get(d) ?? m)), Math.min(0.6, loss.get(d) ?? 0.1), this.o.repairTarget ?? 0.6)));
-      this.o.log?.(`block ${b} round ${round + 1}: ${need.length} node(s) missing up to ${Math.max(...need.map((d) => missing.get(d) ?? 0))}; repair ${first} ${target ? 'unicast' : 'multicast'}`);
+      resend = tiny;
+      first = tiny ? m : Math.max(...need.map((d) => repairCount(m, Math.min(m, Math.max(1, missing.get(d) ?? m)), Math.min(0.6, loss.get(d) ?? 0.1), this.o.repairTarget ?? 0.6)));
+      this.o.log?.(`block ${b} round ${round + 1}: ${need.length} node(s) missing up to ${Math.max(...need.map((d) => missing.get(d) ?? 0))}; ${tiny ? 'resend' : 'repair'} ${first} ${target ? 'unicast' : 'multicast'}`);
     }
     return nodes.filter((d) => complete.has(d));
   }
