@@ -332,13 +332,17 @@ export class FuotaDriver {
         }, () => asked.every((d) => missing.has(d)), tries > 0 ? this.vnow + 90_000 : target ? unicastDeadline : this.afterMulticast(32_000 + 20_000));
       }
       for (const d of asked) if (missing.get(d) === 0) complete.add(d);
-      for (const d of asked) if (missing.get(d) === -1 || !missing.has(d)) this.o.log?.(`${d}: block ${b} ${missing.has(d) ? 'matrix memory exhausted' : 'status unanswered'}: left out`);
-      active = active.filter((d) => complete.has(d) || (missing.has(d) && missing.get(d) !== -1));
+      for (const d of asked) if (!missing.has(d)) this.o.log?.(`${d}: block ${b} status unanswered: left out`);
+      active = active.filter((d) => complete.has(d) || missing.has(d));
       const need = active.filter((d) => !complete.has(d));
       if (need.length === 0) break;
       target = need.length === 1 ? need[0] : null;
-      resend = tiny;
-      first = tiny ? m : Math.max(...need.map((d) => repairCount(m, Math.min(m, Math.max(1, missing.get(d) ?? m)), Math.min(0.6, loss.get(d) ?? 0.1), this.o.repairTarget ?? 0.6)));
+      // A node whose decoder ran out of matrix memory (more losses than its L) gets the session set up again and the
+      // uncoded fragments once more: it keeps what it holds, and every uncoded fragment it gains frees a row.
+      const memoryError = need.some((d) => missing.get(d) === -1);
+      if (memoryError) this.o.log?.(`block ${b}: ${need.filter((d) => missing.get(d) === -1).join(', ')} out of matrix memory: resending the block uncoded`);
+      resend = tiny || memoryError;
+      first = resend ? m : Math.max(...need.map((d) => repairCount(m, Math.min(m, Math.max(1, missing.get(d) ?? m)), Math.min(0.6, loss.get(d) ?? 0.1), this.o.repairTarget ?? 0.6)));
       this.o.log?.(`block ${b} round ${round + 1}: ${need.length} node(s) missing up to ${Math.max(...need.map((d) => missing.get(d) ?? 0))}; ${tiny ? 'resend' : 'repair'} ${first} ${target ? 'unicast' : 'multicast'}`);
     }
     return nodes.filter((d) => complete.has(d));
