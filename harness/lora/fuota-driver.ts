@@ -5,7 +5,7 @@ import { chooseRedundancy, chooseRepairCount } from '../../shared/lora/redundanc
 import { EU868, frameAirtimeMs, maxFragmentSize } from '../../shared/lora/regions.js';
 import { gpsSeconds } from '../../shared/lora/ts003.js';
 import { decodeAnswers, encodeRequests, TS004_PORT, type Ts004Answer, type Ts004Request } from '../../shared/lora/ts004.js';
-import { encodeTs005Requests, sessionTimeoutFor, TS005_PORT } from '../../shared/lora/ts005.js';
+import { decodeTs005Answers, encodeTs005Requests, sessionTimeoutFor, TS005_PORT, type Ts005Answer } from '../../shared/lora/ts005.js';
 import { sha256 } from '../../shared/manifest.js';
 import { Stage } from '../../shared/messages.js';
 
@@ -179,6 +179,14 @@ export class FuotaDriver {
     }
   }
 
+  private ts005(u: Inbox): Ts005Answer[] {
+    try {
+      return u.fPort === TS005_PORT ? decodeTs005Answers(u.bytes) : [];
+    } catch {
+      return [];
+    }
+  }
+
   private control(u: Inbox): LoraUp | undefined {
     try {
       return u.fPort === FERRY_LORA_PORT ? decodeUp(u.bytes) : undefined;
@@ -241,8 +249,8 @@ export class FuotaDriver {
     });
     const steps: [number, Uint8Array, (u: Inbox) => boolean][] = [
       [FERRY_LORA_PORT, offer, (u) => { const m = this.control(u); return m?.type === 'status' || (m?.type === 'report' && m.stage === Stage.rejected); }],
-      [TS005_PORT, encodeTs005Requests([{ cmd: 'McGroupSetupReq', mcGroupId: 0, mcAddr: this.mcAddr, mcKeyEncrypted: new Uint8Array(16), minMcFCount: 0, maxMcFCount: 0xffffffff }]), (u) => u.fPort === TS005_PORT],
-      [TS005_PORT, encodeTs005Requests([{ cmd: 'McClassCSessionReq', mcGroupId: 0, sessionTime, sessionTimeOut: k, dlFrequencyHz: this.o.frequencyHz ?? 869_525_000, dr: this.dr }]), (u) => u.fPort === TS005_PORT],
+      [TS005_PORT, encodeTs005Requests([{ cmd: 'McGroupSetupReq', mcGroupId: 0, mcAddr: this.mcAddr, mcKeyEncrypted: new Uint8Array(16), minMcFCount: 0, maxMcFCount: 0xffffffff }]), (u) => this.ts005(u).some((a) => a.cmd === 'McGroupSetupAns' && !a.idError)],
+      [TS005_PORT, encodeTs005Requests([{ cmd: 'McClassCSessionReq', mcGroupId: 0, sessionTime, sessionTimeOut: k, dlFrequencyHz: this.o.frequencyHz ?? 869_525_000, dr: this.dr }]), (u) => this.ts005(u).some((a) => a.cmd === 'McClassCSessionAns')],
     ];
     for (const [fPort, bytes, answered] of steps) {
       let got = false;
