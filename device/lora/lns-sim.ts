@@ -316,6 +316,7 @@ export class LnsSim {
       if (starts.length === 0) {
         const f = q.shift()!;
         this.log('warn', `lns-sim: multicast frame for group ${mcAddr.toString(16).padStart(8, '0')} (fPort ${f.fPort}) dropped: no member has a Class C window`);
+        this.multicastEvent(mcAddr, f.fPort, 'NO_CLASS_C_MEMBER');
         return this.pumpMulticast(mcAddr);
       }
       at = Math.min(...starts) - this.clock.opts.epochMs;
@@ -340,6 +341,7 @@ export class LnsSim {
     if (!this.gateway.fits(w.dr, f.bytes.length)) {
       this.counters.oversize++;
       this.log('warn', `lns-sim: multicast frame of ${f.bytes.length} B exceeds DR${w.dr}: dropped`);
+      this.multicastEvent(mcAddr, f.fPort, 'DOWNLINK_PAYLOAD_SIZE');
       return this.pumpMulticast(mcAddr);
     }
     const tx = this.gateway.transmit({ startMs: now, frequencyHz: w.frequencyHz, dr: w.dr, bytes: f.bytes.length, kind: 'multicast' }, now);
@@ -348,9 +350,7 @@ export class LnsSim {
       const at = this.clock.unixMs();
       // Stand-in, like the command topic: ChirpStack reports no multicast txack. Only the last frame of a burst
       // holds the clock for an answer.
-      const left = this.mcQueues.get(mcAddr)?.length ?? 0;
-      if (left === 0) this.clock.touch();
-      this.client?.publish(`application/${this.opts.appId}/multicast-group/${mcAddr.toString(16).padStart(8, '0')}/event/txack`, JSON.stringify({ time: new Date(at).toISOString(), fPort: f.fPort, queued: left }), { qos: 0 });
+      this.multicastEvent(mcAddr, f.fPort);
       for (const d of members) {
         if (!d.node.ts005.listensTo(mcAddr, at)) continue;
         if (d.link.lost()) {
@@ -362,6 +362,14 @@ export class LnsSim {
       }
       this.pumpMulticast(mcAddr);
     });
+  }
+
+  /** The multicast stand-in's txack (or, with `dropped`, why a frame was not sent). */
+  private multicastEvent(mcAddr: number, fPort: number, dropped?: string): void {
+    const left = this.mcQueues.get(mcAddr)?.length ?? 0;
+    if (left === 0) this.clock.touch();
+    const body = { time: new Date(this.clock.unixMs()).toISOString(), fPort, queued: left, ...(dropped ? { dropped } : {}) };
+    this.client?.publish(`application/${this.opts.appId}/multicast-group/${mcAddr.toString(16).padStart(8, '0')}/event/txack`, JSON.stringify(body), { qos: 0 });
   }
 
   stats() {

@@ -160,7 +160,7 @@ export class FuotaDriver {
 
   /** A deadline `ms` after the multicast queue drains: unknown (Infinity) while frames are still queued. */
   private afterMulticast(ms: number): () => number {
-    return () => (this.multicastDone >= this.multicastQueued ? this.multicastIdleAt + ms : Infinity);
+    return () => (this.multicastDone >= this.multicastQueued ? this.multicastIdleAt + ms : this.multicastEst + 600_000 + ms);
   }
 
   private get dr(): number {

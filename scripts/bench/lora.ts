@@ -15,11 +15,13 @@ import { EU868, fragmentsAirtimeMs, maxFragmentSize } from '../../shared/lora/re
  * the same fleet's 0 % row, virtual time to the last confirmed boot, confirmed nodes, real seconds and the
  * virtual/real speed-up. 1-node rows are the median of --trials seeds. `--json` for machine output.
  *
- *   node dist/scripts/bench/lora.js [--size 102400] [--fleet 50] [--trials 3] [--loss 0,10,30] [--burst 0] [--json]
+ *   node dist/scripts/bench/lora.js [--size 102400] [--fleet 50] [--only 1,50] [--trials 3] [--loss 0,10,30] [--burst 0] [--json]
  */
 const args = process.argv.slice(2);
 const size = Number(benchArg(args, 'size', '102400'));
 const fleet = Number(benchArg(args, 'fleet', '50'));
+/** Which fleet sizes to run (1 and --fleet by default); lets the rows run in separate processes. */
+const sizes = benchArg(args, 'only', `1,${fleet}`).split(',').map(Number);
 const trials = Number(benchArg(args, 'trials', '3'));
 const losses = benchArg(args, 'loss', '0,10,30').split(',').map(Number);
 const burst = Number(benchArg(args, 'burst', '0'));
@@ -51,7 +53,7 @@ function airtime(r: CampaignResult): number {
   return r.sim.airtimeS.unicast + r.sim.airtimeS.multicast;
 }
 
-for (const nodes of [1, fleet]) {
+for (const nodes of sizes) {
   for (const lossPct of losses) {
     const runs: CampaignResult[] = [];
     const n = nodes === 1 ? trials : 1;
@@ -73,10 +75,10 @@ for (const nodes of [1, fleet]) {
   }
 }
 
-const fleetVsOne = losses.map((l) => {
-  const one = rows.find((r) => r.nodes === 1 && r.lossPct === l)!;
-  const many = rows.find((r) => r.nodes === fleet && r.lossPct === l)!;
-  return { lossPct: l, ratio: many.airtimeS / one.airtimeS };
+const fleetVsOne = losses.flatMap((l) => {
+  const one = rows.find((r) => r.nodes === 1 && r.lossPct === l);
+  const many = rows.find((r) => r.nodes === fleet && r.lossPct === l);
+  return one && many ? [{ lossPct: l, ratio: many.airtimeS / one.airtimeS }] : [];
 });
 
 if (json) {
