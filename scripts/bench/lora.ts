@@ -13,7 +13,7 @@ import { EU868, fragmentsAirtimeMs, maxFragmentSize } from '../../shared/lora/re
  * Prints per row: gateway downlink airtime (s, all frames: control, TS005, TS004 setup/status, fragments),
  * airtime / image airtime (the image's M = ⌈size/239⌉ data fragments with no loss and no protocol), airtime /
  * the same fleet's 0 % row, virtual time to the last confirmed boot, confirmed nodes, real seconds and the
- * virtual/real speed-up. 1-node rows are the median of --trials seeds. `--json` for machine output.
+ * virtual/real speed-up. 1-node rows are the median of --trials seeds; `confirmed` counts over all of them. `--json` for machine output.
  *
  *   node dist/scripts/bench/lora.js [--size 102400] [--fleet 50] [--only 1,50] [--trials 3] [--loss 0,10,30] [--burst 0] [--json]
  */
@@ -65,10 +65,10 @@ for (const nodes of sizes) {
     const a = median(runs.map(airtime));
     if (lossPct === 0) zero.set(nodes, a);
     const z = zero.get(nodes);
-    const confirmed = median(runs.map((r) => r.driver.confirmed.length));
+    const confirmed = runs.reduce((k, r) => k + r.driver.confirmed.length, 0);
     rows.push({
       nodes, lossPct, airtimeS: a, vsImage: a / imageAirtimeS, vsZeroLoss: z ? a / z : null,
-      confirmedH: median(runs.map((r) => r.driver.elapsedMs)) / 3_600_000, confirmed: `${confirmed}/${nodes}`,
+      confirmedH: median(runs.map((r) => r.driver.elapsedMs)) / 3_600_000, confirmed: `${confirmed}/${nodes * n}`,
       fragments: median(runs.map((r) => r.driver.fragmentsSent)), rounds: median(runs.map((r) => r.driver.rounds)),
       realS: median(runs.map((r) => r.sim.realS)), speedup: median(runs.map((r) => r.sim.speedup)),
     });
