@@ -163,6 +163,14 @@ export class FuotaDriver {
     return () => (this.multicastDone >= this.multicastQueued ? this.multicastIdleAt + ms : this.multicastEst + 600_000 + ms);
   }
 
+  /**
+   * How long a Class A request waits for its answer before it is sent again: the gateway's RX1 sub-band (1 %) lets
+   * about one downlink out per 8 s, shared by every node being set up, so it grows with the fleet.
+   */
+  private get classAPatience(): number {
+    return 30_000 + 12_000 * this.o.devEuis.length;
+  }
+
   private get dr(): number {
     return this.o.dr ?? 5;
   }
@@ -206,10 +214,21 @@ export class FuotaDriver {
     for (let at = 0; at < this.o.image.length; at += blockKiB * 1024) slices.push(this.o.image.subarray(at, at + blockKiB * 1024));
     const frames = slices.reduce((n, s) => n + Math.ceil(s.length / fragSize), 0);
     const frameGapMs = frameAirtimeMs(EU868, this.dr, fragSize + 3, 'down') / 0.1;
-    const lead = 300_000 + nodes.length * 60_000;
-    const k = sessionTimeoutFor(Math.ceil((frames * 2.2 * frameGapMs + 600_000 + lead) / 1000));
-    const sessionTime = gpsSeconds(t0 + lead);
-    await Promise.all(nodes.map((d) => this.prepare(d, slices.length, sessionTime, k, t0 + lead)));
+    // Phase 1 (Class A, per node): offer and TS005 group. Phase 2: one Class C session for all, starting once the
+    // requests can have reached every node; a node the request reached too late gets a later start, and the first
+    // multicast frame waits for the last start.
+    await Promise.all(nodes.map((d) => this.prepare(d, slices.length)));
+    const k = sessionTimeoutFor(Math.ceil((frames * 2.2 * frameGapMs + 600_000 + nodes.length * 30_000) / 1000));
+    let pending = nodes.filter((d) => !this.failedNode(d));
+    let lastStart = this.vnow;
+    for (let attempt = 0; attempt < 4 && pending.length > 0; attempt++) {
+      const start = this.vnow + 120_000 + pending.length * 40_000;
+      lastStart = Math.max(lastStart, start);
+      const late = await Promise.all(pending.map((d) => this.classC(d, gpsSeconds(start), k, start)));
+      pending = pending.filter((_, i) => late[i]);
+      if (pending.length) this.o.log?.(`${pending.length} node(s) got the Class C session too late: a later start for them`);
+    }
+    await this.wait(() => false, () => this.vnow >= lastStart, lastStart);
     let active = nodes.filter((d) => !this.failedNode(d));
     const loss = new Map(nodes.map((d) => [d, this.o.priorLoss ?? 0.05]));
     for (let b = 0; b < slices.length && active.length > 0; b++) {
@@ -242,7 +261,7 @@ export class FuotaDriver {
   }
 
   /** Unicast, Class A: offer, TS005 group and Class C session; each retried until answered. */
-  private async prepare(d: string, blocks: number, sessionTime: number, k: number, windowStart: number): Promise<void> {
+  private async prepare(d: string, blocks: number): Promise<void> {
     const offer = encodeDown({
       type: 'offer', transferId: this.o.transferId, digestPrefix: sha256(this.o.image).subarray(0, 4), version: this.o.version, blocks, size: this.o.image.length,
       blockKiB: this.o.blockKiB ?? 64, encoding: 0, mcAddr: this.mcAddr,
@@ -250,17 +269,30 @@ export class FuotaDriver {
     const steps: [number, Uint8Array, (u: Inbox) => boolean][] = [
       [FERRY_LORA_PORT, offer, (u) => { const m = this.control(u); return m?.type === 'status' || (m?.type === 'report' && m.stage === Stage.rejected); }],
       [TS005_PORT, encodeTs005Requests([{ cmd: 'McGroupSetupReq', mcGroupId: 0, mcAddr: this.mcAddr, mcKeyEncrypted: new Uint8Array(16), minMcFCount: 0, maxMcFCount: 0xffffffff }]), (u) => this.ts005(u).some((a) => a.cmd === 'McGroupSetupAns' && !a.idError)],
-      [TS005_PORT, encodeTs005Requests([{ cmd: 'McClassCSessionReq', mcGroupId: 0, sessionTime, sessionTimeOut: k, dlFrequencyHz: this.o.frequencyHz ?? 869_525_000, dr: this.dr }]), (u) => this.ts005(u).some((a) => a.cmd === 'McClassCSessionAns')],
     ];
     for (const [fPort, bytes, answered] of steps) {
       let got = false;
-      for (let tries = 0; tries < 12 && !got && this.vnow < windowStart; tries++) {
+      for (let tries = 0; tries < 12 && !got; tries++) {
         this.down(d, fPort, bytes);
-        await this.wait((u) => u.devEui === d && answered(u) ? ((got = true), true) : false, () => got, this.vnow + 30_000);
+        await this.wait((u) => u.devEui === d && answered(u) ? ((got = true), true) : false, () => got, this.vnow + this.classAPatience);
       }
-      if (process.env.FERRY_LORA_TRACE) console.log('step', fPort, got, new Date(this.vnow).toISOString(), new Date(windowStart).toISOString());
       if (this.failedNode(d)) return;
     }
+  }
+
+  /** Sends the node its Class C session; true when it answered that the start had already passed. */
+  private async classC(d: string, sessionTime: number, k: number, startMs: number): Promise<boolean> {
+    const req = encodeTs005Requests([{ cmd: 'McClassCSessionReq', mcGroupId: 0, sessionTime, sessionTimeOut: k, dlFrequencyHz: this.o.frequencyHz ?? 869_525_000, dr: this.dr }]);
+    let answer: Extract<Ts005Answer, { cmd: 'McClassCSessionAns' }> | undefined;
+    for (let tries = 0; tries < 12 && !answer && this.vnow < startMs; tries++) {
+      this.down(d, TS005_PORT, req);
+      await this.wait((u) => {
+        const a = u.devEui === d ? this.ts005(u).find((x) => x.cmd === 'McClassCSessionAns') : undefined;
+        if (a?.cmd === 'McClassCSessionAns') answer = a;
+        return a !== undefined;
+      }, () => answer !== undefined, this.vnow + this.classAPatience);
+    }
+    return !answer || answer.mcGroupUndefined;
   }
 
   /** One data block as one multicast TS004 session; returns the nodes still in the campaign. */
