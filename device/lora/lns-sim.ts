@@ -95,7 +95,7 @@ export class LnsSim {
       const devEui = (prefix + i.toString(16).padStart(16 - prefix.length, '0')).slice(0, 16);
       const node = new LoraNode({
         devEui, hw: opts.hw, version: opts.version, trust: opts.trust, profile: opts.profile, ramBudget: opts.ramBudget,
-        failSelfTest: opts.failSelfTest?.has(i), random: seeded(opts.seed * 7919 + i + 1), log: this.log,
+        failSelfTest: opts.failSelfTest?.has(i), dr: opts.dr, random: seeded(opts.seed * 7919 + i + 1), log: this.log,
       });
       this.devices.set(devEui, {
         node, link: makeLink(opts.downLoss, seeded(Math.floor(rand() * 2 ** 31))), upLink: makeLink(opts.upLoss ?? { kind: 'iid', p: 0 }, seeded(Math.floor(rand() * 2 ** 31))),

@@ -32,6 +32,8 @@ export interface LoraNodeOptions {
   lossTolerance?: number;
   slotSize?: number;
   failSelfTest?: boolean;
+  /** The node's data rate (EU868; downlinks use the same). Default 5. */
+  dr?: number;
   random: () => number;
   flash?: Flash;
   log?: (level: 'info' | 'warn', msg: string) => void;
@@ -162,7 +164,8 @@ export class LoraNode {
   classC(nowMs: number): { frequencyHz: number; dr: number } | undefined {
     const w = this.ts005.openWindow(nowMs);
     if (w) return { frequencyHz: w.frequencyHz, dr: w.dr };
-    return nowMs < this.classCUntil ? { frequencyHz: 869_525_000, dr: 0 } : undefined;
+    // Unicast Class C (docs/lora.md §7.6): the RX2 frequency at the node's downlink DR (EU868: its uplink DR).
+    return nowMs < this.classCUntil ? { frequencyHz: 869_525_000, dr: this.opts.dr ?? 5 } : undefined;
   }
 
   /** What a busy node sends when it has nothing else to say: one lstatus (docs/lora.md §7.6). */
@@ -240,8 +243,7 @@ export class LoraNode {
     if (!t) return [];
     const slot = this.frag.slots.find((s) => s.kind === 'receiving' && (s.setup.descriptor & 0xffff) === t.done && s.setup.descriptor >>> 16 === (t.id & 0xffff));
     if (!slot || slot.kind !== 'receiving' || heldIndices(slot).length === 0) return [{ type: 'status', transferId: t.id, done: t.done, flags: flags | StatusFlag.lastPage }];
-    const pages = statusPages(t.id, t.done, slot.decoder.unknownFragments(), flags);
-    return pages.map((p) => ({ ...p, unknown: slot.decoder.missingCount }));
+    return statusPages(t.id, t.done, slot.decoder.missingCount, slot.decoder.unknownFragments(), flags);
   }
 
   private env(nowMs: number) {

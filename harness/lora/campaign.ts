@@ -21,6 +21,8 @@ export interface CampaignOptions {
   signer?: { privateKey: KeyObject; publicKey: KeyObject };
   warp?: number;
   settleMs?: number;
+  /** RX2 data rate of the network (ChirpStack's EU868 default is DR0; TTN uses DR3). Default 3. */
+  rx2Dr?: number;
   log?: (msg: string) => void;
   sim?: Partial<LnsSimOptions>;
 }
@@ -39,7 +41,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const manifest = signManifest({ hw: 'lora-dev', version, securityVersion: 0, size: o.image.length, digest: sha256(o.image), created: 1_700_000_000, flags: 0 }, signer.privateKey);
   const sim = new LnsSim({
     brokerUrl: broker.url, appId: 'a3d1e7c2-0000-4000-8000-00000000f001', nodes: o.nodes, hw: 'lora-dev', version: '1.0.0', trust: [signer.publicKey],
-    downLoss: o.loss, seed: o.seed, clock: { warp: o.warp ?? 1, jump: true, settleMs: o.settleMs ?? 10 }, failSelfTest: o.failSelfTest,
+    downLoss: o.loss, seed: o.seed, rx2Dr: o.rx2Dr ?? 3, clock: { warp: o.warp ?? 1, jump: true, settleMs: o.settleMs ?? 10 }, failSelfTest: o.failSelfTest,
     log: (l, m) => (l === 'warn' ? o.log?.(m) : undefined), ...o.sim,
   });
   const driver = new FuotaDriver({

@@ -36,6 +36,7 @@ interface Row {
   nodes: number;
   lossPct: number;
   airtimeS: number;
+  unicastS: number;
   vsImage: number;
   vsZeroLoss: number | null;
   confirmedH: number;
@@ -67,7 +68,7 @@ for (const nodes of sizes) {
     const z = zero.get(nodes);
     const confirmed = runs.reduce((k, r) => k + r.driver.confirmed.length, 0);
     rows.push({
-      nodes, lossPct, airtimeS: a, vsImage: a / imageAirtimeS, vsZeroLoss: z ? a / z : null,
+      nodes, lossPct, airtimeS: a, unicastS: median(runs.map((r) => r.sim.airtimeS.unicast)), vsImage: a / imageAirtimeS, vsZeroLoss: z ? a / z : null,
       confirmedH: median(runs.map((r) => r.driver.elapsedMs)) / 3_600_000, confirmed: `${confirmed}/${nodes * n}`,
       fragments: median(runs.map((r) => r.driver.fragmentsSent)), rounds: median(runs.map((r) => r.driver.rounds)),
       realS: median(runs.map((r) => r.sim.realS)), speedup: median(runs.map((r) => r.sim.speedup)),
@@ -85,10 +86,10 @@ if (json) {
   console.log(JSON.stringify({ size, fragSize, imageAirtimeS, burst, rows, fleetVsOne }, null, 2));
 } else {
   console.log(`LoRa FUOTA through ferry lns-sim: ${size} B image, EU868 DR5 (${fragSize} B fragments), image airtime ${imageAirtimeS.toFixed(1)} s${burst ? `, bursty loss (mean burst ${burst})` : ', i.i.d. loss'}`);
-  console.log('nodes  loss  airtime s  ×image  ×0%-row  to confirmed  confirmed  fragments  rounds  real s  speed-up');
+  console.log('nodes  loss  airtime s (unicast)  ×image  ×0%-row  to confirmed  confirmed  fragments  rounds  real s  speed-up');
   for (const r of rows) {
     console.log(
-      `${String(r.nodes).padStart(5)}  ${String(r.lossPct).padStart(3)} %  ${r.airtimeS.toFixed(1).padStart(9)}  ${r.vsImage.toFixed(3).padStart(6)}  ${(r.vsZeroLoss?.toFixed(3) ?? '-').padStart(7)}  ${r.confirmedH.toFixed(2).padStart(10)} h  ${r.confirmed.padStart(9)}  ${String(r.fragments).padStart(9)}  ${String(r.rounds).padStart(6)}  ${r.realS.toFixed(1).padStart(6)}  ${r.speedup.toFixed(0).padStart(8)}×`,
+      `${String(r.nodes).padStart(5)}  ${String(r.lossPct).padStart(3)} %  ${r.airtimeS.toFixed(1).padStart(9)} (${r.unicastS.toFixed(1).padStart(5)})  ${r.vsImage.toFixed(3).padStart(6)}  ${(r.vsZeroLoss?.toFixed(3) ?? '-').padStart(7)}  ${r.confirmedH.toFixed(2).padStart(10)} h  ${r.confirmed.padStart(9)}  ${String(r.fragments).padStart(9)}  ${String(r.rounds).padStart(6)}  ${r.realS.toFixed(1).padStart(6)}  ${r.speedup.toFixed(0).padStart(8)}×`,
     );
   }
   for (const f of fleetVsOne) console.log(`${fleet} nodes / 1 node airtime at ${f.lossPct} % loss: ${f.ratio.toFixed(3)}×`);

@@ -172,8 +172,11 @@ export function decodeDown(bytes: Uint8Array): LoraDown {
   }
 }
 
-/** The lstatus pages of an unknown-fragment list (only pages holding an unknown fragment; the last one flagged). */
-export function statusPages(transferId: number, done: number, unknownIndices: readonly number[], flags = 0): LoraUp[] {
+/**
+ * The lstatus pages of a block in progress: `deficiency` (M − rank) and the unsolved data fragments, only pages
+ * holding one, the last flagged.
+ */
+export function statusPages(transferId: number, done: number, deficiency: number, unknownIndices: readonly number[], flags = 0): LoraUp[] {
   const pages = new Map<number, Uint8Array>();
   for (const i of unknownIndices) {
     const p = Math.floor(i / STATUS_PAGE_FRAGMENTS);
@@ -187,7 +190,7 @@ export function statusPages(transferId: number, done: number, unknownIndices: re
     type: 'status' as const,
     transferId,
     done,
-    unknown: unknownIndices.length,
+    unknown: deficiency,
     page,
     bitmap: pages.get(page)!,
     flags: flags | (k === sorted.length - 1 ? StatusFlag.lastPage : 0),
