@@ -44,8 +44,9 @@ t.test('setup answers carry the right status bits', async (t) => {
     const { answers } = send(initialFragState, [req], env(over));
     t.same(answers, [{ cmd: 'FragSessionSetupAns', fragIndex: 1, encodingUnsupported: false, notEnoughMemory: false, fragIndexUnsupported: false, wrongDescriptor: false, ...bits }], name);
   }
-  t.equal(decoderLosses(2000, 0.3), 600);
-  t.ok(specDecoderRamBytes(600) > 1000, 'the RAM case is really over budget');
+  t.equal(decoderLosses(2000, 1000), 111, '1,000 B hold L = 111');
+  t.ok(specDecoderRamBytes(111) <= 1000 && specDecoderRamBytes(112) > 1000);
+  t.ok(111 < 0.3 * 2000, 'below the 30 % the node wants: refused');
 });
 
 t.test('fragments with losses decode; status reports holdings; the block is delivered once', async (t) => {

@@ -57,12 +57,12 @@ t.test('a node persists what it holds of a block and reports it after a reboot; 
 });
 
 t.test('a block whose decoder would exceed the RAM budget is refused with notEnoughMemory', async (t) => {
-  const node = new LoraNode({ devEui: '70b3d57ed000000a', hw: 'lora-dev', version: '1.0.0', trust: [signer.publicKey], random: seeded(4), ramBudget: 64 });
+  const node = new LoraNode({ devEui: '70b3d57ed000000a', hw: 'lora-dev', version: '1.0.0', trust: [signer.publicKey], random: seeded(4), ramBudget: 16 });
   node.boot('powerOn', 0);
   node.receive(10, encodeDown({ type: 'offer', transferId: tid, digestPrefix: sha256(img).subarray(0, 4), version: '2.0.0', blocks: 2, size: img.length, blockKiB: 64, encoding: 0 }), null, 0);
   t.match(decodeAnswers(node.receive(201, encodeRequests([setup(0, manifest)]), null, 0).uplinks[0].bytes), [{ cmd: 'FragSessionSetupAns', notEnoughMemory: false }], 'the 2-fragment manifest block fits');
   for (let n = 1; n <= fragmentBlock(manifest, fragSize).fragments.length; n++) node.receive(201, frag(0, manifest, n), null, 0);
-  // 84 fragments: L = ⌈0.35·84⌉ = 30 → 30·31/16 + 60 = 119 B > 64 B.
+  // 16 B hold L = 6 (6·7/16 + 12 = 15 B); 84 fragments want ⌈0.1·84⌉ = 9.
   const a = decodeAnswers(node.receive(201, encodeRequests([setup(1, img)]), null, 0).uplinks[0].bytes);
   t.match(a, [{ cmd: 'FragSessionSetupAns', fragIndex: 1, notEnoughMemory: true }]);
 });

@@ -12,7 +12,7 @@ import { decodeRequests, encodeAnswers, TS004_PACKAGE_IDENTIFIER, TS004_PACKAGE_
  * Rules (TS004 v1.0.0 §3, LoRaMac-node LmhpFragmentation.c / FragDecoder.c):
  * - Setup on an active FragIndex stops that session and clears its context, unless the runtime says it holds
  *   fragments of that very block (same Descriptor) and resumes them (docs/lora.md §7.3, ferry's extension).
- * - FragAlgo ≠ 0 → bit0; decoder RAM L(L+1)/16 + 2L over budget, or a block larger than the store → bit1; a
+ * - FragAlgo ≠ 0 → bit0; an L (losses the RAM budget holds, L(L+1)/16 + 2L B) below the node's minimum, or a block larger than the store → bit1; a
  *   Descriptor the runtime does not accept → bit3.
  * - DataFragment: counters below the last one seen are dropped ("out of order", as LoRaMac-node), duplicates
  *   counted once; multicast fragments only for a session bound to that group; after completion everything on
@@ -63,7 +63,7 @@ export type OpenResult =
 export interface FragEnv {
   /** Decoder RAM the node may spend (bytes, the spec's layout). */
   ramBudget: number;
-  /** Fraction of a block's fragments the decoder must be able to lose (its L = ⌈tolerance·M⌉, at least 16). */
+  /** Least fraction of a block's fragments the decoder must be able to lose; a setup whose L (from the RAM budget) is below it is refused. */
   lossTolerance: number;
   /** The runtime's block store for a setup, or why it refuses (descriptor it does not know, no space). */
   open(setup: FragSetup): OpenResult;
@@ -75,9 +75,11 @@ export interface FragStep {
   effects: FragEffect[];
 }
 
-/** The L a node reserves for an M-fragment block. */
-export function decoderLosses(nbFrag: number, tolerance: number): number {
-  return Math.min(nbFrag, Math.max(16, Math.ceil(tolerance * nbFrag)));
+/** The L a node reserves for an M-fragment block: as many lost fragments as its RAM budget holds, at most M. */
+export function decoderLosses(nbFrag: number, ramBudget: number): number {
+  let l = 0;
+  while (l < nbFrag && specDecoderRamBytes(l + 1) <= ramBudget) l++;
+  return l;
 }
 
 export function stepFrag(state: FragState, input: FragInput, env: FragEnv): FragStep {
@@ -149,10 +151,10 @@ function setup(slots: FragSlot[], c: Extract<Ts004Request, { cmd: 'FragSessionSe
     effects.push({ kind: 'log', level: 'warn', msg: `FragSessionSetup ${c.fragIndex} refused: FragAlgo ${c.fragAlgo} unsupported` });
     return { ...ans, encodingUnsupported: true };
   }
-  const losses = decoderLosses(c.nbFrag, env.lossTolerance);
-  const ram = specDecoderRamBytes(losses);
-  if (ram > env.ramBudget) {
-    effects.push({ kind: 'log', level: 'warn', msg: `FragSessionSetup ${c.fragIndex} refused: decoder needs ${ram} B for L=${losses}, budget ${env.ramBudget} B` });
+  const losses = decoderLosses(c.nbFrag, env.ramBudget);
+  const needed = Math.min(c.nbFrag, Math.ceil(env.lossTolerance * c.nbFrag));
+  if (losses < needed) {
+    effects.push({ kind: 'log', level: 'warn', msg: `FragSessionSetup ${c.fragIndex} refused: ${env.ramBudget} B of decoder RAM tolerate ${losses} lost fragments, the node wants ${needed} (${specDecoderRamBytes(needed)} B)` });
     return { ...ans, notEnoughMemory: true };
   }
   const opened = env.open(s);
@@ -221,7 +223,7 @@ function restore(slots: FragSlot[], r: Extract<FragInput, { kind: 'restore' }>, 
     effects.push({ kind: 'log', level: 'warn', msg: `persisted session ${s.fragIndex} dropped: ${opened.detail}` });
     return;
   }
-  const decoder = new FragDecoder({ nbFrag: s.nbFrag, fragSize: s.fragSize, maxMissing: decoderLosses(s.nbFrag, env.lossTolerance), store: opened.store });
+  const decoder = new FragDecoder({ nbFrag: s.nbFrag, fragSize: s.fragSize, maxMissing: decoderLosses(s.nbFrag, env.ramBudget), store: opened.store });
   decoder.restoreKnown(r.known);
   slots[s.fragIndex] = decoder.complete ? { kind: 'complete', setup: s, received: 0 } : { kind: 'receiving', setup: s, decoder, lastCounter: 0 };
 }

@@ -249,7 +249,7 @@ export class LoraNode {
   private env(nowMs: number) {
     return {
       ramBudget: this.opts.ramBudget ?? 8192,
-      lossTolerance: this.opts.lossTolerance ?? 0.35,
+      lossTolerance: this.opts.lossTolerance ?? 0.1,
       random: this.opts.random,
       open: (s: FragSetup) => this.open(s, nowMs),
     };
