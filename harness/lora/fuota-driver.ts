@@ -306,7 +306,7 @@ export class FuotaDriver {
     const ready = new Set<string>();
     const refused = new Set<string>();
     this.multicast(TS004_PORT, encodeRequests([setup]));
-    for (let tries = 0; tries < 6 && ready.size + refused.size < nodes.length; tries++) {
+    for (let tries = 0; tries < 12 && ready.size + refused.size < nodes.length; tries++) {
       if (tries > 0) for (const d of nodes) if (!ready.has(d) && !refused.has(d)) this.down(d, TS004_PORT, encodeRequests([setup]));
       await this.wait((u) => {
         const a = this.ts004(u).find((x) => x.cmd === 'FragSessionSetupAns' && x.fragIndex === fragIndex);
@@ -353,7 +353,7 @@ export class FuotaDriver {
       const missing = new Map<string, number>();
       const unicastDeadline = this.vnow + (first + 2) * frameGapMs + 60_000;
       const asked = target ? [target] : active.filter((d) => !complete.has(d));
-      for (let tries = 0; tries < 6 && asked.some((d) => !missing.has(d)); tries++) {
+      for (let tries = 0; tries < 12 && asked.some((d) => !missing.has(d)); tries++) {
         if (tries > 0) for (const d of asked) if (!missing.has(d)) this.down(d, TS004_PORT, statusReq);
         await this.wait((u) => {
           const a = this.ts004(u).find((x) => x.cmd === 'FragSessionStatusAns' && x.fragIndex === fragIndex);
