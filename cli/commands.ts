@@ -13,6 +13,7 @@ import { eventsCommand } from './events.js';
 import { diffCommand } from './diff.js';
 import { patchCommand } from './patch.js';
 import { simCommand } from './sim.js';
+import { lnsSimCommand } from './lns-sim.js';
 import { demoCommand } from './demo.js';
 
 /** Every ferry subcommand, in the order --help lists them. Add a command here and nowhere else. */
@@ -33,4 +34,5 @@ export const commands: CommandModule<any, any>[] = [
   diffCommand,
   patchCommand,
   simCommand,
+  lnsSimCommand,
 ];

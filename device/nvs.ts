@@ -30,6 +30,10 @@ export const NvsKey = {
   transferBitmap: 7,
   /** An installed image that failed with no way back to the previous one: the node stays in recovery mode on it. */
   failedImage: 8,
+  /** LoRa transfer (device/lora/node-store.ts): the loffer fields, blocks done, the verified manifest. */
+  loraTransfer: 16,
+  /** LoRa: the block in progress, its TS004 setup and received-uncoded bitmap. */
+  loraBlock: 17,
 } as const;
 
 const BANK_MAGIC = 0x53564e46; // 'FNVS'

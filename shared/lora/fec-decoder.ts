@@ -102,6 +102,27 @@ export class FragDecoder {
     return this.rank * (Math.ceil(this.nbFrag / 32) * 4 + this.fragSize);
   }
 
+  /**
+   * Resume after a node reset: the data fragments at these 0-based indices are already in the store (persisted
+   * with their received bitmap). Marks them known without rewriting them; parity rows held before the reset are
+   * lost, as they were only in RAM. Only valid on a fresh decoder.
+   */
+  restoreKnown(indices: Iterable<number>): void {
+    if (this.received !== 0 || this.rank !== 0) throw new Error('restoreKnown is only valid on a fresh decoder');
+    for (const j of indices) {
+      if (!Number.isInteger(j) || j < 0 || j >= this.nbFrag) throw new RangeError(`fragment index ${j} is not 0..${this.nbFrag - 1}`);
+      if (this.known[j]) continue;
+      this.known[j] = 1;
+      this.unknownCount--;
+    }
+    if (this.unknownCount === 0) this.done = true;
+  }
+
+  /** Whether data fragment `index` (0-based) is in the store, received or solved. */
+  isKnown(index: number): boolean {
+    return this.known[index] === 1;
+  }
+
   /** Feeds one DataFragment: `counter` is its 1-based N. */
   push(counter: number, payload: Uint8Array): PushOutcome {
     if (!Number.isInteger(counter) || counter < 1 || counter > MAX_FRAGMENT_COUNTER) {

@@ -1,0 +1,107 @@
+/**
+ * The simulator's clock. Virtual time runs `warp` times faster than real time and, when `jump` is on, leaps to
+ * the next scheduled event as soon as nothing has arrived from outside for `settleMs` of real time (a discrete
+ * event simulation that still lets a real agent answer between events). Airtime, duty-cycle waits, RX windows
+ * and Class C sessions are all virtual; the ratio virtual/real is the speed-up a run reports.
+ */
+export interface ClockOptions {
+  /** Virtual ms per real ms (1 = real time). */
+  warp: number;
+  jump: boolean;
+  /** Real ms of quiet before a jump. */
+  settleMs: number;
+  /** Unix ms that virtual time 0 maps to (LoRaWAN GPS time is derived from it). */
+  epochMs: number;
+}
+
+interface Timer {
+  at: number;
+  seq: number;
+  run: () => void;
+}
+
+export class SimClock {
+  private readonly realStart = performance.now();
+  private offset = 0;
+  private lastInput = performance.now();
+  private readonly timers: Timer[] = [];
+  private seq = 0;
+  private wake: NodeJS.Timeout | undefined;
+  private stopped = false;
+  private current: number | undefined;
+
+  constructor(readonly opts: ClockOptions) {
+    if (!(opts.warp > 0)) throw new RangeError(`time warp ${opts.warp} must be > 0`);
+  }
+
+  /**
+   * Virtual ms since the simulation started. Inside a timer callback it is the timer's own time, not the wall
+   * clock's: a callback that runs late (a loaded machine) still acts at the instant it was scheduled for, so
+   * airtime and duty-cycle arithmetic stay exact whatever the real-time jitter.
+   */
+  now(): number {
+    return this.current ?? this.wallNow();
+  }
+
+  private wallNow(): number {
+    return (performance.now() - this.realStart) * this.opts.warp + this.offset;
+  }
+
+  unixMs(): number {
+    return this.opts.epochMs + this.now();
+  }
+
+  /** Real ms elapsed. */
+  realMs(): number {
+    return performance.now() - this.realStart;
+  }
+
+  /** Something arrived from outside: hold jumps until it settles. */
+  touch(): void {
+    this.lastInput = performance.now();
+  }
+
+  at(virtualMs: number, run: () => void): void {
+    this.timers.push({ at: virtualMs, seq: this.seq++, run });
+    this.timers.sort((a, b) => a.at - b.at || a.seq - b.seq);
+    this.arm();
+  }
+
+  after(ms: number, run: () => void): void {
+    this.at(this.now() + ms, run);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.wake) clearTimeout(this.wake);
+  }
+
+  private arm(): void {
+    if (this.stopped) return;
+    if (this.wake) clearTimeout(this.wake);
+    const next = this.timers[0];
+    if (!next) return;
+    const realWait = Math.max(0, (next.at - this.wallNow()) / this.opts.warp);
+    const quietFor = performance.now() - this.lastInput;
+    const wait = this.opts.jump ? Math.min(realWait, Math.max(0, this.opts.settleMs - quietFor)) : realWait;
+    this.wake = setTimeout(() => this.fire(), Math.min(wait, 2 ** 31 - 1));
+  }
+
+  private fire(): void {
+    this.wake = undefined;
+    const quiet = performance.now() - this.lastInput >= this.opts.settleMs;
+    const next = this.timers[0];
+    if (next && this.opts.jump && quiet && next.at > this.wallNow()) this.offset += next.at - this.wallNow();
+    const now = this.wallNow();
+    while (this.timers.length > 0 && this.timers[0].at <= now && !this.stopped) {
+      const t = this.timers.shift()!;
+      this.current = t.at;
+      try {
+        t.run();
+      } finally {
+        this.current = undefined;
+      }
+    }
+    this.arm();
+  }
+}

@@ -1,0 +1,96 @@
+import { benchArg, median } from './bench-args.js';
+import { runCampaign, type CampaignResult } from '../../harness/lora/campaign.js';
+import { parseLossModel } from '../../device/lora/radio.js';
+import { EU868, fragmentsAirtimeMs, maxFragmentSize } from '../../shared/lora/regions.js';
+
+/**
+ * scripts/bench/lora: a 100 KiB image to 1 and to 50 simulated LoRa nodes at 0 %, 10 % and 30 % downlink loss,
+ * through `ferry lns-sim` (ChirpStack v4 MQTT topics on a real aedes broker) and the FUOTA driver of
+ * harness/lora/fuota-driver.ts (shared/lora codecs, FEC, redundancy chooser; the agent's own runtime is not in
+ * it). EU868 DR5 (239 B fragments), multicast Class C on 869.525 MHz (10 % duty cycle), nodes on the node model's
+ * esp-idf boot profile verifying the signed manifest and the image digest themselves.
+ *
+ * Prints per row: gateway downlink airtime (s, all frames: control, TS005, TS004 setup/status, fragments),
+ * airtime / image airtime (the image's M = ⌈size/239⌉ data fragments with no loss and no protocol), airtime /
+ * the same fleet's 0 % row, virtual time to the last confirmed boot, confirmed nodes, real seconds and the
+ * virtual/real speed-up. 1-node rows are the median of --trials seeds; `confirmed` counts over all of them. `--json` for machine output.
+ *
+ *   node dist/scripts/bench/lora.js [--size 102400] [--fleet 50] [--only 1,50] [--trials 3] [--loss 0,10,30] [--burst 0] [--json]
+ */
+const args = process.argv.slice(2);
+const size = Number(benchArg(args, 'size', '102400'));
+const fleet = Number(benchArg(args, 'fleet', '50'));
+/** Which fleet sizes to run (1 and --fleet by default); lets the rows run in separate processes. */
+const sizes = benchArg(args, 'only', `1,${fleet}`).split(',').map(Number);
+const trials = Number(benchArg(args, 'trials', '3'));
+const losses = benchArg(args, 'loss', '0,10,30').split(',').map(Number);
+const burst = Number(benchArg(args, 'burst', '0'));
+const json = args.includes('--json');
+
+const image = Buffer.alloc(size);
+for (let i = 0; i < size; i++) image[i] = (i * 131 + (i >> 7) * 17) & 0xff;
+const fragSize = maxFragmentSize(EU868, 5);
+const imageAirtimeS = fragmentsAirtimeMs(EU868, 5, fragSize, Math.ceil(size / fragSize)) / 1000;
+
+interface Row {
+  nodes: number;
+  lossPct: number;
+  airtimeS: number;
+  unicastS: number;
+  vsImage: number;
+  vsZeroLoss: number | null;
+  confirmedH: number;
+  confirmed: string;
+  fragments: number;
+  rounds: number;
+  realS: number;
+  speedup: number;
+}
+
+const rows: Row[] = [];
+const zero = new Map<number, number>();
+
+function airtime(r: CampaignResult): number {
+  return r.sim.airtimeS.unicast + r.sim.airtimeS.multicast;
+}
+
+for (const nodes of sizes) {
+  for (const lossPct of losses) {
+    const runs: CampaignResult[] = [];
+    const n = nodes === 1 ? trials : 1;
+    for (let t = 0; t < n; t++) {
+      const loss = parseLossModel(burst > 0 ? `${lossPct}%,burst=${burst}` : `${lossPct}%`);
+      runs.push(await runCampaign({ nodes, image, loss, seed: 1300 + t * 17 + lossPct }));
+      if (!json) process.stderr.write(`  ${nodes} node(s), ${lossPct} % loss, run ${t + 1}/${n}: ${airtime(runs.at(-1)!).toFixed(1)} s airtime\n`);
+    }
+    const a = median(runs.map(airtime));
+    if (lossPct === 0) zero.set(nodes, a);
+    const z = zero.get(nodes);
+    const confirmed = runs.reduce((k, r) => k + r.driver.confirmed.length, 0);
+    rows.push({
+      nodes, lossPct, airtimeS: a, unicastS: median(runs.map((r) => r.sim.airtimeS.unicast)), vsImage: a / imageAirtimeS, vsZeroLoss: z ? a / z : null,
+      confirmedH: median(runs.map((r) => r.driver.elapsedMs)) / 3_600_000, confirmed: `${confirmed}/${nodes * n}`,
+      fragments: median(runs.map((r) => r.driver.fragmentsSent)), rounds: median(runs.map((r) => r.driver.rounds)),
+      realS: median(runs.map((r) => r.sim.realS)), speedup: median(runs.map((r) => r.sim.speedup)),
+    });
+  }
+}
+
+const fleetVsOne = losses.flatMap((l) => {
+  const one = rows.find((r) => r.nodes === 1 && r.lossPct === l);
+  const many = rows.find((r) => r.nodes === fleet && r.lossPct === l);
+  return one && many ? [{ lossPct: l, ratio: many.airtimeS / one.airtimeS }] : [];
+});
+
+if (json) {
+  console.log(JSON.stringify({ size, fragSize, imageAirtimeS, burst, rows, fleetVsOne }, null, 2));
+} else {
+  console.log(`LoRa FUOTA through ferry lns-sim: ${size} B image, EU868 DR5 (${fragSize} B fragments), image airtime ${imageAirtimeS.toFixed(1)} s${burst ? `, bursty loss (mean burst ${burst})` : ', i.i.d. loss'}`);
+  console.log('nodes  loss  airtime s (unicast)  ×image  ×0%-row  to confirmed  confirmed  fragments  rounds  real s  speed-up');
+  for (const r of rows) {
+    console.log(
+      `${String(r.nodes).padStart(5)}  ${String(r.lossPct).padStart(3)} %  ${r.airtimeS.toFixed(1).padStart(9)} (${r.unicastS.toFixed(1).padStart(5)})  ${r.vsImage.toFixed(3).padStart(6)}  ${(r.vsZeroLoss?.toFixed(3) ?? '-').padStart(7)}  ${r.confirmedH.toFixed(2).padStart(10)} h  ${r.confirmed.padStart(9)}  ${String(r.fragments).padStart(9)}  ${String(r.rounds).padStart(6)}  ${r.realS.toFixed(1).padStart(6)}  ${r.speedup.toFixed(0).padStart(8)}×`,
+    );
+  }
+  for (const f of fleetVsOne) console.log(`${fleet} nodes / 1 node airtime at ${f.lossPct} % loss: ${f.ratio.toFixed(3)}×`);
+}
