@@ -107,7 +107,7 @@ t.test('capability 256 selects sparse patches', async (t) => {
 });
 
 t.test('status: progress is a fraction of the payload; image size and image-equivalent beside it', async (t) => {
-  const release = { row: { version: '2.0.0', size: 100_000 } } as unknown as Release;
+  const release = { row: { version: '2.0.0', size: 100_000, digest: Buffer.alloc(32, 0xab) } } as unknown as Release;
   const row = (encoding: number, chunks: number, bitmapBits: number): NodeRow =>
     ({
       id: 'n', hw: 'h', state: 'downloading', runningVersion: '1.0.0', chunkCount: chunks, chunkSize: 1000, payloadEncoding: encoding,
