@@ -118,7 +118,7 @@ t.test('`ferry agent --upstream` (a real process) does the same', async (t) => {
   const agent: ChildProcess = spawn(process.execPath, [
     ferryBin, 'agent', '--broker', s.local.url, '--username', s.loc.agent.username,
     '--upstream', s.upstream.url, '--upstream-username', s.up.agent.username,
-    '--data-dir', path.join(s.dir, 'agent'), '--trust', pub,
+    '--data-dir', path.join(s.dir, 'agent'), '--trust', pub, '--auto-offer',
   ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FERRY_PASSWORD: s.loc.agent.password, FERRY_UPSTREAM_PASSWORD: s.up.agent.password } });
   const node = new SimNode({ brokerUrl: s.local.url, deviceId: 'node-l2', ...s.loc.node, hw: HW, version: '1.0.0', trust: [s.key.publicKey], maxMessage: 2048 });
   t.teardown(async () => {
