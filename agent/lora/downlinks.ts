@@ -57,13 +57,6 @@ export class DownlinkQueue {
     return true;
   }
 
-  /** Like push, ahead of everything queued (a frame the node needs before the others make sense). */
-  pushFront(d: Downlink): boolean {
-    if (!this.push(d)) return false;
-    this.queue.unshift(this.queue.pop()!);
-    return true;
-  }
-
   /** Whether the same frame for the same node already waits (a control resend while the band is busy). */
   hasQueued(devEui: string, fPort: number, bytes: Uint8Array): boolean {
     return this.queue.some((d) => d.to.kind === 'node' && d.to.devEui === devEui && d.fPort === fPort && Buffer.compare(Buffer.from(d.bytes), Buffer.from(bytes)) === 0);

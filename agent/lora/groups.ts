@@ -23,7 +23,7 @@ export interface GroupDeps {
   /** Runs the block unicast for a node that left its group. */
   startUnicast: (n: LoraNode, index: number, resumeUnknown: number[] | undefined) => void;
   /** The transfer of a node that left its group goes on unicast (offer again with Class C seconds). */
-  goUnicast: (n: LoraNode) => void;
+  goUnicast: (n: LoraNode) => boolean;
   log: (level: 'info' | 'warn' | 'error', msg: string) => void;
   answerTimeoutMs: number;
   maxTries: number;
@@ -125,17 +125,17 @@ export class MulticastGroups {
     return g?.session !== undefined && g.session.index === done && g.session.state.phase.kind === 'status' && g.members.has(n.row.id);
   }
 
-  /** `restart` false: the caller sets the node's block up itself (a rebooted node, from what it still holds). */
-  leave(g: Group, n: LoraNode, why: string, restart = true): void {
+  leave(g: Group, n: LoraNode, why: string): void {
     const m = g.members.get(n.row.id);
     if (!m) return;
     g.members.delete(n.row.id);
     n.groupAddr = undefined;
     this.d.log('info', `LoRa node ${n.row.id} leaves multicast group ${hex(g.mcAddr)}: ${why}`);
     if (g.session) this.feedSession(g, { kind: 'statusAns', devEui: n.row.id, received: 0, missing: 0, memoryError: true });
-    // Out of the group the node has no Class C window: it needs unicast Class C before the block goes on.
-    if (n.transfer && n.transfer.phase.kind !== 'ended') this.d.goUnicast(n);
-    if (restart && m.wants !== null && n.transfer?.phase.kind === 'block') this.d.startUnicast(n, m.wants, undefined);
+    // Out of the group the node has no Class C window: it is offered the transfer again with unicast Class C, and
+    // its answer (what it holds) sets its block up. Without that, the block goes on at once.
+    const reoffered = n.transfer !== undefined && n.transfer.phase.kind !== 'ended' && this.d.goUnicast(n);
+    if (!reoffered && m.wants !== null && n.transfer?.phase.kind === 'block') this.d.startUnicast(n, m.wants, undefined);
     if (g.members.size === 0) this.close(g);
     else this.maybeStart(g);
   }

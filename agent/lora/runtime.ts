@@ -18,7 +18,7 @@ import type { Release } from '../types.js';
 import { DownlinkQueue } from './downlinks.js';
 import { cancel, realClock, type LoraClock } from './clock.js';
 import { downlinkDr, isLoraRow, lowerDr, loraRow, newLoraNode, setBlockDone, type LoraNode } from './record.js';
-import { offerOf, stateOf, stepTransfer, type TransferAction, type TransferInput } from './transfer-fsm.js';
+import { stateOf, stepTransfer, type TransferAction, type TransferInput } from './transfer-fsm.js';
 
 /**
  * The agent's LoRa side (docs/lora.md §7): LoRa nodes reached through an LNS adapter, kept in the same store and
@@ -58,6 +58,11 @@ export interface LoraDeps {
 
 const MAX_LORA_NODES = 100_000;
 const TOO_BIG = /too big for the data rate/;
+
+function clearSession(n: LoraNode): void {
+  cancel(n.sessionTimer);
+  n.session = undefined;
+}
 
 export class LoraRuntime {
   readonly nodes = new Map<string, LoraNode>();
@@ -247,7 +252,9 @@ export class LoraRuntime {
       return;
     }
     const g = this.groups.groupOf(n);
-    if (resume && g) this.groups.leave(g, n, 'rebooted', false);
+    // A member that rebooted lost its Class C window: leaving the group offers it the transfer again (unicast
+    // Class C), and its answer, what it holds, sets its block up.
+    if (resume && g) return this.groups.leave(g, n, 'rebooted');
     const s = n.session;
     if (s && !resume && s.index === m.done && s.state.phase.kind === 'status' && m.unknown !== undefined) {
       return this.feedSession(n, { kind: 'statusPage', devEui: n.row.id, deficiency: m.unknown, indices, last }, s.index % 4);
@@ -419,19 +426,22 @@ export class LoraRuntime {
    * A multicast member going on alone: the same offer again, now with Class C seconds instead of the McAddr. The
    * node keeps what it holds of the transfer (same id), listens in unicast Class C and answers with its lstatus.
    */
-  private goUnicast(n: LoraNode): void {
+  private goUnicast(n: LoraNode): boolean {
     const t = n.transfer;
-    if (!t || t.plan.mcAddr === undefined) return;
+    if (!t || t.plan.mcAddr === undefined) return false;
     t.plan = { ...t.plan, mcAddr: undefined };
-    this.sendControl(n, offerOf(t.plan), true);
+    clearSession(n);
+    this.queue.dropFor(n.row.id);
+    this.feedTransfer(n, { kind: 'start' });
+    return true;
   }
 
-  private sendControl(n: LoraNode, msg: LoraDown, first = false): void {
+  private sendControl(n: LoraNode, msg: LoraDown): void {
     const classC = n.transfer !== undefined && n.transfer.phase.kind !== 'offered';
     const bytes = encodeDown(msg);
     // A resend of what still waits for the duty cycle would only arrive twice.
     if (this.queue.hasQueued(n.row.id, FERRY_LORA_PORT, bytes)) return;
-    this.queue[first ? 'pushFront' : 'push']({
+    this.queue.push({
       to: { kind: 'node', devEui: n.row.id }, fPort: FERRY_LORA_PORT, bytes, dr: downlinkDr(this.o.region, n.dr),
       frequencyHz: classC ? RX2_FREQUENCY_HZ[this.o.region] : n.frequencyHz ?? DEFAULT_RX1_HZ[this.o.region],
     });

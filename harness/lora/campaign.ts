@@ -87,6 +87,10 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const downlinks: Downlink[] = [];
   let reset: CampaignResult['reset'];
   watcher.on('message', (topic, payload) => {
+    if (o.verbose && topic.endsWith('/event/up')) {
+      const b = JSON.parse(payload.toString()) as { deviceInfo: { devEui: string }; fPort: number; data: string };
+      o.log?.(`${(sim.clock.now() / 1000).toFixed(1)} up ${b.deviceInfo.devEui} fPort ${b.fPort} ${Buffer.from(b.data ?? '', 'base64').toString('hex')}`);
+    }
     const m = /\/(device|multicast-group)\/([0-9a-f]+)\/command\/down$/.exec(topic);
     if (!m) return;
     let body: { fPort?: number; data?: string };
@@ -104,7 +108,7 @@ export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
       sim.reset(target);
     }
   });
-  await watcher.subscribeAsync(`application/${sim.opts.appId}/+/+/command/down`);
+  await watcher.subscribeAsync([`application/${sim.opts.appId}/+/+/command/down`, ...(o.verbose ? [`application/${sim.opts.appId}/device/+/event/up`] : [])]);
   const statusTopics = topics();
   const statuses = new Map<string, NodeStatus>();
   const observer = await mqtt.connectAsync(ferryBroker.url, { protocolVersion: 4 });
