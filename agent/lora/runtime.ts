@@ -42,7 +42,7 @@ export interface LoraOptions {
   multicastLeadPerMemberMs: number;
 }
 
-export const DEFAULT_LORA: LoraOptions = { region: 'EU868', blockKiB: 64, classCSeconds: 120, answerTimeoutMs: 40_000, initialLoss: 0.1, maxTries: 3, multicastLeadMs: 60_000, multicastLeadPerMemberMs: 10_000 };
+export const DEFAULT_LORA: LoraOptions = { region: 'EU868', blockKiB: 64, classCSeconds: 120, answerTimeoutMs: 40_000, initialLoss: 0.1, maxTries: 5, multicastLeadMs: 60_000, multicastLeadPerMemberMs: 10_000 };
 
 export interface LoraDeps {
   lns: LnsAdapter;
