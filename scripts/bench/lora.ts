@@ -73,9 +73,10 @@ for (const nodes of sizes) {
     const n = nodes === 1 ? trials : 1;
     for (let t = 0; t < n; t++) {
       const loss = parseLossModel(burst > 0 ? `${lossPct}%,burst=${burst}` : `${lossPct}%`);
-      // Class A offers to a fleet queue behind the 1 % RX1 duty cycle (~10 s a frame): the agent's answer timeout
-      // counts from queueing, so it gets the fleet's share of that queue as patience.
-      runs.push(await runCampaign({ nodes, image, loss, seed: 1300 + t * 17 + lossPct, lora: { answerTimeoutMs: 40_000 + 12_000 * nodes } }));
+      // Class A setup frames to a fleet (offer, TS005 group and session: 3 per node) queue behind the 1 % RX1 duty
+      // cycle (~10 s a frame): the agent's answer timeout counts from queueing, so it gets the fleet's share of that
+      // queue as patience, and the group's Class C window opens after the whole fleet's setup.
+      runs.push(await runCampaign({ nodes, image, loss, seed: 1300 + t * 17 + lossPct, lora: { answerTimeoutMs: 40_000 + 12_000 * nodes, multicastLeadPerMemberMs: 36_000 } }));
       if (!json) process.stderr.write(`  ${nodes} node(s), ${lossPct} % loss, run ${t + 1}/${n}: ${airtime(runs.at(-1)!).toFixed(1)} s airtime\n`);
     }
     const a = median(runs.map(airtime));
