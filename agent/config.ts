@@ -3,6 +3,7 @@ import type { LogFn } from '../shared/log.js';
 import type { LnsConfig } from './lns/index.js';
 import type { LnsAdapter } from './lns/types.js';
 import type { LoraOptions } from './lora/runtime.js';
+import type { LoraClock } from './lora/clock.js';
 import { DEFAULT_RECONNECT, type ReconnectConfig } from './reconnect.js';
 import { DEFAULT_RTT, type RttConfig } from './rtt.js';
 
@@ -29,7 +30,7 @@ export interface ResendBudget {
 
 export interface AgentOptions {
   /** LoRa nodes behind a network server (docs/lora.md §7): the LNS link and the LoRa runtime's settings. */
-  lora?: { lns: LnsConfig | LnsAdapter; options?: Partial<LoraOptions> };
+  lora?: { lns: LnsConfig | LnsAdapter; options?: Partial<LoraOptions>; clock?: LoraClock };
   /** The broker the nodes talk to (the gateway's local broker). */
   brokerUrl: string;
   /**

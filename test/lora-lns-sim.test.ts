@@ -3,13 +3,8 @@ import mqtt from 'mqtt';
 import { LnsSim } from '../device/lora/lns-sim.js';
 import { decodeUp, encodeDown } from '../shared/lora/control.js';
 import { generateOperatorKey } from '../shared/manifest.js';
-import { Reason } from '../shared/errors.js';
-import { Stage } from '../shared/messages.js';
 import { startPlainBroker } from '../harness/lora/plain-broker.js';
-import { runCampaign } from '../harness/lora/campaign.js';
-import { runSeed } from '../harness/seeded.js';
 
-const image = (n: number) => Buffer.from(Array.from({ length: n }, (_, i) => (i * 37 + (i >> 5)) & 0xff));
 
 t.test('hostile downlink commands are one-line refusals; the simulator keeps serving', async (t) => {
   const broker = await startPlainBroker();
@@ -58,33 +53,4 @@ t.test('hostile downlink commands are one-line refusals; the simulator keeps ser
   await c.endAsync();
   await sim.stop();
   await broker.close();
-});
-
-t.test('a campaign through the simulator: every node verifies, boots and confirms the new image', async (t) => {
-  const r = await runCampaign({ nodes: 3, image: image(12_000), loss: { kind: 'iid', p: 0.1 }, seed: runSeed(31) });
-  t.same(r.driver.failed, [], 'no failures');
-  t.equal(r.driver.confirmed.length, 3);
-  t.same(r.versions, ['2.0.0', '2.0.0', '2.0.0'], 'the node model runs the new version');
-  t.ok(r.sim.airtimeS.multicast > 0 && r.sim.frames.multicast >= r.driver.imageFragments, 'fragments went multicast');
-  t.ok(r.sim.speedup > 1, `virtual time ran ${r.sim.speedup.toFixed(0)}× faster than real time`);
-});
-
-t.test('bursty loss: the campaign still completes', async (t) => {
-  const r = await runCampaign({ nodes: 2, image: image(8_000), loss: { kind: 'burst', p: 0.2, burst: 4 }, seed: runSeed(41) });
-  t.equal(r.driver.confirmed.length, 2, JSON.stringify(r.driver.failed));
-});
-
-t.test('the nodes check the manifest themselves: a foreign signature is rejected, nothing is installed', async (t) => {
-  const other = generateOperatorKey();
-  const r = await runCampaign({ nodes: 1, image: image(6_000), loss: { kind: 'iid', p: 0 }, seed: 5, sim: { trust: [other.publicKey] } });
-  t.equal(r.driver.confirmed.length, 0);
-  t.match(r.driver.failed, [{ stage: Stage.rejected, reason: Reason.unknownKey }]);
-  t.same(r.versions, ['1.0.0']);
-});
-
-t.test('a failing self-test rolls back and is reported as such', async (t) => {
-  const r = await runCampaign({ nodes: 2, image: image(6_000), loss: { kind: 'iid', p: 0 }, seed: 6, failSelfTest: new Set([1]) });
-  t.equal(r.driver.confirmed.length, 1);
-  t.match(r.driver.failed, [{ stage: Stage.rolledBack, reason: Reason.selfTestFailed }]);
-  t.same(r.versions, ['2.0.0', '1.0.0'], 'the failing node runs its previous image');
 });

@@ -1,6 +1,7 @@
 import { commitDownlink, emptyAirtime, planDownlink, type AirtimeState } from '../../shared/lora/duty.js';
 import type { Region } from '../../shared/lora/regions.js';
 import type { LnsAdapter } from '../lns/types.js';
+import { cancel, realClock, type LoraClock, type LoraTimer } from './clock.js';
 
 /**
  * The one queue every LoRa downlink goes through: before handing a frame to the LNS it asks the airtime
@@ -24,7 +25,7 @@ export const MAX_QUEUED_DOWNLINKS = 20_000;
 export class DownlinkQueue {
   private readonly queue: Downlink[] = [];
   private state: AirtimeState;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: LoraTimer | undefined;
   private stopped = false;
   sent = 0;
 
@@ -32,7 +33,7 @@ export class DownlinkQueue {
     private readonly lns: LnsAdapter,
     region: Region['name'],
     private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
-    private readonly now: () => number = Date.now,
+    private readonly clock: LoraClock = realClock,
   ) {
     this.state = emptyAirtime(region);
   }
@@ -52,7 +53,7 @@ export class DownlinkQueue {
       return false;
     }
     this.queue.push(d);
-    if (!this.timer) this.timer = setTimeout(() => this.pump(), 0);
+    if (!this.timer) this.timer = this.clock.after(0, () => this.pump());
     return true;
   }
 
@@ -71,7 +72,7 @@ export class DownlinkQueue {
 
   stop(): void {
     this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    cancel(this.timer);
     this.queue.length = 0;
   }
 
@@ -79,7 +80,7 @@ export class DownlinkQueue {
     this.timer = undefined;
     while (!this.stopped && this.queue.length > 0) {
       const d = this.queue[0];
-      const now = this.now();
+      const now = this.clock.now();
       let plan;
       try {
         plan = planDownlink(this.state, { frequencyHz: d.frequencyHz, dr: d.dr, appBytes: d.bytes.length }, now);
@@ -89,7 +90,7 @@ export class DownlinkQueue {
         continue;
       }
       if (plan.startMs > now) {
-        this.timer = setTimeout(() => this.pump(), Math.ceil(plan.startMs - now));
+        this.timer = this.clock.after(Math.ceil(plan.startMs - now), () => this.pump());
         return;
       }
       this.queue.shift();

@@ -1,4 +1,5 @@
 import { RX2_FREQUENCY_HZ, regionByName } from '../../shared/lora/duty.js';
+import { cancel, type LoraClock, type LoraTimer } from './clock.js';
 import { blockFragmentSize, fragmentBlock } from '../../shared/lora/fec.js';
 import { maxFragmentSize, type Region } from '../../shared/lora/regions.js';
 import { initialSession, step, type SessionEffect, type SessionInput, type SessionState } from '../../shared/lora/session.js';
@@ -21,11 +22,14 @@ export interface GroupDeps {
   feedTransfer: (n: LoraNode, input: TransferInput) => void;
   /** Runs the block unicast for a node that left its group. */
   startUnicast: (n: LoraNode, index: number, resumeUnknown: number[] | undefined) => void;
+  /** The transfer of a node that left its group goes on unicast (offer again with Class C seconds). */
+  goUnicast: (n: LoraNode) => boolean;
   log: (level: 'info' | 'warn' | 'error', msg: string) => void;
   answerTimeoutMs: number;
   maxTries: number;
   /** How far ahead the Class C window of a new group of n members opens. */
   windowLeadMs: (members: number) => number;
+  clock: LoraClock;
 }
 
 interface Member {
@@ -40,11 +44,11 @@ export interface Group {
   transferId: number;
   members: Map<string, Member>;
   session: { index: number; state: SessionState; dr: number } | undefined;
-  timer: NodeJS.Timeout | undefined;
-  waitTimer: NodeJS.Timeout | undefined;
+  timer: LoraTimer | undefined;
+  waitTimer: LoraTimer | undefined;
   /** When the members' Class C window opens (Unix ms): nothing goes on the group before. */
   windowStartMs: number;
-  startTimer: NodeJS.Timeout | undefined;
+  startTimer: LoraTimer | undefined;
 }
 
 /** GPS epoch (1980-01-06) in Unix seconds, plus the 18 leap seconds since. */
@@ -60,7 +64,7 @@ export class MulticastGroups {
     const mcAddr = this.nextAddr++;
     // The window must open after every member got its Class A setup: one uplink period (60 s, §7.6) plus the
     // RX1 duty cycle each member's two TS005 frames cost (about 10 s at 1 %).
-    const windowStartMs = Date.now() + this.d.windowLeadMs(nodes.length);
+    const windowStartMs = this.d.clock.now() + this.d.windowLeadMs(nodes.length);
     const g: Group = {
       mcAddr, releaseId: release.row.id, transferId, members: new Map(nodes.map((n) => [n.row.id, { node: n, ready: false, wants: null }])), session: undefined,
       timer: undefined, waitTimer: undefined, windowStartMs, startTimer: undefined,
@@ -88,7 +92,7 @@ export class MulticastGroups {
     m.wants = index;
     if (!m.ready) this.setUp(g, m);
     this.maybeStart(g);
-    if (!g.waitTimer) g.waitTimer = setTimeout(() => this.giveUpWaiting(g), Math.max(0, g.windowStartMs - Date.now()) + this.d.answerTimeoutMs * this.d.maxTries);
+    if (!g.waitTimer) g.waitTimer = this.d.clock.after(Math.max(0, g.windowStartMs - this.d.clock.now()) + this.d.answerTimeoutMs * this.d.maxTries, () => this.giveUpWaiting(g));
     return true;
   }
 
@@ -128,15 +132,18 @@ export class MulticastGroups {
     n.groupAddr = undefined;
     this.d.log('info', `LoRa node ${n.row.id} leaves multicast group ${hex(g.mcAddr)}: ${why}`);
     if (g.session) this.feedSession(g, { kind: 'statusAns', devEui: n.row.id, received: 0, missing: 0, memoryError: true });
-    if (m.wants !== null && n.transfer?.phase.kind === 'block') this.d.startUnicast(n, m.wants, undefined);
+    // Out of the group the node has no Class C window: it is offered the transfer again with unicast Class C, and
+    // its answer (what it holds) sets its block up. Without that, the block goes on at once.
+    const reoffered = n.transfer !== undefined && n.transfer.phase.kind !== 'ended' && this.d.goUnicast(n);
+    if (!reoffered && m.wants !== null && n.transfer?.phase.kind === 'block') this.d.startUnicast(n, m.wants, undefined);
     if (g.members.size === 0) this.close(g);
     else this.maybeStart(g);
   }
 
   close(g: Group): void {
-    clearTimeout(g.timer);
-    clearTimeout(g.waitTimer);
-    clearTimeout(g.startTimer);
+    cancel(g.timer);
+    cancel(g.waitTimer);
+    cancel(g.startTimer);
     for (const m of g.members.values()) m.node.groupAddr = undefined;
     this.groups.delete(g.mcAddr);
   }
@@ -168,16 +175,16 @@ export class MulticastGroups {
   private maybeStart(g: Group): void {
     const ms = [...g.members.values()];
     if (g.session || ms.length === 0 || !ms.every((m) => m.ready && m.wants !== null)) return;
-    const wait = g.windowStartMs + 1000 - Date.now();
+    const wait = g.windowStartMs + 1000 - this.d.clock.now();
     if (wait > 0) {
-      clearTimeout(g.startTimer);
-      g.startTimer = setTimeout(() => this.maybeStart(g), wait);
+      cancel(g.startTimer);
+      g.startTimer = this.d.clock.after(wait, () => this.maybeStart(g));
       return;
     }
     const index = ms[0].wants!;
     const release = this.d.release(g.releaseId);
     if (!release) return;
-    clearTimeout(g.waitTimer);
+    cancel(g.waitTimer);
     g.waitTimer = undefined;
     const plan = ms[0].node.transfer!.plan;
     const B = plan.blockKiB * 1024;
@@ -197,7 +204,7 @@ export class MulticastGroups {
   private feedSession(g: Group, input: SessionInput): void {
     const s = g.session;
     if (!s) return;
-    const r = step(s.state, input, Date.now());
+    const r = step(s.state, input, this.d.clock.now());
     s.state = r.state;
     for (const e of r.effects) this.effect(g, s, e);
   }
@@ -223,8 +230,8 @@ export class MulticastGroups {
         return;
       }
       case 'wakeAt':
-        clearTimeout(g.timer);
-        g.timer = setTimeout(guard(() => this.feedSession(g, { kind: 'tick' })), Math.max(0, e.at - Date.now()));
+        cancel(g.timer);
+        g.timer = this.d.clock.after(e.at - this.d.clock.now(), guard(() => this.feedSession(g, { kind: 'tick' })));
         return;
       case 'report': {
         const rep = e.report;
@@ -243,7 +250,7 @@ export class MulticastGroups {
             this.d.feedTransfer(n, { kind: 'blockFailed', index: s.index, detail: rep.reason });
           }
         } else if (rep.kind === 'done' || rep.kind === 'failed') {
-          clearTimeout(g.timer);
+          cancel(g.timer);
           g.session = undefined;
           if (rep.kind === 'failed') for (const m of [...g.members.values()]) this.d.feedTransfer(m.node, { kind: 'blockFailed', index: s.index, detail: rep.reason });
           if (g.members.size === 0) this.close(g);

@@ -1,3 +1,4 @@
+import type { LoraTimer } from './clock.js';
 import type { LoraUp } from '../../shared/lora/control.js';
 import type { Region } from '../../shared/lora/regions.js';
 import type { SessionState } from '../../shared/lora/session.js';
@@ -24,8 +25,8 @@ export interface LoraNode {
   transfer: Transfer | undefined;
   /** The block session running unicast; `ids`: LNS ids of its frames (an LNS error about another frame is not its). */
   session: { index: number; state: SessionState; dr: number; ids: Set<string> } | undefined;
-  transferTimer: NodeJS.Timeout | undefined;
-  sessionTimer: NodeJS.Timeout | undefined;
+  transferTimer: LoraTimer | undefined;
+  sessionTimer: LoraTimer | undefined;
   online: boolean;
   warnings: string[];
   /** McAddr of the multicast group the node's transfer belongs to. */

@@ -16,6 +16,7 @@ import { nodeStatus, type NodeStatus } from '../status.js';
 import type { AgentStore } from '../store.js';
 import type { Release } from '../types.js';
 import { DownlinkQueue } from './downlinks.js';
+import { cancel, realClock, type LoraClock } from './clock.js';
 import { downlinkDr, isLoraRow, lowerDr, loraRow, newLoraNode, setBlockDone, type LoraNode } from './record.js';
 import { stateOf, stepTransfer, type TransferAction, type TransferInput } from './transfer-fsm.js';
 
@@ -41,7 +42,7 @@ export interface LoraOptions {
   multicastLeadPerMemberMs: number;
 }
 
-export const DEFAULT_LORA: LoraOptions = { region: 'EU868', blockKiB: 64, classCSeconds: 120, answerTimeoutMs: 40_000, initialLoss: 0.1, maxTries: 3, multicastLeadMs: 60_000, multicastLeadPerMemberMs: 10_000 };
+export const DEFAULT_LORA: LoraOptions = { region: 'EU868', blockKiB: 64, classCSeconds: 120, answerTimeoutMs: 40_000, initialLoss: 0.1, maxTries: 5, multicastLeadMs: 60_000, multicastLeadPerMemberMs: 10_000 };
 
 export interface LoraDeps {
   lns: LnsAdapter;
@@ -51,10 +52,17 @@ export interface LoraDeps {
   onStatus?: (s: NodeStatus) => void;
   log: (level: 'info' | 'warn' | 'error', msg: string) => void;
   options?: Partial<LoraOptions>;
+  /** Real time unless a simulator shares its virtual clock. */
+  clock?: LoraClock;
 }
 
 const MAX_LORA_NODES = 100_000;
 const TOO_BIG = /too big for the data rate/;
+
+function clearSession(n: LoraNode): void {
+  cancel(n.sessionTimer);
+  n.session = undefined;
+}
 
 export class LoraRuntime {
   readonly nodes = new Map<string, LoraNode>();
@@ -63,17 +71,20 @@ export class LoraRuntime {
   private readonly o: LoraOptions;
   private readonly warnOnce = rateLimited(1000);
   private closed = false;
+  private readonly clock: LoraClock;
 
   constructor(private readonly d: LoraDeps) {
     this.o = { ...DEFAULT_LORA, ...d.options };
+    this.clock = d.clock ?? realClock;
     if (!(this.o.blockKiB >= 1 && this.o.blockKiB <= 64)) throw new RangeError(`LoRa block size ${this.o.blockKiB} KiB is not 1..64`);
-    this.queue = new DownlinkQueue(d.lns, this.o.region, d.log);
+    this.queue = new DownlinkQueue(d.lns, this.o.region, d.log, this.clock);
     this.groups = new MulticastGroups({
-      region: this.o.region, queue: this.queue, log: d.log, answerTimeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries,
+      region: this.o.region, queue: this.queue, log: d.log, clock: this.clock, answerTimeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries,
       windowLeadMs: (members) => this.o.multicastLeadMs + members * this.o.multicastLeadPerMemberMs,
       release: (id) => d.catalog.get(id),
       feedTransfer: (n, input) => this.feedTransfer(n, input),
       startUnicast: (n, index, resume) => this.startBlock(n, index, resume, true),
+      goUnicast: (n) => this.goUnicast(n),
     });
     for (const row of d.store.nodes()) if (isLoraRow(row)) this.nodes.set(row.id, newLoraNode(row, this.o.initialLoss));
     d.lns.on('up', (u) => this.guard(() => this.onUp(u)));
@@ -90,8 +101,8 @@ export class LoraRuntime {
     this.queue.stop();
     this.groups.stop();
     for (const n of this.nodes.values()) {
-      clearTimeout(n.transferTimer);
-      clearTimeout(n.sessionTimer);
+      cancel(n.transferTimer);
+      cancel(n.sessionTimer);
       this.d.store.saveNode(n.row);
     }
     await this.d.lns.stop();
@@ -143,7 +154,7 @@ export class LoraRuntime {
     if (n) {
       n.dr = u.dr;
       n.frequencyHz = u.frequencyHz ?? n.frequencyHz;
-      n.row.lastSeen = Date.now();
+      n.row.lastSeen = this.clock.now();
       n.online = true;
     }
     if (u.fPort === FERRY_LORA_PORT) {
@@ -194,7 +205,7 @@ export class LoraRuntime {
 
   private onHello(u: LnsUplink, h: Extract<LoraUp, { type: 'hello' }>): void {
     let n = this.nodes.get(u.devEui);
-    const now = Date.now();
+    const now = this.clock.now();
     if (!n) {
       if (this.nodes.size >= MAX_LORA_NODES) return this.warn('full', `LoRa: ${MAX_LORA_NODES} nodes known, ${u.devEui} ignored`);
       n = newLoraNode(loraRow(u.devEui, h, now), this.o.initialLoss);
@@ -241,14 +252,16 @@ export class LoraRuntime {
       return;
     }
     const g = this.groups.groupOf(n);
-    if (resume && g) this.groups.leave(g, n, 'rebooted');
+    // A member that rebooted lost its Class C window: leaving the group offers it the transfer again (unicast
+    // Class C), and its answer, what it holds, sets its block up.
+    if (resume && g) return this.groups.leave(g, n, 'rebooted');
     const s = n.session;
     if (s && !resume && s.index === m.done && s.state.phase.kind === 'status' && m.unknown !== undefined) {
       return this.feedSession(n, { kind: 'statusPage', devEui: n.row.id, deficiency: m.unknown, indices, last }, s.index % 4);
     }
     if (resume && s) {
       // The node rebooted: its TS004 session (RAM) is gone; the transfer machine restarts the block from its pages.
-      clearTimeout(n.sessionTimer);
+      cancel(n.sessionTimer);
       n.session = undefined;
       this.queue.dropFor(n.row.id);
     }
@@ -289,14 +302,14 @@ export class LoraRuntime {
     const blocks = 1 + Math.ceil(release.image.length / blockBytes);
     n.transfer = {
       plan: { transferId, version: release.row.version, digestPrefix: release.row.digest.subarray(0, 4), blocks, size: release.image.length, blockKiB: this.o.blockKiB, classCSeconds: this.o.classCSeconds, mcAddr, timeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries },
-      phase: { kind: 'offered', tries: 1, deadline: Date.now() + this.o.answerTimeoutMs },
+      phase: { kind: 'offered', tries: 1, deadline: this.clock.now() + this.o.answerTimeoutMs },
     };
     Object.assign(r, { targetRelease: release.row.id, session: transferId, chunkCount: blocks, chunkSize: blockBytes, bitmap: null, reason: 0, detail: '', attempts: r.attempts + 1 });
     this.d.store.event(r.id, 'lora-offer', `${release.row.version} transfer ${transferId}, ${blocks} blocks`);
     this.d.log('info', `LoRa node ${r.id}: offering ${release.row.version} (${release.image.length} B in ${blocks} blocks)`);
     if (first) {
       this.sendControl(n, first);
-      this.armTransferTimer(n, Date.now() + this.o.answerTimeoutMs);
+      this.armTransferTimer(n, this.clock.now() + this.o.answerTimeoutMs);
       this.syncState(n);
     } else this.feedTransfer(n, { kind: 'start' });
   }
@@ -306,7 +319,7 @@ export class LoraRuntime {
   private feedTransfer(n: LoraNode, input: TransferInput): void {
     const t = n.transfer;
     if (!t) return;
-    const { t: next, actions } = stepTransfer(t, input, Date.now());
+    const { t: next, actions } = stepTransfer(t, input, this.clock.now());
     n.transfer = next;
     for (const a of actions) this.doTransfer(n, a);
     this.syncState(n);
@@ -321,7 +334,7 @@ export class LoraRuntime {
       case 'stopBlock': {
         const g = this.groups.groupOf(n);
         if (g) this.groups.leave(g, n, 'its transfer stopped the block');
-        clearTimeout(n.sessionTimer);
+        cancel(n.sessionTimer);
         n.session = undefined;
         return;
       }
@@ -331,8 +344,8 @@ export class LoraRuntime {
   }
 
   private armTransferTimer(n: LoraNode, at: number): void {
-    clearTimeout(n.transferTimer);
-    n.transferTimer = setTimeout(() => this.guard(() => this.feedTransfer(n, { kind: 'tick' })), Math.max(0, at - Date.now()));
+    cancel(n.transferTimer);
+    n.transferTimer = this.clock.after(at - this.clock.now(), () => this.guard(() => this.feedTransfer(n, { kind: 'tick' })));
   }
 
   private startBlock(n: LoraNode, index: number, resumeUnknown: number[] | undefined, unicast = false): void {
@@ -359,7 +372,7 @@ export class LoraRuntime {
     if (this.groups.feed(n, input, fragIndex)) return;
     const s = n.session;
     if (!s || s.index % 4 !== fragIndex) return;
-    const r = step(s.state, input, Date.now());
+    const r = step(s.state, input, this.clock.now());
     s.state = r.state;
     for (const e of r.effects) this.doSession(n, s, e);
   }
@@ -380,8 +393,8 @@ export class LoraRuntime {
         if (e.fragment) n.row.bytesSent += e.bytes.length;
         return;
       case 'wakeAt':
-        clearTimeout(n.sessionTimer);
-        n.sessionTimer = setTimeout(() => this.guard(() => current() && this.feedSession(n, { kind: 'tick' }, s.index % 4)), Math.max(0, e.at - Date.now()));
+        cancel(n.sessionTimer);
+        n.sessionTimer = this.clock.after(e.at - this.clock.now(), () => this.guard(() => current() && this.feedSession(n, { kind: 'tick' }, s.index % 4)));
         return;
       case 'report': {
         const rep = e.report;
@@ -389,7 +402,7 @@ export class LoraRuntime {
         else if (rep.kind === 'round') n.row.retransmits += rep.round > 1 ? rep.fragments : 0;
         else if (rep.kind === 'memberFailed') n.row.detail = rep.reason;
         else if (rep.kind === 'done' || rep.kind === 'failed') {
-          clearTimeout(n.sessionTimer);
+          cancel(n.sessionTimer);
           if (!current()) return;
           n.session = undefined;
           const lower = rep.kind === 'failed' && TOO_BIG.test(rep.reason) ? lowerDr(this.o.region, s.dr) : undefined;
@@ -407,6 +420,20 @@ export class LoraRuntime {
         return;
       }
     }
+  }
+
+  /**
+   * A multicast member going on alone: the same offer again, now with Class C seconds instead of the McAddr. The
+   * node keeps what it holds of the transfer (same id), listens in unicast Class C and answers with its lstatus.
+   */
+  private goUnicast(n: LoraNode): boolean {
+    const t = n.transfer;
+    if (!t || t.plan.mcAddr === undefined) return false;
+    t.plan = { ...t.plan, mcAddr: undefined };
+    clearSession(n);
+    this.queue.dropFor(n.row.id);
+    this.feedTransfer(n, { kind: 'start' });
+    return true;
   }
 
   private sendControl(n: LoraNode, msg: LoraDown): void {
@@ -436,8 +463,8 @@ export class LoraRuntime {
       if ((r.state === 'rejected' || r.state === 'rolledBack') && r.targetRelease) this.d.store.addRefusal(r.id, r.targetRelease, 'release');
       this.d.store.event(r.id, `lora-${r.state}`, `${t.plan.version}${r.detail ? `: ${r.detail}` : ''}`);
       this.d.log(r.state === 'confirmed' ? 'info' : 'warn', `LoRa node ${r.id}: ${t.plan.version} ${r.state}${r.detail ? ` (${r.detail})` : ''}`);
-      clearTimeout(n.transferTimer);
-      clearTimeout(n.sessionTimer);
+      cancel(n.transferTimer);
+      cancel(n.sessionTimer);
       const g = this.groups.groupOf(n);
       if (g) this.groups.leave(g, n, `transfer ${r.state}`);
       n.transfer = undefined;
@@ -447,7 +474,7 @@ export class LoraRuntime {
   }
 
   private persist(n: LoraNode): void {
-    n.row.updatedAt = Date.now();
+    n.row.updatedAt = this.clock.now();
     this.d.store.saveNode(n.row);
     this.publish(n);
   }

@@ -61,14 +61,27 @@ export class SimClock {
     this.lastInput = performance.now();
   }
 
-  at(virtualMs: number, run: () => void): void {
-    this.timers.push({ at: virtualMs, seq: this.seq++, run });
+  /** Runs `run` at virtual time `virtualMs`; the handle cancels it. */
+  at(virtualMs: number, run: () => void): { cancel: () => void } {
+    const t: Timer = { at: virtualMs, seq: this.seq++, run };
+    this.timers.push(t);
     this.timers.sort((a, b) => a.at - b.at || a.seq - b.seq);
     this.arm();
+    return {
+      cancel: () => {
+        const i = this.timers.indexOf(t);
+        if (i >= 0) this.timers.splice(i, 1);
+      },
+    };
   }
 
-  after(ms: number, run: () => void): void {
-    this.at(this.now() + ms, run);
+  after(ms: number, run: () => void): { cancel: () => void } {
+    return this.at(this.now() + Math.max(0, ms), run);
+  }
+
+  /** This clock in Unix ms, for a component that shares it (the agent's LoRa runtime next to the simulator). */
+  asUnixClock(): { now: () => number; after: (ms: number, run: () => void) => { cancel: () => void } } {
+    return { now: () => this.unixMs(), after: (ms, run) => this.after(ms, run) };
   }
 
   stop(): void {

@@ -59,12 +59,6 @@ export function sessionTimeoutSeconds(k: number): number {
   return 2 ** field('SessionTimeOut', k, MAX_SESSION_TIMEOUT_EXPONENT);
 }
 
-/** Smallest k with 2^k ≥ seconds; throws when even 2^15 s is too short. */
-export function sessionTimeoutFor(seconds: number): number {
-  for (let k = 0; k <= MAX_SESSION_TIMEOUT_EXPONENT; k++) if (2 ** k >= seconds) return k;
-  throw new RangeError(`a Class C session of ${seconds} s exceeds the longest TS005 timeout (2^15 s)`);
-}
-
 export function classCAccepted(a: Extract<Ts005Answer, { cmd: 'McClassCSessionAns' }>): boolean {
   return !(a.drError || a.freqError || a.mcGroupUndefined);
 }
