@@ -140,7 +140,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     if (opts.lora) {
       const lns = 'kind' in opts.lora.lns && 'sendDown' in opts.lora.lns ? opts.lora.lns : createLnsAdapter(opts.lora.lns, log);
       this.lora = new LoraRuntime({
-        lns, store: this.store, catalog: this.catalog, log, options: opts.lora.options, clock: opts.lora.clock,
+        lns, store: this.store, catalog: this.catalog, log, options: opts.lora.options, clock: opts.lora.clock, offerPolicy: this.config.offerPolicy,
         publishStatus: (id, doc) => void this.links.publishStatus(id, doc),
         onStatus: (s) => this.emit('status', s),
       });

@@ -200,3 +200,26 @@ t.test('an LNS that transmits at a lower DR refuses big frames: the agent steps 
   const refused = player.downlinks.filter((d) => d.bytes.length > 53).length;
   t.ok(refused > 0, `${refused} frames refused before the agent stepped down`);
 });
+
+t.test('under the rollout offer policy a LoRa node is offered nothing, and its status says why', async (t) => {
+  const lns = await startBroker();
+  const world = await makeWorld({
+    agent: { offerPolicy: 'rollout', lora: { lns: { kind: 'chirpstack', brokerUrl: lns.url, application: APP, region: 'US915' }, options: { region: 'US915', blockKiB: 2 } } },
+  });
+  const player = await startPlayer(lns.url, APP, 3, 902_300_000);
+  t.teardown(async () => {
+    await player.close();
+    await world.close();
+    await lns.close();
+  });
+  const dev = '00112233445566ab';
+  const node = new TestLoraNode(dev, 'lora-r', '1.0.0', demoImage('lora-r', '1.0.0', 3000));
+  player.nodes.set(dev, node);
+  await player.uplink(dev, [node.hello()]);
+  await world.until(dev, (s) => s.hw === 'lora-r', 'hello');
+  await world.publish({ hw: 'lora-r', version: '1.1.0', image: demoImage('lora-r', '1.1.0', 3000) });
+  const held = await world.until(dev, (s) => /rollouts, which do not cover LoRa nodes/.test(s.detail), 'held');
+  t.equal(held.state, 'idle', 'no transfer started');
+  t.equal(held.runningVersion, '1.0.0');
+  t.notOk(player.downlinks.some((d) => d.fPort === 201), 'no fragmentation session set up');
+});

@@ -54,6 +54,11 @@ export interface LoraDeps {
   options?: Partial<LoraOptions>;
   /** Real time unless a simulator shares its virtual clock. */
   clock?: LoraClock;
+  /**
+   * The agent's offer policy. Rollouts do not cover LoRa nodes yet, so under `rollout` a LoRa node
+   * is offered nothing (its status says why) rather than every release at once behind a canary's back.
+   */
+  offerPolicy?: 'auto' | 'rollout';
 }
 
 const MAX_LORA_NODES = 100_000;
@@ -118,6 +123,10 @@ export class LoraRuntime {
    */
   releaseReady(release: Release): void {
     const want = [...this.nodes.values()].filter((n) => n.row.hw === release.row.hw && !n.transfer && this.needs(n, release));
+    if (this.d.offerPolicy === 'rollout') {
+      for (const n of want) this.holdForRollout(n);
+      return;
+    }
     if (want.length < 2 || !this.d.lns.unicastFuota || this.d.lns.kind !== 'chirpstack') {
       for (const n of want) this.consider(n);
       return;
@@ -281,6 +290,7 @@ export class LoraRuntime {
     const r = n.row;
     const release = this.d.catalog.offerableFor(r.hw);
     if (!release || !this.needs(n, release)) return;
+    if (this.d.offerPolicy === 'rollout') return this.holdForRollout(n);
     if (!this.d.lns.unicastFuota) {
       const why = `${this.d.lns.kind}: no LoRa FUOTA planned (fair use allows ~10 downlinks a day); ${r.id} stays on ${r.runningVersion}`;
       if (r.detail !== why) {
@@ -294,6 +304,14 @@ export class LoraRuntime {
       return this.warn(`ver:${release.row.id}`, `LoRa: release ${release.row.hw} ${release.row.version} not offered to LoRa nodes: versions there are at most 10 characters`);
     }
     this.beginTransfer(n, release, randomInt(1, 0xffff_ffff), undefined);
+  }
+
+  private holdForRollout(n: LoraNode): void {
+    const why = 'not offered: releases go out through rollouts, which do not cover LoRa nodes yet (run the agent with --auto-offer)';
+    if (n.row.detail === why) return;
+    n.row.detail = why;
+    this.d.log('info', `LoRa node ${n.row.id}: ${why}`);
+    this.publish(n);
   }
 
   private beginTransfer(n: LoraNode, release: Release, transferId: number, first: LoraDown | undefined, mcAddr?: number): void {
