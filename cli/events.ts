@@ -9,17 +9,12 @@ import { reachingBroker } from './startup.js';
 import { localTime, zoneName } from './status-table.js';
 import { fitLine, terminalWidth } from './text-fit.js';
 import { brokerUrl } from './validate.js';
+import type { OperatorArgs } from './operator-access.js';
 
-interface Args {
-  broker: string;
-  prefix: string;
-  username?: string;
-  password?: string;
-  'password-file'?: string;
+interface Args extends OperatorArgs {
   device?: string;
   limit: number;
   follow: boolean;
-  json: boolean;
   wait: number;
 }
 

@@ -1,26 +1,16 @@
-import type { Argv, CommandModule } from 'yargs';
+import type { CommandModule } from 'yargs';
 import { ManifestFlag } from '../shared/manifest.js';
 import { describeVerdict } from '../shared/release-status.js';
 import { DEFAULT_WAIT_TIMEOUT_MS, PublishError, publishRelease } from '../operator/publish.js';
 import { readReleases, setWithdrawn, type ReleaseView } from '../operator/releases.js';
-import { brokerOption, jsonOption, prefixOption, UsageError, usernameOption } from './common.js';
+import { UsageError } from './common.js';
 import { readFileOrFail, readOperatorKey } from './key-files.js';
-import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
+import { operatorAccess, operatorOptions, type OperatorArgs } from './operator-access.js';
 import { reachingBroker } from './startup.js';
-import { brokerUrl } from './validate.js';
 import { formatBytes, progressBar } from './progress.js';
 import { terminalWidth, wrapWords } from './text-fit.js';
 
-interface BrokerArgs {
-  broker: string;
-  prefix: string;
-  username?: string;
-  password?: string;
-  'password-file'?: string;
-  json: boolean;
-}
-
-interface PublishArgs extends BrokerArgs {
+interface PublishArgs extends OperatorArgs {
   image: string;
   version: string;
   hw: string;
@@ -37,19 +27,11 @@ function checkRelease(hw: string | undefined, version?: string): void {
   if (version !== undefined && !/^[0-9A-Za-z.+-]{1,32}$/.test(version)) throw new UsageError(`--version "${version}" must be 1-32 of A-Z a-z 0-9 . + -`);
 }
 
-function brokerOptions<T>(y: Argv<T>): Argv<T> {
-  return y.option('broker', brokerOption).option('prefix', prefixOption).option('username', usernameOption).options(passwordOptions).option('json', jsonOption) as never;
-}
-
-function access(argv: BrokerArgs) {
-  return { brokerUrl: brokerUrl(argv.broker), prefix: argv.prefix, username: argv.username, password: readSecret(argv as never, PASSWORD, argv.username) };
-}
-
 const publish: CommandModule<object, PublishArgs> = {
   command: 'publish',
   describe: 'sign a firmware image, publish it as a release and wait for the agents to accept it',
   builder: (y) =>
-    brokerOptions(y)
+    operatorOptions(y)
       .option('image', { type: 'string', demandOption: true, describe: 'firmware image file' })
       .option('version', { type: 'string', demandOption: true, describe: 'release version (semver); a published version is immutable' })
       .option('hw', { type: 'string', demandOption: true, describe: 'hardware class the image is built for' })
@@ -61,7 +43,7 @@ const publish: CommandModule<object, PublishArgs> = {
   handler: async (argv) => {
     checkRelease(argv.hw, argv.version);
     if (!(argv['wait-timeout'] > 0)) throw new UsageError(`--wait-timeout must be a positive number of seconds, not ${argv['wait-timeout']}`);
-    const a = access(argv);
+    const a = operatorAccess(argv);
     const image = readFileOrFail(argv.image, '--image');
     const key = readOperatorKey(argv.key);
     const bar = progressBar(`publishing ${argv.hw} ${argv.version}`, { quiet: argv.json });
@@ -108,17 +90,17 @@ function verdictLines(r: ReleaseView): string[] {
   return r.statuses.map((s) => `    ${s.agent}: ${s.digest === r.digest ? describeVerdict(s) : `${describeVerdict(s)} [about ${s.digest.slice(0, 12)}]`}`);
 }
 
-interface ListArgs extends BrokerArgs {
+interface ListArgs extends OperatorArgs {
   hw?: string;
 }
 
 const list: CommandModule<object, ListArgs> = {
   command: 'list',
   describe: 'the releases retained on the broker, with each agent\'s verdict',
-  builder: (y) => brokerOptions(y).option('hw', { type: 'string', describe: 'only this hardware class' }) as never,
+  builder: (y) => operatorOptions(y).option('hw', { type: 'string', describe: 'only this hardware class' }) as never,
   handler: async (argv) => {
     checkRelease(argv.hw);
-    const a = access(argv);
+    const a = operatorAccess(argv);
     const releases = await reachingBroker(a.brokerUrl, readReleases(a, { hw: argv.hw }));
     if (argv.json) {
       process.stdout.write(`${JSON.stringify(releases)}\n`);
@@ -136,7 +118,7 @@ const list: CommandModule<object, ListArgs> = {
   },
 };
 
-interface OneArgs extends BrokerArgs {
+interface OneArgs extends OperatorArgs {
   hw: string;
   version: string;
   restore: boolean;
@@ -145,10 +127,10 @@ interface OneArgs extends BrokerArgs {
 const show: CommandModule<object, OneArgs> = {
   command: 'show',
   describe: 'one release: its manifest fields, withdraw marker and agents\' verdicts',
-  builder: (y) => brokerOptions(y).option('hw', { type: 'string', demandOption: true }).option('version', { type: 'string', demandOption: true }) as never,
+  builder: (y) => operatorOptions(y).option('hw', { type: 'string', demandOption: true }).option('version', { type: 'string', demandOption: true }) as never,
   handler: async (argv) => {
     checkRelease(argv.hw, argv.version);
-    const a = access(argv);
+    const a = operatorAccess(argv);
     const [r] = await reachingBroker(a.brokerUrl, readReleases(a, { hw: argv.hw, version: argv.version }));
     if (!r) throw new Error(`no release ${argv.hw} ${argv.version} on the broker`);
     if (argv.json) {
@@ -173,13 +155,13 @@ const withdraw: CommandModule<object, OneArgs> = {
   command: 'withdraw',
   describe: 'stop agents offering a release (nodes running it are untouched); --restore undoes it',
   builder: (y) =>
-    brokerOptions(y)
+    operatorOptions(y)
       .option('hw', { type: 'string', demandOption: true })
       .option('version', { type: 'string', demandOption: true })
       .option('restore', { type: 'boolean', default: false, describe: 'clear the withdraw marker: offer the release again' }) as never,
   handler: async (argv) => {
     checkRelease(argv.hw, argv.version);
-    const a = access(argv);
+    const a = operatorAccess(argv);
     await reachingBroker(a.brokerUrl, setWithdrawn(a, argv.hw, argv.version, argv.restore));
     const what = argv.restore ? 'restored' : 'withdrawn';
     if (argv.json) process.stdout.write(`${JSON.stringify({ hw: argv.hw, version: argv.version, result: what })}\n`);

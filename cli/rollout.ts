@@ -1,25 +1,15 @@
 import { randomBytes } from 'node:crypto';
-import type { Argv, CommandModule } from 'yargs';
+import type { CommandModule } from 'yargs';
 import { describeAmount, parseAmount, parseWaves, parseWindow, ROLLOUT_ID, RolloutError, type RolloutCommand, type RolloutSpec } from '../shared/rollout.js';
 import { isDeviceId } from '../shared/topics.js';
 import { planFor, targets } from '../agent/rollout-fsm.js';
 import { findRelease, publishRollout, readFleet, readRollouts, revertPermitFor, withCommand, type RolloutListing } from '../operator/rollouts.js';
-import { brokerOption, jsonOption, prefixOption, UsageError, usernameOption } from './common.js';
+import { UsageError } from './common.js';
 import { readOperatorKey } from './key-files.js';
-import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
+import { operatorAccess, operatorOptions, type OperatorArgs } from './operator-access.js';
 import { reachingBroker } from './startup.js';
-import { brokerUrl } from './validate.js';
 
-interface BrokerArgs {
-  broker: string;
-  prefix: string;
-  username?: string;
-  password?: string;
-  'password-file'?: string;
-  json: boolean;
-}
-
-interface StartArgs extends BrokerArgs {
+interface StartArgs extends OperatorArgs {
   release: string;
   key: string;
   id?: string;
@@ -34,17 +24,9 @@ interface StartArgs extends BrokerArgs {
   auto: boolean;
 }
 
-interface OneArgs extends BrokerArgs {
+interface OneArgs extends OperatorArgs {
   id?: string;
   key: string;
-}
-
-function brokerOptions<T>(y: Argv<T>): Argv<T> {
-  return y.option('broker', brokerOption).option('prefix', prefixOption).option('username', usernameOption).options(passwordOptions).option('json', jsonOption) as never;
-}
-
-function access(argv: BrokerArgs) {
-  return { brokerUrl: brokerUrl(argv.broker), prefix: argv.prefix, username: argv.username, password: readSecret(argv as never, PASSWORD, argv.username) };
 }
 
 /** Rollout flag errors are usage errors: the CLI names the flag and exits 2. */
@@ -58,7 +40,7 @@ function usage<T>(f: () => T): T {
 }
 
 /** Turns the start flags into a rollout document (without its permit); throws UsageError naming the flag. */
-export function specFromFlags(argv: Omit<StartArgs, keyof BrokerArgs | 'key'>, digest: string, now = Date.now()): RolloutSpec {
+export function specFromFlags(argv: Omit<StartArgs, keyof OperatorArgs | 'key'>, digest: string, now = Date.now()): RolloutSpec {
   const m = /^([A-Za-z0-9][A-Za-z0-9_.-]{0,31})\/([0-9A-Za-z.+-]{1,32})$/.exec(argv.release);
   if (!m) throw new UsageError(`--release "${argv.release}" must be HW/VERSION (e.g. esp32-c3/1.2.0)`);
   const [, hw, version] = m;
@@ -88,7 +70,7 @@ const start: CommandModule<object, StartArgs> = {
   command: 'start',
   describe: 'start offering a published release through a rollout: canary, waves, brakes',
   builder: (y) =>
-    brokerOptions(y)
+    operatorOptions(y)
       .option('release', { type: 'string', demandOption: true, describe: 'HW/VERSION of a published release' })
       .option('key', { type: 'string', demandOption: true, describe: 'operator private key: the rollout is signed like a manifest' })
       .option('id', { type: 'string', describe: 'rollout id (default HW-VERSION-random)' })
@@ -104,7 +86,7 @@ const start: CommandModule<object, StartArgs> = {
   handler: async (argv) => {
     specFromFlags(argv, '0'.repeat(64)); // flag errors before touching the network
     const key = readOperatorKey(argv.key);
-    const a = access(argv);
+    const a = operatorAccess(argv);
     const [hw, version] = argv.release.split('/');
     const release = await reachingBroker(a.brokerUrl, findRelease(a, hw, version));
     if (!release) throw new Error(`unknown release ${hw}/${version}: the broker holds no manifest for it (ferry release publish first)`);
@@ -158,21 +140,21 @@ export function describeRollout(r: RolloutListing): string[] {
 const status: CommandModule<object, OneArgs> = {
   command: 'status [id]',
   describe: 'a rollout merged from every agent: waves, failures and why it halted',
-  builder: (y) => brokerOptions(y).positional('id', { type: 'string', describe: 'rollout id (default: the one under way, else the newest)' }) as never,
+  builder: (y) => operatorOptions(y).positional('id', { type: 'string', describe: 'rollout id (default: the one under way, else the newest)' }) as never,
   handler: async (argv) => {
-    const a = access(argv);
+    const a = operatorAccess(argv);
     const r = pick(await reachingBroker(a.brokerUrl, readRollouts(a, argv.id)), argv.id, 'status');
     if (argv.json) process.stdout.write(`${JSON.stringify({ ...r.view, agents: r.agents, ...(r.problem ? { problem: r.problem } : {}) })}\n`);
     else process.stdout.write(`${describeRollout(r).join('\n')}\n`);
   },
 };
 
-const list: CommandModule<object, BrokerArgs> = {
+const list: CommandModule<object, OperatorArgs> = {
   command: 'list',
   describe: 'every rollout on the broker, newest first',
-  builder: (y) => brokerOptions(y) as never,
+  builder: (y) => operatorOptions(y) as never,
   handler: async (argv) => {
-    const a = access(argv);
+    const a = operatorAccess(argv);
     const all = await reachingBroker(a.brokerUrl, readRollouts(a));
     if (argv.json) process.stdout.write(`${JSON.stringify(all.map((r) => ({ ...r.view, agents: r.agents })))}\n`);
     else if (all.length === 0) process.stdout.write('no rollouts on the broker\n');
@@ -187,12 +169,12 @@ function commandOf(verb: 'pause' | 'resume' | 'abort'): CommandModule<object, On
     command: `${verb} [id]`,
     describe: help[verb],
     builder: (y) =>
-      brokerOptions(y)
+      operatorOptions(y)
         .positional('id', { type: 'string', describe: 'rollout id (default: the one under way)' })
         .option('key', { type: 'string', demandOption: true, describe: 'operator private key: commands are signed' }) as never,
     handler: async (argv) => {
       const key = readOperatorKey(argv.key);
-      const a = access(argv);
+      const a = operatorAccess(argv);
       const r = pick(await reachingBroker(a.brokerUrl, readRollouts(a, argv.id)), argv.id, verb);
       if (r.spec.command === 'abort') throw new Error(`rollout ${r.spec.id} was aborted: start a new rollout instead`);
       await reachingBroker(a.brokerUrl, publishRollout(a, withCommand(r.spec, command), key));

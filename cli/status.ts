@@ -7,14 +7,9 @@ import { statusTable, totalsLines } from './status-table.js';
 import { watchFleet } from './status-watch.js';
 import { terminalWidth } from './text-fit.js';
 import { brokerUrl } from './validate.js';
+import type { OperatorArgs } from './operator-access.js';
 
-interface Args {
-  broker: string;
-  prefix: string;
-  username?: string;
-  password?: string;
-  'password-file'?: string;
-  json: boolean;
+interface Args extends OperatorArgs {
   wait: number;
   watch: boolean;
   interval: number;

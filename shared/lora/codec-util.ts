@@ -1,6 +1,6 @@
 import { ProtocolError, Reason } from '../errors.js';
 
-/** Byte helpers shared by the LoRaWAN application-layer package codecs (TS003, TS005). Little-endian throughout. */
+/** Byte helpers shared by the LoRaWAN application-layer package codecs (TS003, TS004, TS005). Little-endian throughout. */
 
 export function field(name: string, v: number, max: number, min = 0): number {
   if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`${name} ${v} is not ${min}..${max}`);

@@ -1,4 +1,4 @@
-import { ProtocolError, Reason } from '../errors.js';
+import { bad, concat, field, need, readU32, unknownCid, writeU32 } from './codec-util.js';
 
 /**
  * LoRaWAN Fragmented Data Block Transport v1.0.0 (TS004) messages, byte-exact. They travel on FPort 201;
@@ -178,7 +178,7 @@ export function decodeRequests(frame: Uint8Array): Ts004Request[] {
         break;
       }
       default:
-        throw new ProtocolError(Reason.unknownType, `unknown TS004 request CID 0x${hex(cid)} at byte ${at - 1}`);
+        throw unknownCid('TS004', 'request', cid, at - 1);
     }
   }
   return out;
@@ -225,7 +225,7 @@ export function decodeAnswers(frame: Uint8Array): Ts004Answer[] {
         break;
       }
       default:
-        throw new ProtocolError(Reason.unknownType, `unknown TS004 answer CID 0x${hex(cid)} at byte ${at - 1}`);
+        throw unknownCid('TS004', 'answer', cid, at - 1);
     }
   }
   return out;
@@ -234,45 +234,4 @@ export function decodeAnswers(frame: Uint8Array): Ts004Answer[] {
 /** A FragSessionSetupAns accepts the session when none of its error bits is set. */
 export function setupAccepted(a: Extract<Ts004Answer, { cmd: 'FragSessionSetupAns' }>): boolean {
   return !(a.encodingUnsupported || a.notEnoughMemory || a.fragIndexUnsupported || a.wrongDescriptor);
-}
-
-// ---------------------------------------------------------------- helpers
-
-function field(name: string, v: number, max: number, min = 0): number {
-  if (!Number.isInteger(v) || v < min || v > max) throw new RangeError(`${name} ${v} is not ${min}..${max}`);
-  return v;
-}
-
-function need(frame: Uint8Array, at: number, n: number, what: string): Uint8Array {
-  if (at + n > frame.length) throw bad(`${what} truncated: needs ${n} B after its CID, ${frame.length - at} left`);
-  return frame.subarray(at, at + n);
-}
-
-function bad(message: string): ProtocolError {
-  return new ProtocolError(Reason.malformed, message);
-}
-
-function hex(b: number): string {
-  return b.toString(16).padStart(2, '0');
-}
-
-function readU32(b: Uint8Array, at: number): number {
-  return (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0;
-}
-
-function writeU32(b: Uint8Array, at: number, v: number): void {
-  b[at] = v & 0xff;
-  b[at + 1] = (v >>> 8) & 0xff;
-  b[at + 2] = (v >>> 16) & 0xff;
-  b[at + 3] = (v >>> 24) & 0xff;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
