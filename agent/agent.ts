@@ -154,18 +154,11 @@ export class Agent extends EventEmitter<AgentEvents> {
   async start(): Promise<void> {
     try {
       await this.links.start();
+      this.intake.start();
+      await this.lora?.start();
     } catch (err) {
       await this.stop();
       throw err;
-    }
-    this.intake.start();
-    if (this.lora) {
-      try {
-        await this.lora.start();
-      } catch (err) {
-        await this.stop();
-        throw err;
-      }
     }
     this.events.start();
     this.sweeper = setInterval(() => {
