@@ -37,9 +37,21 @@ t.test('transfer machine (table): offer → blocks → verified → activate →
       last: (a) => t.same(a, [{ kind: 'startBlock', index: 1, resumeUnknown: [1, 130, 131] }]),
     },
     {
-      name: 'silent node: the offer is tried maxTries times, then timedOut',
-      inputs: [[{ kind: 'start' }, 0], [{ kind: 'tick' }, 500], [{ kind: 'tick' }, 1000], [{ kind: 'tick' }, 2000]],
+      name: 'silent node: the offer is tried maxTries times, each timed from its txack, then timedOut',
+      inputs: [[{ kind: 'start' }, 0], [{ kind: 'onAir' }, 100], [{ kind: 'tick' }, 500], [{ kind: 'tick' }, 1100], [{ kind: 'onAir' }, 1200], [{ kind: 'tick' }, 2200]],
       state: 'timedOut',
+    },
+    {
+      name: 'an offer waiting in the LNS for a Class A window is not counted lost: the timeout starts on the air',
+      inputs: [[{ kind: 'start' }, 0], [{ kind: 'tick' }, 1500], [{ kind: 'onAir' }, 3000], [{ kind: 'tick' }, 3500]],
+      state: 'offered',
+      last: (a) => t.same(a, [], 'no resend 500 ms after the txack'),
+    },
+    {
+      name: 'an LNS that never reports the offer on the air: retried after 4 timeouts',
+      inputs: [[{ kind: 'start' }, 0], [{ kind: 'tick' }, 4000]],
+      state: 'offered',
+      last: (a) => t.equal((a[0] as { msg: { type: string } }).msg.type, 'offer'),
     },
     { name: 'a block that fails ends the transfer with a cancel', inputs: [[{ kind: 'start' }, 0], [status(0), 1], [{ kind: 'blockFailed', index: 0, detail: 'x' }, 2]], state: 'failed', last: (a) => t.equal((a[0] as { msg: { type: string } }).msg.type, 'cancel') },
     { name: 'rejected by the node', inputs: [[{ kind: 'start' }, 0], [status(0), 1], [{ kind: 'report', stage: 5, reason: 4 }, 2]], state: 'rejected' },

@@ -9,6 +9,12 @@ export interface LoraClock {
   /** Unix ms. */
   now(): number;
   after(ms: number, run: () => void): LoraTimer;
+  /**
+   * Only on a clock shared with a simulator: a message to it is about to be published (`handoff`), or one from it
+   * was handled (`arrived`); the simulated time does not leap ahead while a message is in flight.
+   */
+  handoff?(): void;
+  arrived?(): void;
 }
 
 export const realClock: LoraClock = {

@@ -16,17 +16,26 @@ export interface Downlink {
   frequencyHz: number;
   /** Handed to the LNS (the scheduler let it go); `id` is the LNS correlation id of a unicast frame. */
   onSent?: (id: string) => void;
+  /**
+   * On the air: the LNS's txack for a unicast frame (a Class A frame waits in the LNS for the node's next uplink);
+   * a multicast frame counts as on the air once handed over (ChirpStack reports no txack for a group over MQTT).
+   * Answer timeouts count from here.
+   */
+  onAir?: () => void;
   /** Not sent: too big for the DR, the LNS link refused, or the queue was stopped. */
   onError?: (reason: string) => void;
 }
 
 export const MAX_QUEUED_DOWNLINKS = 20_000;
+/** Frames handed to the LNS whose txack is still awaited; the oldest are forgotten past this. */
+const MAX_AWAITING_AIR = 4096;
 
 export class DownlinkQueue {
   private readonly queue: Downlink[] = [];
   private state: AirtimeState;
   private timer: LoraTimer | undefined;
   private stopped = false;
+  private readonly awaitingAir = new Map<string, () => void>();
   sent = 0;
 
   constructor(
@@ -70,10 +79,24 @@ export class DownlinkQueue {
     }
   }
 
+  /** The LNS transmitted the unicast frame with this correlation id. */
+  txAck(id: string): void {
+    const f = this.awaitingAir.get(id);
+    if (!f) return;
+    this.awaitingAir.delete(id);
+    f();
+  }
+
   stop(): void {
     this.stopped = true;
+    this.awaitingAir.clear();
     cancel(this.timer);
     this.queue.length = 0;
+  }
+
+  private awaitAir(id: string, f: () => void): void {
+    if (this.awaitingAir.size >= MAX_AWAITING_AIR) this.awaitingAir.delete(this.awaitingAir.keys().next().value!);
+    this.awaitingAir.set(id, f);
   }
 
   private pump(): void {
@@ -96,9 +119,15 @@ export class DownlinkQueue {
       this.queue.shift();
       this.state = commitDownlink(this.state, plan);
       this.sent++;
+      this.clock.handoff?.();
       const send = d.to.kind === 'node' ? this.lns.sendDown(d.to.devEui, d.fPort, d.bytes) : this.lns.sendMulticast(d.to.groupId, d.fPort, d.bytes).then(() => '');
+      const multicast = d.to.kind === 'group';
       send.then(
-        (id) => d.onSent?.(id),
+        (id) => {
+          if (d.onAir && !multicast) this.awaitAir(id, d.onAir);
+          d.onSent?.(id);
+          if (multicast) d.onAir?.();
+        },
         (err: Error) => {
           this.log('warn', `downlink to ${d.to.kind === 'node' ? d.to.devEui : `group ${d.to.groupId}`} not sent: ${err.message}`);
           d.onError?.(err.message);

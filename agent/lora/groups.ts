@@ -6,7 +6,7 @@ import { initialSession, step, type SessionEffect, type SessionInput, type Sessi
 import { encodeTs005Requests, TS005_PORT, type Ts005Answer } from '../../shared/lora/ts005.js';
 import type { Release } from '../types.js';
 import type { DownlinkQueue } from './downlinks.js';
-import { downlinkDr, type LoraNode } from './record.js';
+import { downlinkDr, UNICAST_ROUNDS, type LoraNode } from './record.js';
 import type { TransferInput } from './transfer-fsm.js';
 
 /**
@@ -194,7 +194,7 @@ export class MulticastGroups {
     const loss = Math.max(...ms.map((m) => m.node.loss));
     const state = initialSession({
       members: ms.map((m) => m.node.row.id), multicast: ms.length > 1, fragIndex: index % 4, descriptor: (((g.transferId & 0xffff) << 16) | index) >>> 0,
-      fragments, padding, loss, firstRoundMargin: 1, repairTarget: 0.75, answerTimeoutMs: this.d.answerTimeoutMs + 32_000, maxRounds: 6, maxTries: this.d.maxTries, pages: true,
+      fragments, padding, loss, firstRoundMargin: 1, repairTarget: 0.75, answerTimeoutMs: this.d.answerTimeoutMs + 32_000, maxRounds: ms.length > 1 ? 6 : UNICAST_ROUNDS, maxTries: this.d.maxTries, pages: true, resendUncoded: ms.length === 1,
     });
     g.session = { index, state, dr };
     for (const m of ms) m.wants = null;
@@ -226,6 +226,7 @@ export class MulticastGroups {
           to: multicast ? { kind: 'group', groupId: hex(g.mcAddr) } : { kind: 'node', devEui }, fPort: e.fPort, bytes: e.bytes, dr: s.dr, frequencyHz: RX2_FREQUENCY_HZ[this.d.region],
           onSent: guard(() => this.feedSession(g, { kind: 'sent' })),
           onError: guard(() => this.feedSession(g, { kind: 'sent' })),
+          onAir: e.fragment ? undefined : guard(() => this.feedSession(g, { kind: 'onAir' })),
         });
         return;
       }

@@ -17,8 +17,8 @@ import type { AgentStore } from '../store.js';
 import type { Release } from '../types.js';
 import { DownlinkQueue } from './downlinks.js';
 import { cancel, realClock, type LoraClock } from './clock.js';
-import { downlinkDr, isLoraRow, lowerDr, loraRow, newLoraNode, setBlockDone, type LoraNode } from './record.js';
-import { stateOf, stepTransfer, type TransferAction, type TransferInput } from './transfer-fsm.js';
+import { downlinkDr, UNICAST_ROUNDS, isLoraRow, lowerDr, loraRow, newLoraNode, setBlockDone, type LoraNode } from './record.js';
+import { stateOf, stepTransfer, untilAir, type TransferAction, type TransferInput } from './transfer-fsm.js';
 
 /**
  * The agent's LoRa side (docs/lora.md §7): LoRa nodes reached through an LNS adapter, kept in the same store and
@@ -92,8 +92,11 @@ export class LoraRuntime {
       goUnicast: (n) => this.goUnicast(n),
     });
     for (const row of d.store.nodes()) if (isLoraRow(row)) this.nodes.set(row.id, newLoraNode(row, this.o.initialLoss));
-    d.lns.on('up', (u) => this.guard(() => this.onUp(u)));
-    d.lns.on('error', (e) => this.guard(() => this.onLnsError(e.devEui, e.id, e.code, e.description)));
+    const handled = () => this.clock.arrived?.();
+    d.lns.on('up', (u) => (this.guard(() => this.onUp(u)), handled()));
+    d.lns.on('error', (e) => (this.guard(() => this.onLnsError(e.devEui, e.id, e.code, e.description)), handled()));
+    d.lns.on('txAck', (a) => (this.guard(() => this.queue.txAck(a.id)), handled()));
+    d.lns.on('ack', handled);
   }
 
   async start(): Promise<void> {
@@ -320,14 +323,14 @@ export class LoraRuntime {
     const blocks = 1 + Math.ceil(release.image.length / blockBytes);
     n.transfer = {
       plan: { transferId, version: release.row.version, digestPrefix: release.row.digest.subarray(0, 4), blocks, size: release.image.length, blockKiB: this.o.blockKiB, classCSeconds: this.o.classCSeconds, mcAddr, timeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries },
-      phase: { kind: 'offered', tries: 1, deadline: this.clock.now() + this.o.answerTimeoutMs },
+      phase: { kind: 'offered', tries: 1, deadline: untilAir({ timeoutMs: this.o.answerTimeoutMs }, this.clock.now()) },
     };
     Object.assign(r, { targetRelease: release.row.id, session: transferId, chunkCount: blocks, chunkSize: blockBytes, bitmap: null, reason: 0, detail: '', attempts: r.attempts + 1 });
     this.d.store.event(r.id, 'lora-offer', `${release.row.version} transfer ${transferId}, ${blocks} blocks`);
     this.d.log('info', `LoRa node ${r.id}: offering ${release.row.version} (${release.image.length} B in ${blocks} blocks)`);
     if (first) {
       this.sendControl(n, first);
-      this.armTransferTimer(n, this.clock.now() + this.o.answerTimeoutMs);
+      this.armTransferTimer(n, untilAir({ timeoutMs: this.o.answerTimeoutMs }, this.clock.now()));
       this.syncState(n);
     } else this.feedTransfer(n, { kind: 'start' });
   }
@@ -379,7 +382,7 @@ export class LoraRuntime {
     if (fragments.length > MAX_FRAGMENT_COUNTER / 2) return this.feedTransfer(n, { kind: 'blockFailed', index, detail: `${fragments.length} fragments at DR${dr}: use a smaller block` });
     const state = initialSession({
       members: [n.row.id], multicast: false, fragIndex: index % 4, descriptor: (((t.plan.transferId & 0xffff) << 16) | index) >>> 0, fragments, padding,
-      loss: n.loss, firstRoundMargin: 1, repairTarget: 0.75, answerTimeoutMs: this.o.answerTimeoutMs, maxRounds: 6, maxTries: this.o.maxTries, pages: true,
+      loss: n.loss, firstRoundMargin: 1, repairTarget: 0.75, answerTimeoutMs: this.o.answerTimeoutMs, maxRounds: UNICAST_ROUNDS, maxTries: this.o.maxTries, pages: true, resendUncoded: true,
       resumeUnknown: resumeUnknown ? { [n.row.id]: resumeUnknown } : undefined,
     });
     n.session = { index, state, dr, ids: new Set() };
@@ -407,6 +410,7 @@ export class LoraRuntime {
             this.feedSession(n, { kind: 'sent' }, s.index % 4);
           }),
           onError: (why) => this.guard(() => current() && this.feedSession(n, /does not fit/.test(why) ? { kind: 'tooBig', devEui: n.row.id } : { kind: 'sent' }, s.index % 4)),
+          onAir: e.fragment ? undefined : () => this.guard(() => current() && this.feedSession(n, { kind: 'onAir' }, s.index % 4)),
         });
         if (e.fragment) n.row.bytesSent += e.bytes.length;
         return;
@@ -462,6 +466,7 @@ export class LoraRuntime {
     this.queue.push({
       to: { kind: 'node', devEui: n.row.id }, fPort: FERRY_LORA_PORT, bytes, dr: downlinkDr(this.o.region, n.dr),
       frequencyHz: classC ? RX2_FREQUENCY_HZ[this.o.region] : n.frequencyHz ?? DEFAULT_RX1_HZ[this.o.region],
+      onAir: msg.type === 'cancel' ? undefined : () => this.guard(() => this.feedTransfer(n, { kind: 'onAir' })),
     });
   }
 

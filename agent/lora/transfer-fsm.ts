@@ -44,6 +44,8 @@ export type TransferInput =
   | { kind: 'blockFailed'; index: number; detail: string }
   | { kind: 'report'; stage: number; reason: number }
   | { kind: 'hello'; version: string }
+  /** The LNS put the last offer, query or activate on the air: the answer timeout starts now. */
+  | { kind: 'onAir' }
   | { kind: 'tick' };
 
 export type TransferAction =
@@ -56,6 +58,9 @@ export const Stage = { verified: 1, rebooting: 2, confirmed: 3, rolledBack: 4, r
 /** protocol.md §7 reasons used here. */
 const R = { none: Reason.none, timedOut: Reason.timeout } as const;
 const CONFIRM_MS = 5 * 60_000;
+/** Until the LNS reports a request on the air (Class A: after the node's next uplink) it gets this many timeouts. */
+const AIR_WAIT_FACTOR = 4;
+export const untilAir = (plan: Pick<TransferPlan, 'timeoutMs'>, now: number) => now + AIR_WAIT_FACTOR * plan.timeoutMs;
 
 export function stateOf(t: Transfer): NodeStateName {
   switch (t.phase.kind) {
@@ -93,7 +98,7 @@ function wait<P extends TransferPhase>(t: Transfer, phase: P, actions: TransferA
 
 /** The node holds blocks 0..done−1 (and maybe some of block `done`): go on from there. */
 function continueFrom(t: Transfer, done: number, resumeUnknown: number[] | undefined, now: number, actions: TransferAction[]): Result {
-  if (done >= t.plan.blocks) return wait(t, { kind: 'verifying', tries: 1, deadline: now + t.plan.timeoutMs }, actions);
+  if (done >= t.plan.blocks) return wait(t, { kind: 'verifying', tries: 1, deadline: untilAir(t.plan, now) }, actions);
   return { t: { ...t, phase: { kind: 'block', index: done } }, actions: [...actions, { kind: 'startBlock', index: done, resumeUnknown }] };
 }
 
@@ -103,7 +108,10 @@ export function stepTransfer(t: Transfer, input: TransferInput, now: number): Re
   if (p.kind === 'ended') return { t, actions: [] };
   switch (input.kind) {
     case 'start':
-      return wait(t, { kind: 'offered', tries: 1, deadline: now + plan.timeoutMs }, [{ kind: 'send', msg: offerOf(plan) }]);
+      return wait(t, { kind: 'offered', tries: 1, deadline: untilAir(plan, now) }, [{ kind: 'send', msg: offerOf(plan) }]);
+    case 'onAir':
+      if (p.kind !== 'offered' && p.kind !== 'verifying' && p.kind !== 'activating') return { t, actions: [] };
+      return wait(t, { ...p, deadline: now + plan.timeoutMs }, []);
     case 'status': {
       if (input.done > plan.blocks) return { t, actions: [] };
       const stop: TransferAction[] = p.kind === 'block' ? [{ kind: 'stopBlock' }] : [];
@@ -130,7 +138,7 @@ export function stepTransfer(t: Transfer, input: TransferInput, now: number): Re
       switch (input.stage) {
         case Stage.verified:
           if (p.kind === 'activating' || p.kind === 'confirming') return { t, actions: [] };
-          return wait(t, { kind: 'activating', tries: 1, deadline: now + plan.timeoutMs }, [...(p.kind === 'block' ? [{ kind: 'stopBlock' } as TransferAction] : []), { kind: 'send', msg: { type: 'activate', transferId: plan.transferId } }]);
+          return wait(t, { kind: 'activating', tries: 1, deadline: untilAir(plan, now) }, [...(p.kind === 'block' ? [{ kind: 'stopBlock' } as TransferAction] : []), { kind: 'send', msg: { type: 'activate', transferId: plan.transferId } }]);
         case Stage.rebooting:
           return wait(t, { kind: 'confirming', deadline: now + CONFIRM_MS }, []);
         case Stage.confirmed:
@@ -154,7 +162,7 @@ export function stepTransfer(t: Transfer, input: TransferInput, now: number): Re
       if (p.kind === 'collecting') return continueFrom(t, p.done, undefined, now, []);
       if (p.tries >= plan.maxTries) return ended(t, 'timedOut', R.timedOut, `no answer in ${p.kind} after ${p.tries} tries`);
       const msg: LoraDown = p.kind === 'offered' ? offerOf(plan) : p.kind === 'verifying' ? { type: 'query', transferId: plan.transferId } : { type: 'activate', transferId: plan.transferId };
-      return wait(t, { ...p, tries: p.tries + 1, deadline: now + plan.timeoutMs }, [{ kind: 'send', msg }]);
+      return wait(t, { ...p, tries: p.tries + 1, deadline: untilAir(plan, now) }, [{ kind: 'send', msg }]);
     }
   }
 }

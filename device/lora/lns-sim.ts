@@ -72,6 +72,8 @@ interface SimDevice {
 const UPLINK_HZ = 868_100_000;
 const RX2_HZ = 869_525_000;
 const MAX_QUEUE = 512;
+/** Device events a ChirpStack integration (ferry's agent) consumes: each is handed off on a shared clock. */
+const AGENT_EVENTS = new Set(['up', 'txack', 'ack', 'log']);
 
 export class LnsSim {
   readonly clock: SimClock;
@@ -130,13 +132,15 @@ export class LnsSim {
   }
 
   private publish(devEui: string, event: string, body: unknown): void {
-    // Whatever is published gets settleMs of real time to be answered before the clock may jump.
+    // Whatever is published gets settleMs of real time to be answered before the clock may jump; an agent sharing
+    // the clock also holds it until it has handled the event.
     this.clock.touch();
+    if (AGENT_EVENTS.has(event)) this.clock.handoff();
     this.client?.publish(`application/${this.opts.appId}/device/${devEui}/event/${event}`, JSON.stringify(body), { qos: 0 });
   }
 
   private onCommand(topic: string, payload: Buffer): void {
-    this.clock.touch();
+    this.clock.arrived();
     this.counters.commands++;
     const t = commandTopic(this.opts.appId, topic);
     const refuse = (why: string) => {

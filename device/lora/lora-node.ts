@@ -63,6 +63,8 @@ export class LoraNode {
   private transfer: LoraTransfer | undefined;
   private erased = new Set<number>();
   private manifestStore = memoryStore(1, 1);
+  /** The setup the manifest store was opened for: a re-setup of that same block keeps what it holds. */
+  private manifestSetup: FragSetup | undefined;
   private sinceSave = 0;
   private classCSeconds = 0;
   private classCUntil = -Infinity;
@@ -91,6 +93,7 @@ export class LoraNode {
     this.ts005.reset();
     this.classCUntil = -Infinity;
     this.manifestStore = memoryStore(1, 1);
+    this.manifestSetup = undefined;
     for (let i = 0; ; i++) {
       try {
         this.sys.powerOn(i === 0 ? reset : 'software');
@@ -264,7 +267,9 @@ export class LoraNode {
     const length = s.nbFrag * s.fragSize - s.padding;
     if (block === 0) {
       if (length > MANIFEST_BLOCK_MAX) return { ok: false, why: 'notEnoughMemory', detail: `manifest block of ${length} B exceeds ${MANIFEST_BLOCK_MAX} B` };
-      this.manifestStore = memoryStore(s.nbFrag, s.fragSize);
+      const m = this.manifestSetup;
+      if (!m || m.descriptor !== s.descriptor || m.nbFrag !== s.nbFrag || m.fragSize !== s.fragSize) this.manifestStore = memoryStore(s.nbFrag, s.fragSize);
+      this.manifestSetup = s;
       return { ok: true, store: this.manifestStore, capacity: MANIFEST_BLOCK_MAX };
     }
     const base = (block - 1) * t.blockKiB * 1024;

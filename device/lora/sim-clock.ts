@@ -14,6 +14,9 @@ export interface ClockOptions {
   epochMs: number;
 }
 
+/** Real ms a handed-off message may hold the clock before it counts as lost. */
+const HOLD_MAX_MS = 2000;
+
 interface Timer {
   at: number;
   seq: number;
@@ -29,6 +32,10 @@ export class SimClock {
   private wake: NodeJS.Timeout | undefined;
   private stopped = false;
   private current: number | undefined;
+  /** Messages between the simulator and a component sharing this clock, sent and not yet handled. */
+  private inFlight = 0;
+  private inFlightSince = 0;
+  private shared = false;
 
   constructor(readonly opts: ClockOptions) {
     if (!(opts.warp > 0)) throw new RangeError(`time warp ${opts.warp} must be > 0`);
@@ -61,6 +68,29 @@ export class SimClock {
     this.lastInput = performance.now();
   }
 
+  /**
+   * A message to the component sharing this clock (an uplink to the agent, a downlink to the simulator) is on its
+   * way through the broker: no jump until the other side says it `arrived`, however long the broker takes on a
+   * loaded machine. Without this, time could leap past an answer timeout while the answer is in flight. A message
+   * that never arrives (dropped as malformed) holds jumps for at most HOLD_MAX_MS of real time.
+   */
+  handoff(): void {
+    if (!this.shared) return;
+    this.inFlight++;
+    this.inFlightSince = performance.now();
+  }
+
+  arrived(): void {
+    if (this.inFlight > 0) this.inFlight--;
+    this.touch();
+    this.arm();
+  }
+
+  private held(): boolean {
+    if (this.inFlight > 0 && performance.now() - this.inFlightSince > HOLD_MAX_MS) this.inFlight = 0;
+    return this.inFlight > 0;
+  }
+
   /** Runs `run` at virtual time `virtualMs`; the handle cancels it. */
   at(virtualMs: number, run: () => void): { cancel: () => void } {
     const t: Timer = { at: virtualMs, seq: this.seq++, run };
@@ -80,8 +110,9 @@ export class SimClock {
   }
 
   /** This clock in Unix ms, for a component that shares it (the agent's LoRa runtime next to the simulator). */
-  asUnixClock(): { now: () => number; after: (ms: number, run: () => void) => { cancel: () => void } } {
-    return { now: () => this.unixMs(), after: (ms, run) => this.after(ms, run) };
+  asUnixClock(): { now: () => number; after: (ms: number, run: () => void) => { cancel: () => void }; handoff: () => void; arrived: () => void } {
+    this.shared = true;
+    return { now: () => this.unixMs(), after: (ms, run) => this.after(ms, run), handoff: () => this.handoff(), arrived: () => this.arrived() };
   }
 
   stop(): void {
@@ -96,13 +127,13 @@ export class SimClock {
     if (!next) return;
     const realWait = Math.max(0, (next.at - this.wallNow()) / this.opts.warp);
     const quietFor = performance.now() - this.lastInput;
-    const wait = this.opts.jump ? Math.min(realWait, Math.max(0, this.opts.settleMs - quietFor)) : realWait;
+    const wait = !this.opts.jump ? realWait : this.held() ? Math.min(realWait, this.opts.settleMs) : Math.min(realWait, Math.max(0, this.opts.settleMs - quietFor));
     this.wake = setTimeout(() => this.fire(), Math.min(wait, 2 ** 31 - 1));
   }
 
   private fire(): void {
     this.wake = undefined;
-    const quiet = performance.now() - this.lastInput >= this.opts.settleMs;
+    const quiet = performance.now() - this.lastInput >= this.opts.settleMs && !this.held();
     const next = this.timers[0];
     if (next && this.opts.jump && quiet && next.at > this.wallNow()) this.offset += next.at - this.wallNow();
     const now = this.wallNow();

@@ -34,8 +34,19 @@ export interface SessionConfig {
   answerTimeoutMs: number;
   maxRounds: number;
   maxTries: number;
-  /** Every member sends ferry's lstatus bitmap pages after its FragSessionStatusAns (a stock TS004 node does not). */
+  /**
+   * Every member sends ferry's lstatus bitmap pages after its FragSessionStatusAns (a stock TS004 node does not).
+   * The first round is then the M uncoded fragments alone: what each node lacks comes back exactly, and repair is
+   * planned from it instead of from a presumed loss.
+   */
   pages: boolean;
+  /**
+   * Unicast to a ferry node (docs/lora.md §7.3 step 4): every status request goes with a re-setup of the same block,
+   * which keeps the data fragments the node holds and lets it take counters from 1 again, so a repair round resends
+   * exactly the uncoded fragments it lacks. Each one received is new to it: airtime M/(1−p) on average, the least any
+   * scheme can spend, with no parity row wasted on rank. Needs `pages`.
+   */
+  resendUncoded: boolean;
   /** Resume: per node, the data fragments it still lacks (after a reboot); the uncoded round is skipped. */
   resumeUnknown?: Readonly<Record<string, readonly number[]>>;
 }
@@ -72,11 +83,15 @@ export interface SessionState {
   /** A send is out: nothing else goes until the runtime says `sent`. */
   outstanding: number;
   fragmentsSent: number;
+  /** Fragments each member reported received, summed over re-setups (each re-setup restarts its count). */
+  heard: Record<string, number>;
 }
 
 export type SessionInput =
   | { kind: 'start' }
   | { kind: 'sent' }
+  /** The LNS put the last frame sent on the air (its txack): the answer timeout starts now. */
+  | { kind: 'onAir' }
   | { kind: 'tick' }
   | { kind: 'setupAns'; devEui: string; ok: boolean; detail: string }
   | { kind: 'statusAns'; devEui: string; received: number; missing: number; memoryError: boolean }
@@ -106,6 +121,7 @@ export interface StepResult {
 export function initialSession(cfg: SessionConfig): SessionState {
   if (cfg.members.length === 0) throw new RangeError('a session needs at least one member');
   if (!cfg.multicast && cfg.members.length !== 1) throw new RangeError('a unicast session has exactly one member');
+  if (cfg.resendUncoded && (cfg.multicast || !cfg.pages)) throw new RangeError('resending uncoded fragments needs a unicast session with lstatus pages');
   const m = cfg.fragments.length;
   return {
     cfg,
@@ -118,6 +134,7 @@ export function initialSession(cfg: SessionConfig): SessionState {
     rounds: 0,
     outstanding: 0,
     fragmentsSent: 0,
+    heard: Object.fromEntries(cfg.members.map((d) => [d, 0])),
   };
 }
 
@@ -129,13 +146,22 @@ function ts004(to: Target, req: Ts004Request, fragment = false): SessionEffect {
   return { kind: 'send', to, fPort: TS004_PORT, bytes: encodeRequests([req]), fragment };
 }
 
-function setupEffects(s: SessionState, to: Target[]): SessionEffect[] {
+function setupRequest(s: SessionState): Ts004Request {
   const c = s.cfg;
-  const req: Ts004Request = {
+  return {
     cmd: 'FragSessionSetupReq', fragIndex: c.fragIndex, mcGroupBitMask: c.multicast ? 1 : 0, nbFrag: m(s),
     fragSize: c.fragments[0].length, fragAlgo: 0, blockAckDelay: c.multicast ? 1 : 0, padding: c.padding, descriptor: c.descriptor,
   };
-  return to.map((t) => ts004(t, req));
+}
+
+function setupEffects(s: SessionState, to: Target[]): SessionEffect[] {
+  return to.map((t) => ts004(t, setupRequest(s)));
+}
+
+/** A status request; for `resendUncoded` in one frame with the re-setup that readies the node for the next round. */
+function statusEffect(s: SessionState, to: Target): SessionEffect {
+  const req: Ts004Request = { cmd: 'FragSessionStatusReq', fragIndex: s.cfg.fragIndex, participants: true };
+  return { kind: 'send', to, fPort: TS004_PORT, bytes: encodeRequests(s.cfg.resendUncoded ? [req, setupRequest(s)] : [req]), fragment: false };
 }
 
 function finish(s: SessionState, effects: SessionEffect[]): StepResult {
@@ -174,7 +200,7 @@ function sendNext(s: SessionState, effects: SessionEffect[]): StepResult {
   const to = p.to;
   const answers: Record<string, MemberAnswer> = {};
   const state: SessionState = { ...s, outstanding: 1, phase: { kind: 'status', tries: 1, deadline: null, answers } };
-  return { state, effects: [...effects, ts004(to, { cmd: 'FragSessionStatusReq', fragIndex: s.cfg.fragIndex, participants: true })] };
+  return { state, effects: [...effects, statusEffect(s, to)] };
 }
 
 function firstRound(s: SessionState, effects: SessionEffect[]): StepResult {
@@ -187,7 +213,7 @@ function firstRound(s: SessionState, effects: SessionEffect[]): StepResult {
     return repairRound(s, Object.fromEntries(s.active.map((d, i) => [d, { indices: [...byNode[i]], lastPage: true, deficiency: byNode[i].length }])), effects);
   }
   const loss = Math.max(...s.active.map((d) => s.loss[d]));
-  const r = loss === 0 ? 0 : Math.ceil((m(s) * loss) / (1 - loss)) + s.cfg.firstRoundMargin;
+  const r = loss === 0 || s.cfg.pages ? 0 : Math.ceil((m(s) * loss) / (1 - loss)) + s.cfg.firstRoundMargin;
   const counters = Array.from({ length: m(s) + r }, (_, i) => i + 1);
   return startRound(s, counters, groupOrNode(s), effects);
 }
@@ -201,6 +227,10 @@ function repairRound(s: SessionState, needs: Record<string, Pick<MemberAnswer, '
   const complete = (a: (typeof needs)[string]) => a.lastPage && a.deficiency !== undefined && a.indices.length === a.deficiency;
   const withLists = needy.filter((d) => complete(needs[d]));
   let counters: number[] = [];
+  if (s.cfg.resendUncoded && withLists.length === 1) {
+    counters = [...new Set(needs[withLists[0]].indices)].sort((a, b) => a - b).map((i) => i + 1);
+    return startRound(s, counters, { kind: 'node', devEui: withLists[0] }, effects);
+  }
   try {
     if (withLists.length > 0) counters = planRepair({ m: m(s), missingByNode: withLists.map((d) => needs[d].indices), nextCounter: s.nextCounter, loss, target: s.cfg.repairTarget }).counters;
     const countOnly = needy.filter((d) => !complete(needs[d]));
@@ -234,7 +264,10 @@ function judgeStatus(s: SessionState, answers: Record<string, MemberAnswer>, eff
       next = dropMember(next, d, 'not enough matrix memory', effects);
       continue;
     }
-    if (a.received !== undefined && next.sentTo[d] > 0) next = { ...next, loss: { ...next.loss, [d]: measuredLoss(next.sentTo[d], a.received, s.cfg.loss) } };
+    if (a.received !== undefined && next.sentTo[d] > 0) {
+      const heard = s.cfg.resendUncoded ? next.heard[d] + a.received : a.received;
+      next = { ...next, heard: { ...next.heard, [d]: heard }, loss: { ...next.loss, [d]: measuredLoss(next.sentTo[d], heard, s.cfg.loss) } };
+    }
     if (a.missing === 0) {
       next = { ...next, active: next.active.filter((x) => x !== d), completed: [...next.completed, d] };
       effects.push(report({ kind: 'memberDone', devEui: d, loss: next.loss[d] }));
@@ -263,6 +296,11 @@ export function measuredLoss(sent: number, received: number, prior: number): num
   return Math.min(MAX_PLANNED_LOSS, (lost + prior * PRIOR_WEIGHT) / (sent + PRIOR_WEIGHT));
 }
 const PRIOR_WEIGHT = 10;
+/**
+ * A request handed to the LNS but not yet reported on the air is given this many answer timeouts: a Class A
+ * frame waits there for the node's next uplink, and an LNS that never reports the transmission still gets retried.
+ */
+export const AIR_WAIT_FACTOR = 4;
 /** Beyond this the repair planner is asked for no more margin: another round costs less than a blind flood. */
 const MAX_PLANNED_LOSS = 0.6;
 
@@ -287,10 +325,16 @@ export function step(s: SessionState, input: SessionInput, now: number): StepRes
       if (p.kind === 'sending') return outstanding === 0 ? sendNext(next, []) : { state: next, effects: [] };
       if (p.kind === 'status' && outstanding === 0 && s.active.every((d) => answered(s, p.answers[d]))) return judgeStatus(next, p.answers, []);
       if ((p.kind === 'setup' || p.kind === 'status') && outstanding === 0) {
-        const at = now + s.cfg.answerTimeoutMs;
+        // Until the LNS says the frame is on the air (onAir), it may be waiting for a Class A window.
+        const at = now + AIR_WAIT_FACTOR * s.cfg.answerTimeoutMs;
         return { state: { ...next, phase: { ...p, deadline: at } }, effects: [{ kind: 'wakeAt', at }] };
       }
       return { state: next, effects: [] };
+    }
+    case 'onAir': {
+      if ((p.kind !== 'setup' && p.kind !== 'status') || s.outstanding > 0 || p.deadline === null) return { state: s, effects: [] };
+      const at = now + s.cfg.answerTimeoutMs;
+      return { state: { ...s, phase: { ...p, deadline: at } }, effects: [{ kind: 'wakeAt', at }] };
     }
     case 'tick': {
       if ((p.kind !== 'setup' && p.kind !== 'status') || p.deadline === null || now < p.deadline) return { state: s, effects: [] };
@@ -321,7 +365,7 @@ export function step(s: SessionState, input: SessionInput, now: number): StepRes
         return judgeStatus(next, answers, effects);
       }
       const to = s.cfg.multicast && silent.length > 1 ? [{ kind: 'group' } as Target] : silent.map((d) => ({ kind: 'node', devEui: d }) as Target);
-      const effects = to.map((t) => ts004(t, { cmd: 'FragSessionStatusReq', fragIndex: s.cfg.fragIndex, participants: true }));
+      const effects = to.map((t) => statusEffect(s, t));
       return { state: { ...s, outstanding: effects.length, phase: { ...p, tries: p.tries + 1, deadline: null } }, effects };
     }
     case 'setupAns': {
