@@ -13,7 +13,7 @@ export const lnsOptions = {
   'lns-username': { type: 'string', describe: 'username on the LNS broker (TTS: defaults to the application)' },
   ...secretOptions(LNS_PASSWORD, 'password on the LNS broker (TTS: an API key)'),
   region: { type: 'string', choices: ['EU868', 'US915'], default: 'EU868', describe: 'LoRaWAN region: data rates, payload limits, duty cycle' },
-  'lora-block': { type: 'number', default: 64, describe: 'KiB of image per LoRa fragmentation session (1..64)' },
+  'lora-block': { type: 'number', describe: 'KiB of image per LoRa fragmentation session (1..255; default: up to 1,024 fragments at the node\'s data rate)' },
 } as const;
 
 export interface LnsArgs {
@@ -39,8 +39,8 @@ export function planLns(argv: LnsArgs): AgentOptions['lora'] {
   if (!argv.application) throw new UsageError(`--lns needs --application (${argv.lns === 'tts' ? '{application}@{tenant}' : 'the ChirpStack application id'})`);
   const region = argv.region ?? 'EU868';
   if (region !== 'EU868' && region !== 'US915') throw new UsageError(`--region must be EU868 or US915, got ${region}`);
-  const block = argv['lora-block'] ?? 64;
-  if (!Number.isInteger(block) || block < 1 || block > 64) throw new UsageError(`--lora-block must be an integer 1..64 (KiB), got ${block}`);
+  const block = argv['lora-block'] ?? 'auto';
+  if (block !== 'auto' && (!Number.isInteger(block) || block < 1 || block > 255)) throw new UsageError(`--lora-block must be an integer 1..255 (KiB), got ${block}`);
   const username = argv['lns-username'] ?? (argv.lns === 'tts' ? (argv.application.includes('@') ? argv.application : `${argv.application}@ttn`) : undefined);
   return {
     lns: {

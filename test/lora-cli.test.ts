@@ -19,7 +19,7 @@ t.test('ferry agent --lns: usage errors name the flag', async (t) => {
     [['--lns', 'chirpstack'], /--lns needs --lns-broker/],
     [['--lns', 'chirpstack', '--lns-broker', 'mqtt://127.0.0.1:1'], /--lns needs --application/],
     [['--lns-broker', 'mqtt://127.0.0.1:1'], /--lns-broker only makes sense with --lns/],
-    [['--lns', 'chirpstack', '--lns-broker', 'mqtt://127.0.0.1:1', '--application', APP, '--lora-block', '65'], /--lora-block must be an integer 1\.\.64/],
+    [['--lns', 'chirpstack', '--lns-broker', 'mqtt://127.0.0.1:1', '--application', APP, '--lora-block', '256'], /--lora-block must be an integer 1\.\.255/],
     [['--lns', 'chirpstack', '--lns-broker', 'mqtt://127.0.0.1:1', '--application', APP, '--lns-password', 'x'], /--lns-password needs --lns-username/],
   ];
   for (const [extra, re] of cases) {

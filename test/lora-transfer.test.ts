@@ -73,7 +73,7 @@ t.test('fPort 10 codec: round trips, the 51 B uplink limit, hostile frames', asy
   t.same(decodeUp(bytes), hello);
   const pages = statusPages(5, 1, 300, Array.from({ length: 300 }, (_, i) => i * 4));
   for (const p of pages) t.ok(encodeUp(p).length <= 51, `lstatus page ${p.type === 'status' ? p.page : ''} fits`);
-  const offer = { type: 'offer' as const, transferId: 0xffff_ffff, digestPrefix: new Uint8Array(4), version: '1.22.333-x', blocks: 1024, size: 67_108_864, blockKiB: 64, encoding: 1, mcAddr: 0xffff_ffff };
+  const offer = { type: 'offer' as const, transferId: 0xffff_ffff, digestPrefix: new Uint8Array(4), version: '1.22.333-x', blocks: 1024, size: 67_108_864, blockKiB: 255, encoding: 1, mcAddr: 0xffff_ffff };
   t.ok(encodeDown(offer).length <= 51, `largest loffer is ${encodeDown(offer).length} B`);
   t.same(decodeDown(encodeDown(offer)), offer);
   t.throws(() => encodeUp({ ...hello, hw: 'x'.repeat(40) }), /over the 51 B limit/);

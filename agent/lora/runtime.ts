@@ -27,8 +27,12 @@ import { stateOf, stepTransfer, untilAir, type TransferAction, type TransferInpu
  */
 export interface LoraOptions {
   region: Region['name'];
-  /** Payload bytes per TS004 block (≤ 64 KiB). */
-  blockKiB: number;
+  /**
+   * Payload KiB per TS004 block (1..255), or 'auto': the most that keeps a block within BLOCK_FRAGMENTS fragments at
+   * the downlink DR of the offer (one session for 100 KiB at DR5, 48 KiB blocks at DR0). Fewer blocks cost fewer
+   * setups, status rounds and padded last fragments; the cap bounds a node's decoder RAM for coded repair.
+   */
+  blockKiB: number | 'auto';
   classCSeconds: number;
   /** Wait for an answer after a control downlink or status request went out. */
   answerTimeoutMs: number;
@@ -42,7 +46,7 @@ export interface LoraOptions {
   multicastLeadPerMemberMs: number;
 }
 
-export const DEFAULT_LORA: LoraOptions = { region: 'EU868', blockKiB: 64, classCSeconds: 120, answerTimeoutMs: 40_000, initialLoss: 0.1, maxTries: 5, multicastLeadMs: 60_000, multicastLeadPerMemberMs: 10_000 };
+export const DEFAULT_LORA: LoraOptions = { region: 'EU868', blockKiB: 'auto', classCSeconds: 120, answerTimeoutMs: 40_000, initialLoss: 0.1, maxTries: 5, multicastLeadMs: 60_000, multicastLeadPerMemberMs: 10_000 };
 
 export interface LoraDeps {
   lns: LnsAdapter;
@@ -62,6 +66,10 @@ export interface LoraDeps {
 }
 
 const MAX_LORA_NODES = 100_000;
+/** loffer key 6 and the node's NVS hold the block size in one byte. */
+export const MAX_BLOCK_KIB = 255;
+/** Fragments per block that 'auto' aims at: coded repair over it needs ≤ ~1 KiB of decoder RAM at 10 % loss. */
+const BLOCK_FRAGMENTS = 1024;
 const TOO_BIG = /too big for the data rate/;
 
 function clearSession(n: LoraNode): void {
@@ -81,7 +89,9 @@ export class LoraRuntime {
   constructor(private readonly d: LoraDeps) {
     this.o = { ...DEFAULT_LORA, ...d.options };
     this.clock = d.clock ?? realClock;
-    if (!(this.o.blockKiB >= 1 && this.o.blockKiB <= 64)) throw new RangeError(`LoRa block size ${this.o.blockKiB} KiB is not 1..64`);
+    if (this.o.blockKiB !== 'auto' && !(Number.isInteger(this.o.blockKiB) && this.o.blockKiB >= 1 && this.o.blockKiB <= MAX_BLOCK_KIB)) {
+      throw new RangeError(`LoRa block size ${this.o.blockKiB} KiB is not 1..${MAX_BLOCK_KIB}`);
+    }
     this.queue = new DownlinkQueue(d.lns, this.o.region, d.log, this.clock);
     this.groups = new MulticastGroups({
       region: this.o.region, queue: this.queue, log: d.log, clock: this.clock, answerTimeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries,
@@ -137,7 +147,8 @@ export class LoraRuntime {
     const transferId = randomInt(1, 0xffff_ffff);
     const g = this.groups.create(release, transferId, want);
     this.d.log('info', `LoRa: ${release.row.version} to ${want.length} ${release.row.hw} nodes as multicast group ${g.mcAddr.toString(16).padStart(8, '0')}`);
-    for (const n of want) this.beginTransfer(n, release, transferId, undefined, g.mcAddr);
+    const blockKiB = this.blockKiBFor(want);
+    for (const n of want) this.beginTransfer(n, release, transferId, undefined, blockKiB, g.mcAddr);
   }
 
   private needs(n: LoraNode, release: Release): boolean {
@@ -247,7 +258,9 @@ export class LoraRuntime {
       // A transfer from before an agent restart, or one we gave up on.
       const release = this.d.catalog.get(r.targetRelease);
       if (r.session === h.transferId && release && ['offered', 'downloading', 'verifying'].includes(r.state)) {
-        this.beginTransfer(n, release, h.transferId, { type: 'query', transferId: h.transferId });
+        // The node holds the offer's geometry: keep its block size, whatever the DR says now.
+        const kib = r.chunkSize / 1024;
+        this.beginTransfer(n, release, h.transferId, { type: 'query', transferId: h.transferId }, Number.isInteger(kib) && kib >= 1 && kib <= MAX_BLOCK_KIB ? kib : this.blockKiBFor([n]));
       } else this.sendControl(n, { type: 'cancel', transferId: h.transferId, reason: 16 });
     } else this.consider(n);
     this.persist(n);
@@ -306,7 +319,15 @@ export class LoraRuntime {
     if (release.row.version.length > 10 || !/^[0-9A-Za-z][0-9A-Za-z._+-]*$/.test(release.row.version)) {
       return this.warn(`ver:${release.row.id}`, `LoRa: release ${release.row.hw} ${release.row.version} not offered to LoRa nodes: versions there are at most 10 characters`);
     }
-    this.beginTransfer(n, release, randomInt(1, 0xffff_ffff), undefined);
+    this.beginTransfer(n, release, randomInt(1, 0xffff_ffff), undefined, this.blockKiBFor([n]));
+  }
+
+  /** The block size for a transfer to these nodes (one multicast group shares it): see LoraOptions.blockKiB. */
+  private blockKiBFor(nodes: LoraNode[]): number {
+    if (this.o.blockKiB !== 'auto') return this.o.blockKiB;
+    const dr = Math.min(...nodes.map((n) => Math.min(downlinkDr(this.o.region, n.dr), n.drCap ?? Infinity)));
+    const fragSize = maxFragmentSize(regionByName(this.o.region), dr);
+    return Math.max(1, Math.min(MAX_BLOCK_KIB, Math.floor((BLOCK_FRAGMENTS * fragSize) / 1024)));
   }
 
   private holdForRollout(n: LoraNode): void {
@@ -317,12 +338,12 @@ export class LoraRuntime {
     this.publish(n);
   }
 
-  private beginTransfer(n: LoraNode, release: Release, transferId: number, first: LoraDown | undefined, mcAddr?: number): void {
+  private beginTransfer(n: LoraNode, release: Release, transferId: number, first: LoraDown | undefined, blockKiB: number, mcAddr?: number): void {
     const r = n.row;
-    const blockBytes = this.o.blockKiB * 1024;
+    const blockBytes = blockKiB * 1024;
     const blocks = 1 + Math.ceil(release.image.length / blockBytes);
     n.transfer = {
-      plan: { transferId, version: release.row.version, digestPrefix: release.row.digest.subarray(0, 4), blocks, size: release.image.length, blockKiB: this.o.blockKiB, classCSeconds: this.o.classCSeconds, mcAddr, timeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries },
+      plan: { transferId, version: release.row.version, digestPrefix: release.row.digest.subarray(0, 4), blocks, size: release.image.length, blockKiB, classCSeconds: this.o.classCSeconds, mcAddr, timeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries },
       phase: { kind: 'offered', tries: 1, deadline: untilAir({ timeoutMs: this.o.answerTimeoutMs }, this.clock.now()) },
     };
     Object.assign(r, { targetRelease: release.row.id, session: transferId, chunkCount: blocks, chunkSize: blockBytes, bitmap: null, reason: 0, detail: '', attempts: r.attempts + 1 });

@@ -153,7 +153,7 @@ export function decodeDown(bytes: Uint8Array): LoraDown {
         version: shortText(r, 3, 'version'),
         blocks: r.uint(4, 'blocks', 1024),
         size: r.uint(5, 'size', 67_108_864),
-        blockKiB: r.uint(6, 'blockKiB', 64),
+        blockKiB: r.uint(6, 'blockKiB', 255),
         encoding: r.uint(7, 'encoding', 1),
         mcAddr: r.optUint(8, 'mcAddr', U32),
         classCSeconds: r.optUint(9, 'classCSeconds', 65535),
