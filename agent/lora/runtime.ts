@@ -2,13 +2,11 @@ import { randomInt } from 'node:crypto';
 import { ProtocolError } from '../../shared/errors.js';
 import { decodeUp, encodeDown, FERRY_LORA_PORT, pageIndices, StatusFlag, type LoraDown, type LoraUp } from '../../shared/lora/control.js';
 import { DEFAULT_RX1_HZ, regionByName, RX2_FREQUENCY_HZ } from '../../shared/lora/duty.js';
-import { blockFragmentSize, fragmentBlock } from '../../shared/lora/fec.js';
-import { MAX_FRAGMENT_COUNTER } from '../../shared/lora/fec-decoder.js';
 import { maxFragmentSize, type Region } from '../../shared/lora/regions.js';
-import { initialSession, step, type SessionEffect, type SessionInput } from '../../shared/lora/session.js';
 import { decodeAnswers, TS004_PORT } from '../../shared/lora/ts004.js';
 import { decodeTs005Answers, TS005_PORT } from '../../shared/lora/ts005.js';
 import { MulticastGroups } from './groups.js';
+import { UnicastBlocks } from './unicast-blocks.js';
 import type { ReleaseCatalog } from '../catalog.js';
 import { rateLimited } from '../lns/json.js';
 import type { LnsAdapter, LnsUplink } from '../lns/types.js';
@@ -17,7 +15,7 @@ import type { AgentStore } from '../store.js';
 import type { Release } from '../types.js';
 import { DownlinkQueue } from './downlinks.js';
 import { cancel, realClock, type LoraClock } from './clock.js';
-import { downlinkDr, UNICAST_ROUNDS, isLoraRow, lowerDr, loraRow, newLoraNode, setBlockDone, type LoraNode } from './record.js';
+import { downlinkDr, isLoraRow, loraRow, newLoraNode, type LoraNode } from './record.js';
 import { stateOf, stepTransfer, untilAir, type TransferAction, type TransferInput } from './transfer-fsm.js';
 
 /**
@@ -70,7 +68,6 @@ const MAX_LORA_NODES = 100_000;
 export const MAX_BLOCK_KIB = 255;
 /** Fragments per block that 'auto' aims at: coded repair over it needs ≤ ~1 KiB of decoder RAM at 10 % loss. */
 const BLOCK_FRAGMENTS = 1024;
-const TOO_BIG = /too big for the data rate/;
 
 function clearSession(n: LoraNode): void {
   cancel(n.sessionTimer);
@@ -81,6 +78,7 @@ export class LoraRuntime {
   readonly nodes = new Map<string, LoraNode>();
   readonly queue: DownlinkQueue;
   readonly groups: MulticastGroups;
+  private readonly blocks: UnicastBlocks;
   private readonly o: LoraOptions;
   private readonly warnOnce = rateLimited(1000);
   private closed = false;
@@ -98,8 +96,12 @@ export class LoraRuntime {
       windowLeadMs: (members) => this.o.multicastLeadMs + members * this.o.multicastLeadPerMemberMs,
       release: (id) => d.catalog.get(id),
       feedTransfer: (n, input) => this.feedTransfer(n, input),
-      startUnicast: (n, index, resume) => this.startBlock(n, index, resume, true),
+      startUnicast: (n, index, resume) => this.blocks.start(n, index, resume, true),
       goUnicast: (n) => this.goUnicast(n),
+    });
+    this.blocks = new UnicastBlocks({
+      region: this.o.region, answerTimeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries, queue: this.queue, groups: this.groups, clock: this.clock,
+      release: (id) => d.catalog.get(id), feedTransfer: (n, input) => this.feedTransfer(n, input), guard: (f) => this.guard(f), log: d.log,
     });
     for (const row of d.store.nodes()) if (isLoraRow(row)) this.nodes.set(row.id, newLoraNode(row, this.o.initialLoss));
     const handled = () => this.clock.arrived?.();
@@ -213,9 +215,9 @@ export class LoraRuntime {
       for (const a of answers) {
         if (a.cmd === 'FragSessionSetupAns') {
           const bad = [a.encodingUnsupported && 'encoding unsupported', a.notEnoughMemory && 'not enough memory', a.fragIndexUnsupported && 'FragIndex unsupported', a.wrongDescriptor && 'wrong descriptor'].filter(Boolean);
-          this.feedSession(n, { kind: 'setupAns', devEui: u.devEui, ok: bad.length === 0, detail: bad.join(', ') }, a.fragIndex);
+          this.blocks.feed(n, { kind: 'setupAns', devEui: u.devEui, ok: bad.length === 0, detail: bad.join(', ') }, a.fragIndex);
         } else if (a.cmd === 'FragSessionStatusAns') {
-          this.feedSession(n, { kind: 'statusAns', devEui: u.devEui, received: a.nbFragReceived, missing: a.missingFrag, memoryError: a.notEnoughMatrixMemory }, a.fragIndex);
+          this.blocks.feed(n, { kind: 'statusAns', devEui: u.devEui, received: a.nbFragReceived, missing: a.missingFrag, memoryError: a.notEnoughMatrixMemory }, a.fragIndex);
         }
       }
     }
@@ -282,7 +284,7 @@ export class LoraRuntime {
     if (resume && g) return this.groups.leave(g, n, 'rebooted');
     const s = n.session;
     if (s && !resume && s.index === m.done && s.state.phase.kind === 'status' && m.unknown !== undefined) {
-      return this.feedSession(n, { kind: 'statusPage', devEui: n.row.id, deficiency: m.unknown, indices, last }, s.index % 4);
+      return this.blocks.feed(n, { kind: 'statusPage', devEui: n.row.id, deficiency: m.unknown, indices, last }, s.index % 4);
     }
     if (resume && s) {
       // The node rebooted: its TS004 session (RAM) is gone; the transfer machine restarts the block from its pages.
@@ -297,7 +299,7 @@ export class LoraRuntime {
     const n = this.nodes.get(devEui);
     this.warn(`lns:${devEui}:${code}`, `LoRa node ${devEui}: LNS reports ${code}${description ? `: ${description}` : ''}`);
     // Only a refusal of this session's own frames: frames of a session already set up again smaller do not count.
-    if (n?.session && code === 'DOWNLINK_PAYLOAD_SIZE' && (id === '' || n.session.ids.has(id))) this.feedSession(n, { kind: 'tooBig', devEui }, n.session.index % 4);
+    if (n?.session && code === 'DOWNLINK_PAYLOAD_SIZE' && (id === '' || n.session.ids.has(id))) this.blocks.feed(n, { kind: 'tooBig', devEui }, n.session.index % 4);
   }
 
   // ---- decisions -----------------------------------------------------------------------------
@@ -381,88 +383,13 @@ export class LoraRuntime {
         return;
       }
       case 'startBlock':
-        return this.startBlock(n, a.index, a.resumeUnknown);
+        return this.blocks.start(n, a.index, a.resumeUnknown);
     }
   }
 
   private armTransferTimer(n: LoraNode, at: number): void {
     cancel(n.transferTimer);
     n.transferTimer = this.clock.after(at - this.clock.now(), () => this.guard(() => this.feedTransfer(n, { kind: 'tick' })));
-  }
-
-  private startBlock(n: LoraNode, index: number, resumeUnknown: number[] | undefined, unicast = false): void {
-    if (!unicast && this.groups.wantBlock(n, index, resumeUnknown)) return;
-    const t = n.transfer;
-    if (!t) return;
-    const release = this.d.catalog.get(n.row.targetRelease);
-    if (!release) return this.feedTransfer(n, { kind: 'blockFailed', index, detail: 'the release is gone' });
-    const B = t.plan.blockKiB * 1024;
-    const data = index === 0 ? release.row.manifest : release.image.subarray((index - 1) * B, index * B);
-    const dr = Math.min(downlinkDr(this.o.region, n.dr), n.drCap ?? Infinity);
-    const { fragments, padding } = fragmentBlock(data, blockFragmentSize(data.length, maxFragmentSize(regionByName(this.o.region), dr)));
-    if (fragments.length > MAX_FRAGMENT_COUNTER / 2) return this.feedTransfer(n, { kind: 'blockFailed', index, detail: `${fragments.length} fragments at DR${dr}: use a smaller block` });
-    const state = initialSession({
-      members: [n.row.id], multicast: false, fragIndex: index % 4, descriptor: (((t.plan.transferId & 0xffff) << 16) | index) >>> 0, fragments, padding,
-      loss: n.loss, firstRoundMargin: 1, repairTarget: 0.75, answerTimeoutMs: this.o.answerTimeoutMs, maxRounds: UNICAST_ROUNDS, maxTries: this.o.maxTries, pages: true, resendUncoded: true,
-      resumeUnknown: resumeUnknown ? { [n.row.id]: resumeUnknown } : undefined,
-    });
-    n.session = { index, state, dr, ids: new Set() };
-    this.feedSession(n, { kind: 'start' }, index % 4);
-  }
-
-  private feedSession(n: LoraNode, input: SessionInput, fragIndex: number): void {
-    if (this.groups.feed(n, input, fragIndex)) return;
-    const s = n.session;
-    if (!s || s.index % 4 !== fragIndex) return;
-    const r = step(s.state, input, this.clock.now());
-    s.state = r.state;
-    for (const e of r.effects) this.doSession(n, s, e);
-  }
-
-  private doSession(n: LoraNode, s: NonNullable<LoraNode['session']>, e: SessionEffect): void {
-    const current = () => n.session === s;
-    switch (e.kind) {
-      case 'send':
-        this.queue.push({
-          to: { kind: 'node', devEui: n.row.id }, fPort: e.fPort, bytes: e.bytes, dr: s.dr, frequencyHz: RX2_FREQUENCY_HZ[this.o.region],
-          onSent: (id) => this.guard(() => {
-            if (!current()) return;
-            if (s.ids.size < 100_000) s.ids.add(id);
-            this.feedSession(n, { kind: 'sent' }, s.index % 4);
-          }),
-          onError: (why) => this.guard(() => current() && this.feedSession(n, /does not fit/.test(why) ? { kind: 'tooBig', devEui: n.row.id } : { kind: 'sent' }, s.index % 4)),
-          onAir: e.fragment ? undefined : () => this.guard(() => current() && this.feedSession(n, { kind: 'onAir' }, s.index % 4)),
-        });
-        if (e.fragment) n.row.bytesSent += e.bytes.length;
-        return;
-      case 'wakeAt':
-        cancel(n.sessionTimer);
-        n.sessionTimer = this.clock.after(e.at - this.clock.now(), () => this.guard(() => current() && this.feedSession(n, { kind: 'tick' }, s.index % 4)));
-        return;
-      case 'report': {
-        const rep = e.report;
-        if (rep.kind === 'memberDone') n.loss = rep.loss;
-        else if (rep.kind === 'round') n.row.retransmits += rep.round > 1 ? rep.fragments : 0;
-        else if (rep.kind === 'memberFailed') n.row.detail = rep.reason;
-        else if (rep.kind === 'done' || rep.kind === 'failed') {
-          cancel(n.sessionTimer);
-          if (!current()) return;
-          n.session = undefined;
-          const lower = rep.kind === 'failed' && TOO_BIG.test(rep.reason) ? lowerDr(this.o.region, s.dr) : undefined;
-          if (rep.kind === 'done' && s.state.completed.includes(n.row.id)) {
-            setBlockDone(n.row, s.index);
-            this.feedTransfer(n, { kind: 'blockDone', index: s.index });
-          } else if (lower !== undefined) {
-            // The LNS sends at a lower DR than the uplink suggested (e.g. Class C on RX2's DR): smaller fragments.
-            n.drCap = lower;
-            this.queue.dropFor(n.row.id);
-            this.d.log('warn', `LoRa node ${n.row.id}: block ${s.index} too big at DR${s.dr}, setting it up again at DR${lower}`);
-            this.startBlock(n, s.index, undefined, n.groupAddr === undefined);
-          } else this.feedTransfer(n, { kind: 'blockFailed', index: s.index, detail: rep.kind === 'failed' ? rep.reason : n.row.detail });
-        }
-        return;
-      }
-    }
   }
 
   /**
