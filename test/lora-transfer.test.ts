@@ -48,8 +48,8 @@ t.test('transfer machine (table): offer → blocks → verified → activate →
       last: (a) => t.same(a, [], 'no resend 500 ms after the txack'),
     },
     {
-      name: 'an LNS that never reports the offer on the air: retried after 4 timeouts',
-      inputs: [[{ kind: 'start' }, 0], [{ kind: 'tick' }, 4000]],
+      name: 'an LNS that never reports the offer on the air: retried after 15 minutes (a fleet\'s Class A queue)',
+      inputs: [[{ kind: 'start' }, 0], [{ kind: 'tick' }, 899_999], [{ kind: 'tick' }, 900_000]],
       state: 'offered',
       last: (a) => t.equal((a[0] as { msg: { type: string } }).msg.type, 'offer'),
     },

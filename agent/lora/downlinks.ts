@@ -14,6 +14,12 @@ export interface Downlink {
   bytes: Uint8Array;
   dr: number;
   frequencyHz: number;
+  /**
+   * A Class A frame: the LNS holds it until the node's next uplink and the gateway picks RX1 or RX2 within its
+   * own duty cycle, so it is handed over at once rather than paced here (pacing 50 offers on RX1's 1 % would hold
+   * the last one back ~8 minutes before the LNS even sees it).
+   */
+  classA?: boolean;
   /** Handed to the LNS (the scheduler let it go); `id` is the LNS correlation id of a unicast frame. */
   onSent?: (id: string) => void;
   /**
@@ -60,6 +66,17 @@ export class DownlinkQueue {
     if (this.stopped || this.queue.length >= MAX_QUEUED_DOWNLINKS) {
       d.onError?.(this.stopped ? 'stopped' : `downlink queue full (${MAX_QUEUED_DOWNLINKS})`);
       return false;
+    }
+    if (d.classA) {
+      try {
+        planDownlink(this.state, { frequencyHz: d.frequencyHz, dr: d.dr, appBytes: d.bytes.length }, this.clock.now());
+      } catch (err) {
+        d.onError?.((err as Error).message);
+        return false;
+      }
+      this.sent++;
+      this.handOver(d);
+      return true;
     }
     this.queue.push(d);
     if (!this.timer) this.timer = this.clock.after(0, () => this.pump());
@@ -119,20 +136,24 @@ export class DownlinkQueue {
       this.queue.shift();
       this.state = commitDownlink(this.state, plan);
       this.sent++;
-      this.clock.handoff?.();
-      const send = d.to.kind === 'node' ? this.lns.sendDown(d.to.devEui, d.fPort, d.bytes) : this.lns.sendMulticast(d.to.groupId, d.fPort, d.bytes).then(() => '');
-      const multicast = d.to.kind === 'group';
-      send.then(
-        (id) => {
-          if (d.onAir && !multicast) this.awaitAir(id, d.onAir);
-          d.onSent?.(id);
-          if (multicast) d.onAir?.();
-        },
-        (err: Error) => {
-          this.log('warn', `downlink to ${d.to.kind === 'node' ? d.to.devEui : `group ${d.to.groupId}`} not sent: ${err.message}`);
-          d.onError?.(err.message);
-        },
-      );
+      this.handOver(d);
     }
+  }
+
+  private handOver(d: Downlink): void {
+    this.clock.handoff?.();
+    const send = d.to.kind === 'node' ? this.lns.sendDown(d.to.devEui, d.fPort, d.bytes) : this.lns.sendMulticast(d.to.groupId, d.fPort, d.bytes).then(() => '');
+    const multicast = d.to.kind === 'group';
+    send.then(
+      (id) => {
+        if (d.onAir && !multicast) this.awaitAir(id, d.onAir);
+        d.onSent?.(id);
+        if (multicast) d.onAir?.();
+      },
+      (err: Error) => {
+        this.log('warn', `downlink to ${d.to.kind === 'node' ? d.to.devEui : `group ${d.to.groupId}`} not sent: ${err.message}`);
+        d.onError?.(err.message);
+      },
+    );
   }
 }

@@ -36,6 +36,9 @@ interface Member {
   node: LoraNode;
   ready: boolean;
   wants: number | null;
+  /** TS005 setups sent; each is repeated when no McClassCSessionAns follows it on the air within the timeout. */
+  setupTries: number;
+  setupTimer: LoraTimer | undefined;
 }
 
 export interface Group {
@@ -66,7 +69,7 @@ export class MulticastGroups {
     // RX1 duty cycle each member's two TS005 frames cost (about 10 s at 1 %).
     const windowStartMs = this.d.clock.now() + this.d.windowLeadMs(nodes.length);
     const g: Group = {
-      mcAddr, releaseId: release.row.id, transferId, members: new Map(nodes.map((n) => [n.row.id, { node: n, ready: false, wants: null }])), session: undefined,
+      mcAddr, releaseId: release.row.id, transferId, members: new Map(nodes.map((n) => [n.row.id, { node: n, ready: false, wants: null, setupTries: 0, setupTimer: undefined }])), session: undefined,
       timer: undefined, waitTimer: undefined, windowStartMs, startTimer: undefined,
     };
     this.groups.set(mcAddr, g);
@@ -106,6 +109,7 @@ export class MulticastGroups {
       if (a.cmd === 'McClassCSessionAns') {
         if (a.drError || a.freqError || a.mcGroupUndefined) return this.leave(g, n, 'McClassCSession refused');
         m.ready = true;
+        cancel(m.setupTimer);
         this.maybeStart(g);
       }
     }
@@ -129,6 +133,7 @@ export class MulticastGroups {
     const m = g.members.get(n.row.id);
     if (!m) return;
     g.members.delete(n.row.id);
+    cancel(m.setupTimer);
     n.groupAddr = undefined;
     this.d.log('info', `LoRa node ${n.row.id} leaves multicast group ${hex(g.mcAddr)}: ${why}`);
     if (g.session) this.feedSession(g, { kind: 'statusAns', devEui: n.row.id, received: 0, missing: 0, memoryError: true });
@@ -144,7 +149,10 @@ export class MulticastGroups {
     cancel(g.timer);
     cancel(g.waitTimer);
     cancel(g.startTimer);
-    for (const m of g.members.values()) m.node.groupAddr = undefined;
+    for (const m of g.members.values()) {
+      cancel(m.setupTimer);
+      m.node.groupAddr = undefined;
+    }
     this.groups.delete(g.mcAddr);
   }
 
@@ -154,12 +162,26 @@ export class MulticastGroups {
 
   private setUp(g: Group, m: Member): void {
     const n = m.node;
+    m.setupTries++;
     const start = Math.ceil(g.windowStartMs / 1000) - GPS_OFFSET_S;
     const bytes = encodeTs005Requests([
       { cmd: 'McGroupSetupReq', mcGroupId: 0, mcAddr: g.mcAddr, mcKeyEncrypted: new Uint8Array(16), minMcFCount: 0, maxMcFCount: 0xffff_ffff },
       { cmd: 'McClassCSessionReq', mcGroupId: 0, sessionTime: start, sessionTimeOut: 15, dlFrequencyHz: RX2_FREQUENCY_HZ[this.d.region], dr: this.groupDr(g) },
     ]);
-    this.d.queue.push({ to: { kind: 'node', devEui: n.row.id }, fPort: TS005_PORT, bytes, dr: downlinkDr(this.d.region, n.dr), frequencyHz: n.frequencyHz ?? RX2_FREQUENCY_HZ[this.d.region] });
+    this.d.queue.push({ to: { kind: 'node', devEui: n.row.id }, fPort: TS005_PORT, bytes, dr: downlinkDr(this.d.region, n.dr), frequencyHz: n.frequencyHz ?? RX2_FREQUENCY_HZ[this.d.region], classA: true,
+      onAir: () => {
+        cancel(m.setupTimer);
+        m.setupTimer = this.d.clock.after(this.d.answerTimeoutMs, () => this.setupTimedOut(g, m));
+      },
+    });
+  }
+
+  /** A lost TS005 setup (or its answer) is sent again; a member that never answers goes on without the group. */
+  private setupTimedOut(g: Group, m: Member): void {
+    m.setupTimer = undefined;
+    if (m.ready || g.members.get(m.node.row.id) !== m) return;
+    if (m.setupTries >= this.d.maxTries) return this.leave(g, m.node, `no TS005 answer after ${m.setupTries} tries`);
+    this.setUp(g, m);
   }
 
   private groupDr(g: Group): number {

@@ -1,11 +1,9 @@
 import { randomInt } from 'node:crypto';
-import { ProtocolError } from '../../shared/errors.js';
-import { decodeUp, encodeDown, FERRY_LORA_PORT, pageIndices, StatusFlag, type LoraDown, type LoraUp } from '../../shared/lora/control.js';
+import { encodeDown, FERRY_LORA_PORT, pageIndices, StatusFlag, type LoraDown, type LoraUp } from '../../shared/lora/control.js';
 import { DEFAULT_RX1_HZ, regionByName, RX2_FREQUENCY_HZ } from '../../shared/lora/duty.js';
 import { maxFragmentSize, type Region } from '../../shared/lora/regions.js';
-import { decodeAnswers, TS004_PORT } from '../../shared/lora/ts004.js';
-import { decodeTs005Answers, TS005_PORT } from '../../shared/lora/ts005.js';
 import { MulticastGroups } from './groups.js';
+import { parseUplink } from './uplink.js';
 import { UnicastBlocks } from './unicast-blocks.js';
 import type { ReleaseCatalog } from '../catalog.js';
 import { rateLimited } from '../lns/json.js';
@@ -182,50 +180,23 @@ export class LoraRuntime {
       n.row.lastSeen = this.clock.now();
       n.online = true;
     }
-    if (u.fPort === FERRY_LORA_PORT) {
-      let m: LoraUp;
-      try {
-        m = decodeUp(u.bytes);
-      } catch (err) {
-        const msg = err instanceof ProtocolError ? err.message : String(err);
-        this.warn(`bad:${u.devEui}`, `LoRa node ${u.devEui}: ignored fPort 10 uplink: ${msg}`);
-        return;
-      }
+    const p = parseUplink(u.devEui, u.fPort, u.bytes);
+    if (p.port === 'bad') return this.warn(`bad:${u.devEui}`, `LoRa node ${u.devEui}: ignored ${p.what} uplink: ${p.why}`);
+    if (p.port === 'ferry') {
+      const m = p.message;
       if (m.type === 'hello') return this.onHello(u, m);
       if (!n) return this.askHello(u.devEui, u.dr);
       if (m.type === 'status') return this.onStatusPage(n, m);
       return this.feedTransfer(n, { kind: 'report', stage: m.stage, reason: m.reason });
     }
-    if (u.fPort === TS005_PORT && n) {
-      try {
-        this.groups.onTs005(n, decodeTs005Answers(u.bytes));
-      } catch (err) {
-        this.warn(`bad:${u.devEui}`, `LoRa node ${u.devEui}: ignored TS005 uplink: ${(err as Error).message}`);
-      }
-      return;
-    }
-    if (u.fPort === TS004_PORT && n) {
-      let answers;
-      try {
-        answers = decodeAnswers(u.bytes);
-      } catch (err) {
-        this.warn(`bad:${u.devEui}`, `LoRa node ${u.devEui}: ignored TS004 uplink: ${(err as Error).message}`);
-        return;
-      }
-      for (const a of answers) {
-        if (a.cmd === 'FragSessionSetupAns') {
-          const bad = [a.encodingUnsupported && 'encoding unsupported', a.notEnoughMemory && 'not enough memory', a.fragIndexUnsupported && 'FragIndex unsupported', a.wrongDescriptor && 'wrong descriptor'].filter(Boolean);
-          this.blocks.feed(n, { kind: 'setupAns', devEui: u.devEui, ok: bad.length === 0, detail: bad.join(', ') }, a.fragIndex);
-        } else if (a.cmd === 'FragSessionStatusAns') {
-          this.blocks.feed(n, { kind: 'statusAns', devEui: u.devEui, received: a.nbFragReceived, missing: a.missingFrag, memoryError: a.notEnoughMatrixMemory }, a.fragIndex);
-        }
-      }
-    }
+    if (!n) return;
+    if (p.port === 'ts005') this.groups.onTs005(n, p.answers);
+    else if (p.port === 'ts004') for (const { input, fragIndex } of p.inputs) this.blocks.feed(n, input, fragIndex);
   }
 
   private askHello(devEui: string, dr: number): void {
     if (!this.warnOnce(`query:${devEui}`)) return;
-    this.queue.push({ to: { kind: 'node', devEui }, fPort: FERRY_LORA_PORT, bytes: encodeDown({ type: 'query' }), dr: downlinkDr(this.o.region, dr), frequencyHz: DEFAULT_RX1_HZ[this.o.region] });
+    this.queue.push({ to: { kind: 'node', devEui }, fPort: FERRY_LORA_PORT, bytes: encodeDown({ type: 'query' }), dr: downlinkDr(this.o.region, dr), frequencyHz: DEFAULT_RX1_HZ[this.o.region], classA: true });
   }
 
   private onHello(u: LnsUplink, h: Extract<LoraUp, { type: 'hello' }>): void {
@@ -413,7 +384,7 @@ export class LoraRuntime {
     if (this.queue.hasQueued(n.row.id, FERRY_LORA_PORT, bytes)) return;
     this.queue.push({
       to: { kind: 'node', devEui: n.row.id }, fPort: FERRY_LORA_PORT, bytes, dr: downlinkDr(this.o.region, n.dr),
-      frequencyHz: classC ? RX2_FREQUENCY_HZ[this.o.region] : n.frequencyHz ?? DEFAULT_RX1_HZ[this.o.region],
+      frequencyHz: classC ? RX2_FREQUENCY_HZ[this.o.region] : n.frequencyHz ?? DEFAULT_RX1_HZ[this.o.region], classA: !classC,
       onAir: msg.type === 'cancel' ? undefined : () => this.guard(() => this.feedTransfer(n, { kind: 'onAir' })),
     });
   }

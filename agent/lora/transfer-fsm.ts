@@ -58,9 +58,13 @@ export const Stage = { verified: 1, rebooting: 2, confirmed: 3, rolledBack: 4, r
 /** protocol.md §7 reasons used here. */
 const R = { none: Reason.none, timedOut: Reason.timeout } as const;
 const CONFIRM_MS = 5 * 60_000;
-/** Until the LNS reports a request on the air (Class A: after the node's next uplink) it gets this many timeouts. */
-const AIR_WAIT_FACTOR = 4;
-export const untilAir = (plan: Pick<TransferPlan, 'timeoutMs'>, now: number) => now + AIR_WAIT_FACTOR * plan.timeoutMs;
+/**
+ * Until the LNS reports a request on the air it is not counted lost: a Class A frame waits in the LNS's device
+ * queue for the node's next uplink and, with a fleet set up at once, for the gateway's duty cycle. An LNS that
+ * never reports it gets a resend after this long.
+ */
+const UNTIL_AIR_MS = 15 * 60_000;
+export const untilAir = (plan: Pick<TransferPlan, 'timeoutMs'>, now: number) => now + Math.max(4 * plan.timeoutMs, UNTIL_AIR_MS);
 
 export function stateOf(t: Transfer): NodeStateName {
   switch (t.phase.kind) {

@@ -54,6 +54,8 @@ export type FragEffect =
   /** A data fragment's bytes are now in the store (received uncoded, or solved). */
   | { kind: 'stored'; fragIndex: number; held: number }
   | { kind: 'complete'; setup: FragSetup }
+  /** A unicast status request for a FragIndex with no session: TS004 v1 stays silent; ferry's node says where it is. */
+  | { kind: 'noSession'; fragIndex: number }
   | { kind: 'log'; level: 'info' | 'warn'; msg: string };
 
 export type OpenResult =
@@ -119,7 +121,10 @@ export function stepFrag(state: FragState, input: FragInput, env: FragEnv): Frag
       }
       case 'FragSessionStatusReq': {
         const ans = status(slots[cmd.fragIndex], cmd.fragIndex, cmd.participants);
-        if (!ans) break;
+        if (!ans) {
+          if (input.group === null && slots[cmd.fragIndex].kind === 'idle') effects.push({ kind: 'noSession', fragIndex: cmd.fragIndex });
+          break;
+        }
         if (input.group === null) now.push(ans);
         else {
           const s = slots[cmd.fragIndex] as Exclude<FragSlot, { kind: 'idle' }>;

@@ -305,6 +305,11 @@ export class LoraNode {
           break;
         case 'closed':
           break;
+        case 'noSession':
+          // The agent asks about a block this node is not receiving (it finished it off the group's stream, or
+          // never got the setup): lstatus tells it which block the node is on.
+          out.push(...this.statusUps(0).map((m) => ({ fPort: FERRY_LORA_PORT, bytes: encodeUp(m), delayMs: 0 })));
+          break;
       }
     }
     return out;

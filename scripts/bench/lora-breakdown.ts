@@ -31,7 +31,7 @@ function kindOf(d: Downlink): string {
   if (d.fPort !== TS004_PORT) return `fPort ${d.fPort}`;
   try {
     const c = decodeRequests(d.bytes)[0];
-    if (c.cmd === 'DataFragment') return c.counter <= 0 ? 'fragment' : 'fragment';
+    if (c.cmd === 'DataFragment') return 'fragment';
     return c.cmd;
   } catch {
     return 'TS004 (bad)';
@@ -51,5 +51,7 @@ const total = [...by.values()].reduce((a, e) => a + e.ms, 0);
 if (json) console.log(JSON.stringify({ nodes, lossPct, imageMs, total, confirmed: r.confirmed.length, by: Object.fromEntries(by) }));
 else {
   console.log(`${nodes} node(s), ${lossPct} % loss, seed ${seed}: image ${(imageMs / 1000).toFixed(1)} s; frames at DR5 ${(total / 1000).toFixed(1)} s = ${(total / imageMs).toFixed(3)}× (sim counted ${(r.sim.airtimeS.unicast + r.sim.airtimeS.multicast).toFixed(1)} s); ${r.confirmed.length}/${nodes} confirmed`);
+  const lost = r.sim.nodes.reduce((a, n) => a + n.lost, 0), delivered = r.sim.nodes.reduce((a, n) => a + n.delivered, 0);
+  console.log(`  unicast frames delivered ${delivered}, lost ${lost} (${((100 * lost) / Math.max(1, lost + delivered)).toFixed(1)} %)`);
   for (const [k, e] of [...by].sort((a, b) => b[1].ms - a[1].ms)) console.log(`  ${k.padEnd(32)} ${String(e.frames).padStart(6)} frames ${(e.ms / 1000).toFixed(2).padStart(8)} s  ${((e.ms / imageMs) * 100).toFixed(2).padStart(6)} % of image`);
 }

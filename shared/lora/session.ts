@@ -169,7 +169,9 @@ function finish(s: SessionState, effects: SessionEffect[]): StepResult {
     return { state: { ...s, phase: { kind: 'failed', reason: 'every member failed' } }, effects: [...effects, report({ kind: 'failed', reason: 'every member failed' })] };
   }
   const del = (t: Target) => ts004(t, { cmd: 'FragSessionDeleteReq', fragIndex: s.cfg.fragIndex });
-  const dels = s.cfg.multicast ? [del({ kind: 'group' })] : s.completed.map((d) => del({ kind: 'node', devEui: d }));
+  // A delete on a group is ignored (TS004 takes it unicast only), and one per member would cost a fleet's worth of
+  // frames for nothing: a member's finished session simply waits until its FragIndex is set up again.
+  const dels = s.cfg.multicast ? [] : s.completed.map((d) => del({ kind: 'node', devEui: d }));
   return { state: { ...s, phase: { kind: 'done' }, outstanding: s.outstanding + dels.length }, effects: [...effects, ...dels, report({ kind: 'done', fragmentsSent: s.fragmentsSent })] };
 }
 
