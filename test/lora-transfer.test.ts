@@ -53,6 +53,12 @@ t.test('transfer machine (table): offer → blocks → verified → activate →
       state: 'offered',
       last: (a) => t.equal((a[0] as { msg: { type: string } }).msg.type, 'offer'),
     },
+    {
+      name: 'verifying: an lstatus with every block done stands for a lost lreport{verified}: activate',
+      inputs: [[{ kind: 'start' }, 0], [status(3), 1], [status(3), 2]],
+      state: 'activating',
+      last: (a) => t.equal((a[0] as { msg: { type: string } }).msg.type, 'activate'),
+    },
     { name: 'a block that fails ends the transfer with a cancel', inputs: [[{ kind: 'start' }, 0], [status(0), 1], [{ kind: 'blockFailed', index: 0, detail: 'x' }, 2]], state: 'failed', last: (a) => t.equal((a[0] as { msg: { type: string } }).msg.type, 'cancel') },
     { name: 'rejected by the node', inputs: [[{ kind: 'start' }, 0], [status(0), 1], [{ kind: 'report', stage: 5, reason: 4 }, 2]], state: 'rejected' },
     { name: 'rolled back after activation', inputs: [[{ kind: 'start' }, 0], [status(3), 1], [{ kind: 'report', stage: 1, reason: 0 }, 2], [{ kind: 'report', stage: 4, reason: 10 }, 3]], state: 'rolledBack' },

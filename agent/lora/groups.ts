@@ -139,7 +139,9 @@ export class MulticastGroups {
     if (g.session) this.feedSession(g, { kind: 'statusAns', devEui: n.row.id, received: 0, missing: 0, memoryError: true });
     // Out of the group the node has no Class C window: it is offered the transfer again with unicast Class C, and
     // its answer (what it holds) sets its block up. Without that, the block goes on at once.
-    const reoffered = n.transfer !== undefined && n.transfer.phase.kind !== 'ended' && this.d.goUnicast(n);
+    // A member past its blocks (verified, activating) left because its transfer stopped the block: nothing to resend.
+    const phase = n.transfer?.phase.kind;
+    const reoffered = (phase === 'offered' || phase === 'collecting' || phase === 'block') && this.d.goUnicast(n);
     if (!reoffered && m.wants !== null && n.transfer?.phase.kind === 'block') this.d.startUnicast(n, m.wants, undefined);
     if (g.members.size === 0) this.close(g);
     else this.maybeStart(g);

@@ -122,7 +122,9 @@ export function stepTransfer(t: Transfer, input: TransferInput, now: number): Re
       // Pages of repair status belong to the running session (the runtime routes them there); here only the
       // answer to an offer or query, or what a rebooted node holds, moves the transfer.
       if (p.kind === 'block' && !input.resume && input.done === p.index) return { t, actions: [] };
-      if (p.kind === 'verifying' && input.done >= plan.blocks) return { t, actions: [] };
+      // A node keeps a transfer with every block done only once the payload verified (it drops one that fails):
+      // this lstatus stands for an lreport{verified} that was lost or sent before the agent was listening.
+      if (p.kind === 'verifying' && input.done >= plan.blocks) return stepTransfer(t, { kind: 'report', stage: Stage.verified, reason: R.none }, now);
       if (p.kind === 'activating' || p.kind === 'confirming') return { t, actions: [] };
       if (input.deficiency === undefined || input.done >= plan.blocks) return continueFrom(t, input.done, undefined, now, stop);
       const prev = p.kind === 'collecting' && p.done === input.done ? p.indices : [];

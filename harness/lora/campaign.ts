@@ -65,7 +65,7 @@ export interface CampaignResult {
   elapsedMs: number;
 }
 
-const FINAL = new Set(['confirmed', 'rolledBack', 'rejected', 'failed']);
+const FINAL = new Set(['confirmed', 'rolledBack', 'rejected', 'failed', 'timedOut']);
 
 export async function runCampaign(o: CampaignOptions): Promise<CampaignResult> {
   const lnsBroker = await startPlainBroker();
