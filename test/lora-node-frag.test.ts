@@ -124,3 +124,23 @@ t.test('resume: a restored session keeps what it held; a re-setup of the same bl
   t.match(other.effects, [{ kind: 'closed', fragIndex: 1 }], 'another block on the same index clears the old session');
   t.same(heldIndices(other.state.slots[1]), []);
 });
+
+t.test('a re-setup of the running block keeps its data fragments and takes counters from 1 again; status on a FragIndex with no session', async (t) => {
+  const e = env();
+  let s = send(initialFragState, [setupReq({ mcGroupBitMask: 0 })], e).state;
+  // Fragments 1..21 minus 3 and 8: the node's last counter is 21.
+  for (let n = 1; n <= fragments.length; n++) if (n !== 3 && n !== 8) s = send(s, [{ cmd: 'DataFragment', fragIndex: 1, counter: n, payload: fragments[n - 1] }], e).state;
+  // Status and re-setup in one frame (docs/lora.md §7.3 step 3): both answered in one uplink.
+  const both = send(s, [{ cmd: 'FragSessionStatusReq', fragIndex: 1, participants: true }, setupReq({ mcGroupBitMask: 0 })], e);
+  t.same(both.answers.map((a) => a.cmd), ['FragSessionStatusAns', 'FragSessionSetupAns']);
+  t.same(heldIndices(both.state.slots[1]).length, fragments.length - 2, 'the re-setup kept the 19 fragments');
+  s = both.state;
+  // Counter 3 < 21 would be "out of order" without the re-setup.
+  s = send(s, [{ cmd: 'DataFragment', fragIndex: 1, counter: 3, payload: fragments[2] }], e).state;
+  const done = send(s, [{ cmd: 'DataFragment', fragIndex: 1, counter: 8, payload: fragments[7] }], e);
+  t.ok(done.effects.some((x) => x.kind === 'complete'), 'the two resent uncoded fragments complete the block');
+  const none = send(initialFragState, [{ cmd: 'FragSessionStatusReq', fragIndex: 2, participants: true }], e);
+  t.same(none.answers, [], 'TS004 v1 stays silent about a session it does not have');
+  t.same(none.effects.filter((x) => x.kind === 'noSession'), [{ kind: 'noSession', fragIndex: 2 }], 'ferry\'s node is told to say where it is');
+  t.same(send(initialFragState, [{ cmd: 'FragSessionStatusReq', fragIndex: 2, participants: true }], e, 0).effects.filter((x) => x.kind === 'noSession'), [], 'not on a group');
+});
