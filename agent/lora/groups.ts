@@ -218,7 +218,7 @@ export class MulticastGroups {
     const loss = Math.max(...ms.map((m) => m.node.loss));
     const state = initialSession({
       members: ms.map((m) => m.node.row.id), multicast: ms.length > 1, fragIndex: index % 4, descriptor: (((g.transferId & 0xffff) << 16) | index) >>> 0,
-      fragments, padding, loss, firstRoundMargin: 1, repairTarget: 0.75, answerTimeoutMs: this.d.answerTimeoutMs + 32_000, maxRounds: ms.length > 1 ? 6 : UNICAST_ROUNDS, maxTries: this.d.maxTries, pages: true, resendUncoded: ms.length === 1,
+      fragments, padding, loss, firstRoundMargin: 1, repairTarget: Number(process.env.MCT ?? 0.75), answerTimeoutMs: this.d.answerTimeoutMs + 32_000, maxRounds: ms.length > 1 ? 6 : UNICAST_ROUNDS, maxTries: this.d.maxTries, pages: true, resendUncoded: ms.length === 1,
     });
     g.session = { index, state, dr };
     for (const m of ms) m.wants = null;
@@ -270,9 +270,13 @@ export class MulticastGroups {
         } else if (rep.kind === 'memberFailed') {
           const n = member(rep.devEui);
           if (n) {
+            const m = g.members.get(rep.devEui);
             g.members.delete(rep.devEui);
+            cancel(m?.setupTimer);
             n.groupAddr = undefined;
-            this.d.feedTransfer(n, { kind: 'blockFailed', index: s.index, detail: rep.reason });
+            // Silence on a lossy link is no verdict: the member goes on unicast from what it holds.
+            if (rep.alone && this.d.goUnicast(n)) this.d.log('info', `LoRa node ${n.row.id} leaves multicast group ${hex(g.mcAddr)}: ${rep.reason}; going on unicast`);
+            else this.d.feedTransfer(n, { kind: 'blockFailed', index: s.index, detail: rep.reason });
           }
         } else if (rep.kind === 'done' || rep.kind === 'failed') {
           cancel(g.timer);

@@ -130,9 +130,9 @@ export function stepTransfer(t: Transfer, input: TransferInput, now: number): Re
       const prev = p.kind === 'collecting' && p.done === input.done ? p.indices : [];
       const indices = [...new Set([...prev, ...input.indices])];
       if (!input.last) return wait(t, { kind: 'collecting', done: input.done, indices, deadline: now + plan.timeoutMs }, stop);
-      // Exact planning needs the node to hold no parity rows over its unsolved fragments (after a reboot it holds none).
-      const exact = indices.length === input.deficiency;
-      return continueFrom(t, input.done, exact ? indices : undefined, now, stop);
+      // The block's unicast re-setup drops whatever parity rows the node holds (a former group member's), so its
+      // complete unsolved list is then exactly what it lacks (after a reboot it holds none anyway).
+      return continueFrom(t, input.done, indices, now, stop);
     }
     case 'blockDone':
       if (p.kind !== 'block' || p.index !== input.index) return { t, actions: [] };

@@ -104,7 +104,8 @@ export type SessionInput =
 export type SessionReport =
   | { kind: 'round'; round: number; fragments: number; to: Target }
   | { kind: 'memberDone'; devEui: string; loss: number }
-  | { kind: 'memberFailed'; devEui: string; reason: string }
+  /** `alone`: the node only fell silent or behind; it may well finish the block by itself (unicast). */
+  | { kind: 'memberFailed'; devEui: string; reason: string; alone: boolean }
   | { kind: 'done'; fragmentsSent: number }
   | { kind: 'failed'; reason: string };
 
@@ -251,8 +252,8 @@ function fail(s: SessionState, reason: string, effects: SessionEffect[]): StepRe
   return { state: { ...s, phase: { kind: 'failed', reason }, outstanding: 0 }, effects: [...effects, report({ kind: 'failed', reason })] };
 }
 
-function dropMember(s: SessionState, devEui: string, reason: string, effects: SessionEffect[]): SessionState {
-  effects.push(report({ kind: 'memberFailed', devEui, reason }));
+function dropMember(s: SessionState, devEui: string, reason: string, effects: SessionEffect[], alone = false): SessionState {
+  effects.push(report({ kind: 'memberFailed', devEui, reason, alone }));
   return { ...s, active: s.active.filter((d) => d !== devEui) };
 }
 
@@ -277,7 +278,7 @@ function judgeStatus(s: SessionState, answers: Record<string, MemberAnswer>, eff
   }
   if (next.active.length === 0) return finish(next, effects);
   if (next.rounds >= s.cfg.maxRounds) {
-    for (const d of [...next.active]) next = dropMember(next, d, `still missing fragments after ${s.cfg.maxRounds} rounds`, effects);
+    for (const d of [...next.active]) next = dropMember(next, d, `still missing fragments after ${s.cfg.maxRounds} rounds`, effects, true);
     return finish(next, effects);
   }
   return repairRound(next, needs, effects);
@@ -344,7 +345,7 @@ export function step(s: SessionState, input: SessionInput, now: number): StepRes
         if (p.tries >= s.cfg.maxTries) {
           const effects: SessionEffect[] = [];
           let next = s;
-          for (const d of p.waiting) next = dropMember(next, d, `no FragSessionSetupAns after ${p.tries} tries`, effects);
+          for (const d of p.waiting) next = dropMember(next, d, `no FragSessionSetupAns after ${p.tries} tries`, effects, true);
           if (next.active.length === 0) return fail(next, 'no member answered the setup', effects);
           return firstRound(next, effects);
         }
@@ -361,7 +362,7 @@ export function step(s: SessionState, input: SessionInput, now: number): StepRes
         for (const d of silent) {
           // A count without its full bitmap is still an answer; total silence is not.
           if (answers[d]?.missing !== undefined) answers[d] = { ...answers[d], lastPage: true };
-          else next = dropMember(next, d, `no FragSessionStatusAns after ${p.tries} tries`, effects);
+          else next = dropMember(next, d, `no FragSessionStatusAns after ${p.tries} tries`, effects, true);
         }
         if (next.active.length === 0) return fail(next, 'no member answered the status request', effects);
         return judgeStatus(next, answers, effects);
