@@ -218,7 +218,7 @@ export class MulticastGroups {
     const loss = Math.max(...ms.map((m) => m.node.loss));
     const state = initialSession({
       members: ms.map((m) => m.node.row.id), multicast: ms.length > 1, fragIndex: index % 4, descriptor: (((g.transferId & 0xffff) << 16) | index) >>> 0,
-      fragments, padding, loss, firstRoundMargin: 1, repairTarget: Number(process.env.MCT ?? 0.75), answerTimeoutMs: this.d.answerTimeoutMs + 32_000, maxRounds: ms.length > 1 ? 6 : UNICAST_ROUNDS, maxTries: this.d.maxTries, pages: true, resendUncoded: ms.length === 1,
+      fragments, padding, loss, firstRoundMargin: 1, repairTarget: 0.75, answerTimeoutMs: this.d.answerTimeoutMs + 32_000, maxRounds: ms.length > 1 ? 6 : UNICAST_ROUNDS, maxTries: this.d.maxTries, pages: true, resendUncoded: ms.length === 1,
     });
     g.session = { index, state, dr };
     for (const m of ms) m.wants = null;

@@ -38,7 +38,7 @@ function kindOf(d: Downlink): string {
   }
 }
 
-const r = await runCampaign({ nodes, image, loss: parseLossModel(`${lossPct}%`), seed, lora: { answerTimeoutMs: 40_000 + 12_000 * nodes, multicastLeadPerMemberMs: 36_000 } });
+const r = await runCampaign({ nodes, image, loss: parseLossModel(`${lossPct}%`), seed });
 const by = new Map<string, { frames: number; ms: number }>();
 for (const d of r.downlinks) {
   const k = `${kindOf(d)}${d.multicast ? ' (multicast)' : ''}`;
