@@ -294,7 +294,7 @@ function repairCount(m: number, deficiency: number, loss: number, target: number
 }
 
 /** Loss seen by one node, with the session's prior worth 10 fragments so a small block cannot swing it wildly. */
-export function measuredLoss(sent: number, received: number, prior: number): number {
+function measuredLoss(sent: number, received: number, prior: number): number {
   const lost = Math.max(0, sent - Math.min(received, sent));
   return Math.min(MAX_PLANNED_LOSS, (lost + prior * PRIOR_WEIGHT) / (sent + PRIOR_WEIGHT));
 }
@@ -303,7 +303,7 @@ const PRIOR_WEIGHT = 10;
  * A request handed to the LNS but not yet reported on the air is given this many answer timeouts: a Class A
  * frame waits there for the node's next uplink, and an LNS that never reports the transmission still gets retried.
  */
-export const AIR_WAIT_FACTOR = 4;
+const AIR_WAIT_FACTOR = 4;
 /** Beyond this the repair planner is asked for no more margin: another round costs less than a blind flood. */
 const MAX_PLANNED_LOSS = 0.6;
 
