@@ -64,3 +64,15 @@ t.test('the nodes check the manifest themselves: a foreign signature is rejected
   t.match(r.failed, [{ state: 'rejected' }]);
   t.same(r.versions, ['1.0.0']);
 });
+
+t.test('6 nodes, 30 % downlink loss, the agent\'s defaults: every node confirmed, the unicast repair only resends what a node lacks', async (t) => {
+  const r = await runCampaign({ nodes: 6, image: image(8_000), loss: { kind: 'iid', p: 0.3 }, seed: runSeed(1330), timeoutMs: 240_000 });
+  t.equal(r.confirmed.length, 6, `all confirmed; others ${JSON.stringify(r.failed.map((s) => [s.id, s.state, s.detail]))}`);
+  t.same(r.versions, Array(6).fill('2.0.0'), 'every node model runs the release');
+  t.ok(r.sim.airtimeS.multicast > 0, 'the blocks went to the group');
+  // Whatever went unicast as fragments (a member on its own) was uncoded: exact resends, never parity rows.
+  const unicastFragments = r.downlinks.filter((d) => !d.multicast).flatMap(ts004).filter((c) => c.cmd === 'DataFragment');
+  const setups = new Map<number, number>();
+  for (const c of r.downlinks.flatMap(ts004)) if (c.cmd === 'FragSessionSetupReq') setups.set(c.fragIndex, c.nbFrag);
+  t.ok(unicastFragments.every((c) => c.cmd === 'DataFragment' && c.counter <= (setups.get(c.fragIndex) ?? 0)), `${unicastFragments.length} unicast fragments, all uncoded`);
+});

@@ -16,9 +16,9 @@ import { EU868, fragmentsAirtimeMs, maxFragmentSize } from '../../shared/lora/re
  * the same fleet's 0 % row, virtual time to the last confirmed boot, confirmed nodes, real seconds and the
  * virtual/real speed-up. ×floor divides by the least airtime that loss allows, the image's over (1 − the loss drawn):
  * a seed's ×image follows the loss it happened to draw (±3 % between seeds at 10 %), ×floor shows what the protocol
- * adds. 1-node rows are the median (and mean) of --trials seeds; `confirmed` counts over all of them. `--json` for machine output.
+ * adds. 1-node rows are the median (and mean) of --trials seeds, fleet rows of --fleet-trials; `confirmed` counts over all of them. `--json` for machine output.
  *
- *   node dist/scripts/bench/lora.js [--size 102400] [--fleet 50] [--only 1,50] [--trials 9] [--loss 0,10,30] [--burst 0] [--json]
+ *   node dist/scripts/bench/lora.js [--size 102400] [--fleet 50] [--only 1,50] [--trials 9] [--fleet-trials 1] [--loss 0,10,30] [--burst 0] [--json]
  */
 const args = process.argv.slice(2);
 const size = Number(benchArg(args, 'size', '102400'));
@@ -26,6 +26,8 @@ const fleet = Number(benchArg(args, 'fleet', '50'));
 /** Which fleet sizes to run (1 and --fleet by default); lets the rows run in separate processes. */
 const sizes = benchArg(args, 'only', `1,${fleet}`).split(',').map(Number);
 const trials = Number(benchArg(args, 'trials', '9'));
+/** Seeds per fleet row (each a ~1–2 min run). */
+const fleetTrials = Number(benchArg(args, 'fleet-trials', '1'));
 const losses = benchArg(args, 'loss', '0,10,30').split(',').map(Number);
 const burst = Number(benchArg(args, 'burst', '0'));
 const json = args.includes('--json');
@@ -82,7 +84,7 @@ function airtime(r: CampaignResult): number {
 for (const nodes of sizes) {
   for (const lossPct of losses) {
     const runs: CampaignResult[] = [];
-    const n = nodes === 1 ? trials : 1;
+    const n = nodes === 1 ? trials : fleetTrials;
     for (let t = 0; t < n; t++) {
       const loss = parseLossModel(burst > 0 ? `${lossPct}%,burst=${burst}` : `${lossPct}%`);
       // The agent runs with its defaults (answer timeouts from the LNS's txack, the group's window 60 s + 10 s per member ahead).
