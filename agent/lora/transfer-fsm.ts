@@ -102,7 +102,8 @@ function wait<P extends TransferPhase>(t: Transfer, phase: P, actions: TransferA
 
 /** The node holds blocks 0..done−1 (and maybe some of block `done`): go on from there. */
 function continueFrom(t: Transfer, done: number, resumeUnknown: number[] | undefined, now: number, actions: TransferAction[]): Result {
-  if (done >= t.plan.blocks) return wait(t, { kind: 'verifying', tries: 1, deadline: untilAir(t.plan, now) }, actions);
+  // Nothing is sent on entering verifying (the node reports by itself): a query follows one timeout of silence.
+  if (done >= t.plan.blocks) return wait(t, { kind: 'verifying', tries: 1, deadline: now + t.plan.timeoutMs }, actions);
   return { t: { ...t, phase: { kind: 'block', index: done } }, actions: [...actions, { kind: 'startBlock', index: done, resumeUnknown }] };
 }
 
