@@ -3,13 +3,11 @@ import mqtt from 'mqtt';
 import type { CommandModule } from 'yargs';
 import { decodeEventsMessage, EVENT_LIMITS, type EventDoc } from '../shared/events.js';
 import { isDeviceId, topics } from '../shared/topics.js';
-import { brokerOption, jsonOption, prefixOption, untilSignal, usernameOption, UsageError } from './common.js';
-import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
+import { jsonOption, untilSignal, UsageError } from './common.js';
 import { reachingBroker } from './startup.js';
 import { localTime, zoneName } from './status-table.js';
 import { fitLine, terminalWidth } from './text-fit.js';
-import { brokerUrl } from './validate.js';
-import type { OperatorArgs } from './operator-access.js';
+import { operatorAccess, operatorOptions, type OperatorArgs } from './operator-access.js';
 
 interface Args extends OperatorArgs {
   device?: string;
@@ -33,11 +31,7 @@ export const eventsCommand: CommandModule<object, Args> = {
   command: 'events',
   describe: "the agents' event logs: history, and with --follow what happens next (operator identity)",
   builder: (y) =>
-    y.options({
-      broker: brokerOption,
-      prefix: prefixOption,
-      username: usernameOption,
-      ...passwordOptions,
+    operatorOptions(y).options({
       device: { type: 'string', describe: 'only the events of this device' },
       limit: { type: 'number', default: EVENT_LIMITS.defaultHistory, describe: `past events per agent (at most ${EVENT_LIMITS.maxHistory}; 0: none, only --follow)` },
       follow: { type: 'boolean', default: false, describe: 'keep printing events as they happen (Ctrl-C stops)' },
@@ -45,11 +39,10 @@ export const eventsCommand: CommandModule<object, Args> = {
       wait: { type: 'number', default: 2000, describe: 'ms to wait for the agents to answer' },
     }) as never,
   handler: async (argv) => {
-    const url = brokerUrl(argv.broker);
     if (argv.device !== undefined && !isDeviceId(argv.device)) throw new UsageError(`--device "${argv.device}" is not a device id`);
     if (!Number.isInteger(argv.limit) || argv.limit < 0 || argv.limit > EVENT_LIMITS.maxHistory) throw new UsageError(`--limit must be 0..${EVENT_LIMITS.maxHistory}, not ${argv.limit}`);
     if (!(argv.wait > 0)) throw new UsageError(`--wait must be a positive number of ms, not ${argv.wait}`);
-    const secret = readSecret(argv as never, PASSWORD, argv.username);
+    const { brokerUrl: url, password: secret } = operatorAccess(argv);
     const t = topics(argv.prefix);
     // Answers come back on a topic named after the requester: the broker lets only that operator read it.
     const me = argv.username ?? `anon-${randomBytes(4).toString('hex')}`;

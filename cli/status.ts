@@ -1,13 +1,11 @@
 import type { CommandModule } from 'yargs';
-import { brokerOption, jsonOption, prefixOption, untilSignal, usernameOption, UsageError } from './common.js';
+import { untilSignal, UsageError } from './common.js';
 import { FleetFeed, readFleet } from './fleet-feed.js';
-import { PASSWORD, passwordOptions, readSecret } from './secrets.js';
 import { reachingBroker } from './startup.js';
 import { statusTable, totalsLines } from './status-table.js';
 import { watchFleet } from './status-watch.js';
 import { terminalWidth } from './text-fit.js';
-import { brokerUrl } from './validate.js';
-import type { OperatorArgs } from './operator-access.js';
+import { operatorAccess, operatorOptions, type OperatorArgs } from './operator-access.js';
 
 interface Args extends OperatorArgs {
   wait: number;
@@ -22,23 +20,17 @@ export const statusCommand: CommandModule<object, Args> = {
   command: 'status',
   describe: 'show every node the agents report on (operator identity)',
   builder: (y) =>
-    y.options({
-      broker: brokerOption,
-      prefix: prefixOption,
-      username: usernameOption,
-      ...passwordOptions,
-      json: jsonOption,
+    operatorOptions(y).options({
       wait: { type: 'number', default: 300, describe: 'ms of quiet after which the retained statuses are complete' },
       watch: { type: 'boolean', default: false, describe: 'keep watching: redraw in place on a terminal, a snapshot per change otherwise (Ctrl-C stops)' },
       interval: { type: 'number', default: 2, describe: 'with --watch and no terminal: seconds between snapshots, at most' },
       rollout: { type: 'string', describe: 'only the nodes whose current or last update belongs to this rollout id' },
     }) as never,
   handler: async (argv) => {
-    const url = brokerUrl(argv.broker);
     if (!(argv.interval > 0)) throw new UsageError(`--interval must be a positive number of seconds, not ${argv.interval}`);
     if (argv.watch && argv.json) throw new UsageError('--watch draws for people; for scripts, run ferry status --json repeatedly');
-    const secret = readSecret(argv as never, PASSWORD, argv.username);
-    const feedOptions = { brokerUrl: url, prefix: argv.prefix, username: argv.username, password: secret };
+    const feedOptions = operatorAccess(argv);
+    const url = feedOptions.brokerUrl;
     if (argv.watch) {
       const signal = untilSignal();
       const feed = new FleetFeed(feedOptions);
