@@ -1,4 +1,4 @@
-import { commitDownlink, emptyAirtime, planDownlink, type AirtimeState } from '../../shared/lora/duty.js';
+import { commitDownlink, emptyAirtime, planDownlink, type AirtimeState, type PlannedDownlink } from '../../shared/lora/duty.js';
 import type { Region } from '../../shared/lora/regions.js';
 import type { LnsAdapter } from '../lns/types.js';
 import { cancel, realClock, type LoraClock, type LoraTimer } from './clock.js';
@@ -68,12 +68,7 @@ export class DownlinkQueue {
       return false;
     }
     if (d.classA) {
-      try {
-        planDownlink(this.state, { frequencyHz: d.frequencyHz, dr: d.dr, appBytes: d.bytes.length }, this.clock.now());
-      } catch (err) {
-        d.onError?.((err as Error).message);
-        return false;
-      }
+      if (!this.plan(d, this.clock.now())) return false;
       this.sent++;
       this.handOver(d);
       return true;
@@ -116,17 +111,24 @@ export class DownlinkQueue {
     this.awaitingAir.set(id, f);
   }
 
+  /** When the frame may go and its airtime, or undefined (and onError) when it does not fit its DR. */
+  private plan(d: Downlink, now: number): PlannedDownlink | undefined {
+    try {
+      return planDownlink(this.state, { frequencyHz: d.frequencyHz, dr: d.dr, appBytes: d.bytes.length }, now);
+    } catch (err) {
+      d.onError?.((err as Error).message);
+      return undefined;
+    }
+  }
+
   private pump(): void {
     this.timer = undefined;
     while (!this.stopped && this.queue.length > 0) {
       const d = this.queue[0];
       const now = this.clock.now();
-      let plan;
-      try {
-        plan = planDownlink(this.state, { frequencyHz: d.frequencyHz, dr: d.dr, appBytes: d.bytes.length }, now);
-      } catch (err) {
+      const plan = this.plan(d, now);
+      if (!plan) {
         this.queue.shift();
-        d.onError?.((err as Error).message);
         continue;
       }
       if (plan.startMs > now) {

@@ -132,9 +132,7 @@ export class MulticastGroups {
   leave(g: Group, n: LoraNode, why: string): void {
     const m = g.members.get(n.row.id);
     if (!m) return;
-    g.members.delete(n.row.id);
-    cancel(m.setupTimer);
-    n.groupAddr = undefined;
+    this.detach(g, m);
     this.d.log('info', `LoRa node ${n.row.id} leaves multicast group ${hex(g.mcAddr)}: ${why}`);
     if (g.session) this.feedSession(g, { kind: 'statusAns', devEui: n.row.id, received: 0, missing: 0, memoryError: true });
     // Out of the group the node has no Class C window: it is offered the transfer again with unicast Class C, and
@@ -151,11 +149,15 @@ export class MulticastGroups {
     cancel(g.timer);
     cancel(g.waitTimer);
     cancel(g.startTimer);
-    for (const m of g.members.values()) {
-      cancel(m.setupTimer);
-      m.node.groupAddr = undefined;
-    }
+    for (const m of [...g.members.values()]) this.detach(g, m);
     this.groups.delete(g.mcAddr);
+  }
+
+  /** The member is out of the group: no more TS005 retries, and its node belongs to no group. */
+  private detach(g: Group, m: Member): void {
+    g.members.delete(m.node.row.id);
+    cancel(m.setupTimer);
+    m.node.groupAddr = undefined;
   }
 
   stop(): void {
@@ -268,12 +270,10 @@ export class MulticastGroups {
             this.d.feedTransfer(n, { kind: 'blockDone', index: s.index });
           }
         } else if (rep.kind === 'memberFailed') {
-          const n = member(rep.devEui);
-          if (n) {
-            const m = g.members.get(rep.devEui);
-            g.members.delete(rep.devEui);
-            cancel(m?.setupTimer);
-            n.groupAddr = undefined;
+          const m = g.members.get(rep.devEui);
+          if (m) {
+            const n = m.node;
+            this.detach(g, m);
             // Silence on a lossy link is no verdict: the member goes on unicast from what it holds.
             if (rep.alone && this.d.goUnicast(n)) this.d.log('info', `LoRa node ${n.row.id} leaves multicast group ${hex(g.mcAddr)}: ${rep.reason}; going on unicast`);
             else this.d.feedTransfer(n, { kind: 'blockFailed', index: s.index, detail: rep.reason });

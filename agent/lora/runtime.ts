@@ -319,16 +319,17 @@ export class LoraRuntime {
     const r = n.row;
     const blockBytes = blockKiB * 1024;
     const blocks = 1 + Math.ceil(release.image.length / blockBytes);
+    const deadline = untilAir({ timeoutMs: this.o.answerTimeoutMs }, this.clock.now());
     n.transfer = {
       plan: { transferId, version: release.row.version, digestPrefix: release.row.digest.subarray(0, 4), blocks, size: release.image.length, blockKiB, classCSeconds: this.o.classCSeconds, mcAddr, timeoutMs: this.o.answerTimeoutMs, maxTries: this.o.maxTries },
-      phase: { kind: 'offered', tries: 1, deadline: untilAir({ timeoutMs: this.o.answerTimeoutMs }, this.clock.now()) },
+      phase: { kind: 'offered', tries: 1, deadline },
     };
     Object.assign(r, { targetRelease: release.row.id, session: transferId, chunkCount: blocks, chunkSize: blockBytes, bitmap: null, reason: 0, detail: '', attempts: r.attempts + 1 });
     this.d.store.event(r.id, 'lora-offer', `${release.row.version} transfer ${transferId}, ${blocks} blocks`);
     this.d.log('info', `LoRa node ${r.id}: offering ${release.row.version} (${release.image.length} B in ${blocks} blocks)`);
     if (first) {
       this.sendControl(n, first);
-      this.armTransferTimer(n, untilAir({ timeoutMs: this.o.answerTimeoutMs }, this.clock.now()));
+      this.armTransferTimer(n, deadline);
       this.syncState(n);
     } else this.feedTransfer(n, { kind: 'start' });
   }

@@ -1,5 +1,6 @@
 import { Reason } from '../../shared/errors.js';
 import type { LoraDown } from '../../shared/lora/control.js';
+import { AIR_WAIT_FACTOR } from '../../shared/lora/session.js';
 import type { NodeStateName } from '../types.js';
 
 /**
@@ -64,7 +65,7 @@ const CONFIRM_MS = 5 * 60_000;
  * never reports it gets a resend after this long.
  */
 const UNTIL_AIR_MS = 15 * 60_000;
-export const untilAir = (plan: Pick<TransferPlan, 'timeoutMs'>, now: number) => now + Math.max(4 * plan.timeoutMs, UNTIL_AIR_MS);
+export const untilAir = (plan: Pick<TransferPlan, 'timeoutMs'>, now: number) => now + Math.max(AIR_WAIT_FACTOR * plan.timeoutMs, UNTIL_AIR_MS);
 
 export function stateOf(t: Transfer): NodeStateName {
   switch (t.phase.kind) {

@@ -292,7 +292,7 @@ export class LoraNode {
           break;
         case 'uplink':
           out.push({ fPort: TS004_PORT, bytes: e.bytes, delayMs: e.delayMs });
-          if (e.bytes[0] === 0x01) out.push(...this.statusUps(0).map((m) => ({ fPort: FERRY_LORA_PORT, bytes: encodeUp(m), delayMs: e.delayMs })).filter((u) => this.hasUnknown(u)));
+          if (e.bytes[0] === 0x01) out.push(...this.statusUplinks(e.delayMs).filter((u) => this.hasUnknown(u)));
           break;
         case 'opened':
           if ((e.setup.descriptor & 0xffff) >= 1) this.persistBlock(e.setup.fragIndex);
@@ -308,11 +308,15 @@ export class LoraNode {
         case 'noSession':
           // The agent asks about a block this node is not receiving (it finished it off the group's stream, or
           // never got the setup): lstatus tells it which block the node is on.
-          out.push(...this.statusUps(0).map((m) => ({ fPort: FERRY_LORA_PORT, bytes: encodeUp(m), delayMs: 0 })));
+          out.push(...this.statusUplinks(0));
           break;
       }
     }
     return out;
+  }
+
+  private statusUplinks(delayMs: number): NodeUplink[] {
+    return this.statusUps(0).map((m) => ({ fPort: FERRY_LORA_PORT, bytes: encodeUp(m), delayMs }));
   }
 
   private hasUnknown(u: NodeUplink): boolean {

@@ -303,7 +303,7 @@ const PRIOR_WEIGHT = 10;
  * A request handed to the LNS but not yet reported on the air is given this many answer timeouts: a Class A
  * frame waits there for the node's next uplink, and an LNS that never reports the transmission still gets retried.
  */
-const AIR_WAIT_FACTOR = 4;
+export const AIR_WAIT_FACTOR = 4;
 /** Beyond this the repair planner is asked for no more margin: another round costs less than a blind flood. */
 const MAX_PLANNED_LOSS = 0.6;
 
