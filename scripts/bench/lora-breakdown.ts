@@ -4,7 +4,8 @@ import { decodeRequests, TS004_PORT } from '../../shared/lora/ts004.js';
 import { TS005_PORT } from '../../shared/lora/ts005.js';
 import { FERRY_LORA_PORT } from '../../shared/lora/control.js';
 import { parseLossModel } from '../../device/lora/radio.js';
-import { EU868, fragmentsAirtimeMs, frameAirtimeMs, maxFragmentSize } from '../../shared/lora/regions.js';
+import { EU868, frameAirtimeMs } from '../../shared/lora/regions.js';
+import { BENCH_DR, benchImage, drawnLoss, imageAirtimeMs } from './lora-common.js';
 
 /**
  * scripts/bench/lora-breakdown: where a LoRa campaign's downlink airtime goes, by kind of frame (uncoded and coded
@@ -20,10 +21,8 @@ const size = Number(benchArg(args, 'size', '102400'));
 const seed = Number(benchArg(args, 'seed', String(1300 + lossPct)));
 const json = args.includes('--json');
 
-const image = Buffer.alloc(size);
-for (let i = 0; i < size; i++) image[i] = (i * 131 + (i >> 7) * 17) & 0xff;
-const fragSize = maxFragmentSize(EU868, 5);
-const imageMs = fragmentsAirtimeMs(EU868, 5, fragSize, Math.ceil(size / fragSize));
+const image = benchImage(size);
+const imageMs = imageAirtimeMs(size);
 
 function kindOf(d: Downlink): string {
   if (d.fPort === FERRY_LORA_PORT) return 'ferry control';
@@ -44,14 +43,14 @@ for (const d of r.downlinks) {
   const k = `${kindOf(d)}${d.multicast ? ' (multicast)' : ''}`;
   const e = by.get(k) ?? { frames: 0, ms: 0 };
   e.frames++;
-  e.ms += frameAirtimeMs(EU868, 5, d.bytes.length, 'down');
+  e.ms += frameAirtimeMs(EU868, BENCH_DR, d.bytes.length, 'down');
   by.set(k, e);
 }
 const total = [...by.values()].reduce((a, e) => a + e.ms, 0);
 if (json) console.log(JSON.stringify({ nodes, lossPct, imageMs, total, confirmed: r.confirmed.length, by: Object.fromEntries(by) }));
 else {
   console.log(`${nodes} node(s), ${lossPct} % loss, seed ${seed}: image ${(imageMs / 1000).toFixed(1)} s; frames at DR5 ${(total / 1000).toFixed(1)} s = ${(total / imageMs).toFixed(3)}× (sim counted ${(r.sim.airtimeS.unicast + r.sim.airtimeS.multicast).toFixed(1)} s); ${r.confirmed.length}/${nodes} confirmed`);
-  const lost = r.sim.nodes.reduce((a, n) => a + n.lost, 0), delivered = r.sim.nodes.reduce((a, n) => a + n.delivered, 0);
-  console.log(`  unicast frames delivered ${delivered}, lost ${lost} (${((100 * lost) / Math.max(1, lost + delivered)).toFixed(1)} %)`);
+  const { lost, delivered, pct } = drawnLoss(r);
+  console.log(`  frames delivered ${delivered}, lost ${lost} (${pct.toFixed(1)} %)`);
   for (const [k, e] of [...by].sort((a, b) => b[1].ms - a[1].ms)) console.log(`  ${k.padEnd(32)} ${String(e.frames).padStart(6)} frames ${(e.ms / 1000).toFixed(2).padStart(8)} s  ${((e.ms / imageMs) * 100).toFixed(2).padStart(6)} % of image`);
 }

@@ -2,7 +2,8 @@ import { benchArg, median } from './bench-args.js';
 import { runCampaign, type CampaignResult, type Downlink } from '../../harness/lora/campaign.js';
 import { decodeRequests, TS004_PORT } from '../../shared/lora/ts004.js';
 import { parseLossModel } from '../../device/lora/radio.js';
-import { EU868, fragmentsAirtimeMs, maxFragmentSize } from '../../shared/lora/regions.js';
+import { EU868, maxFragmentSize } from '../../shared/lora/regions.js';
+import { BENCH_DR, benchImage, drawnLoss, imageAirtimeMs } from './lora-common.js';
 
 /**
  * scripts/bench/lora: a 100 KiB image to 1 and to 50 simulated LoRa nodes at 0 %, 10 % and 30 % downlink loss,
@@ -32,10 +33,9 @@ const losses = benchArg(args, 'loss', '0,10,30').split(',').map(Number);
 const burst = Number(benchArg(args, 'burst', '0'));
 const json = args.includes('--json');
 
-const image = Buffer.alloc(size);
-for (let i = 0; i < size; i++) image[i] = (i * 131 + (i >> 7) * 17) & 0xff;
-const fragSize = maxFragmentSize(EU868, 5);
-const imageAirtimeS = fragmentsAirtimeMs(EU868, 5, fragSize, Math.ceil(size / fragSize)) / 1000;
+const image = benchImage(size);
+const fragSize = maxFragmentSize(EU868, BENCH_DR);
+const imageAirtimeS = imageAirtimeMs(size) / 1000;
 
 interface Row {
   nodes: number;
@@ -72,10 +72,7 @@ function isFragment(d: Downlink): boolean {
   }
 }
 
-function seenLoss(r: CampaignResult): number {
-  const lost = r.sim.nodes.reduce((a, n) => a + n.lost, 0);
-  return (100 * lost) / Math.max(1, lost + r.sim.nodes.reduce((a, n) => a + n.delivered, 0));
-}
+const seenLoss = (r: CampaignResult) => drawnLoss(r).pct;
 
 function airtime(r: CampaignResult): number {
   return r.sim.airtimeS.unicast + r.sim.airtimeS.multicast;
